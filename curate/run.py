@@ -1,0 +1,92 @@
+"""The run directory: every artefact of one curation, laid out so a run can be resumed and audited.
+
+    <run>/pool/shard-*.parquet        unique, normalised rows (see curate.pool.schema)
+    <run>/duplicates.parquet          exact duplicates: source, row, id of the row kept
+    <run>/quarantine.parquet          unreadable rows: source, row, reason, raw
+    <run>/ingest.json                 inputs and counts of the ingest stage
+    <run>/embeddings/<fingerprint>/   embedding shards of one model (index.embed)
+    <run>/index/                      faiss index and kNN graph
+    <run>/projection.parquet          2-D / k-D coordinates
+    <run>/signals/<name>.parquet      one float per row (+ sidecar <name>.json with its key)
+    <run>/selections/<name>.parquet   id, weight, rank, reason (+ <name>.json with method and params)
+    <run>/mixtures/<name>.json        domain weights per round
+    <run>/export/                     the exported subset and manifest.json
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+
+
+class RunDir:
+    """Paths of one run directory; creating it is cheap and idempotent."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    # layout -----------------------------------------------------------------------------------
+    @property
+    def pool_dir(self) -> Path:
+        return self.root / "pool"
+
+    @property
+    def duplicates_path(self) -> Path:
+        return self.root / "duplicates.parquet"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.root / "quarantine.parquet"
+
+    @property
+    def ingest_path(self) -> Path:
+        return self.root / "ingest.json"
+
+    def embeddings_dir(self, fingerprint: str) -> Path:
+        return self.root / "embeddings" / fingerprint
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def projection_path(self) -> Path:
+        return self.root / "projection.parquet"
+
+    @property
+    def map_dir(self) -> Path:
+        return self.root / "map"
+
+    def signal_path(self, name: str) -> Path:
+        return self.root / "signals" / f"{name}.parquet"
+
+    def selection_path(self, name: str) -> Path:
+        return self.root / "selections" / f"{name}.parquet"
+
+    def mixture_path(self, name: str) -> Path:
+        return self.root / "mixtures" / f"{name}.json"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    # readers ----------------------------------------------------------------------------------
+    def require(self, path: Path, stage: str) -> Path:
+        """Return `path`, or raise a clear error saying which stage produces it."""
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `curate {stage}` on {self.root} first")
+        return path
+
+    def scan_pool(self) -> pl.LazyFrame:
+        """The pool as a lazy frame over its parquet shards (unique rows, in ingest order)."""
+        self.require(self.pool_dir, "ingest")
+        return pl.scan_parquet(self.pool_dir / "shard-*.parquet")
+
+    def read_pool(self, columns: list[str] | None = None) -> pl.DataFrame:
+        lf = self.scan_pool()
+        return (lf.select(columns) if columns else lf).collect()

@@ -1,0 +1,89 @@
+"""Atomic file writes and resumable shard bookkeeping shared by every expensive stage.
+
+A shard is written to a temporary name in the same folder and renamed into place, so a killed run never
+leaves a half-written file under a final name; a stage resumes by skipping shards whose final name exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically (sorted keys, so equal objects give equal bytes)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Save a numpy array atomically."""
+    with atomic_path(path, suffix=".npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+
+def shard_name(i: int, ext: str) -> str:
+    return f"shard-{i:05d}.{ext}"
+
+
+def run_shards(
+    out_dir: str | os.PathLike,
+    n_shards: int,
+    ext: str,
+    work: Callable[[int, Path], None],
+) -> list[int]:
+    """Call `work(i, tmp_path)` for every shard whose final file is missing; return the indices computed.
+
+    `work` writes shard `i` to `tmp_path`; the rename to `shard-XXXXX.<ext>` happens only after it returns.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    for i in range(n_shards):
+        final = out_dir / shard_name(i, ext)
+        if final.exists():
+            continue
+        with atomic_path(final, suffix="." + ext) as tmp:
+            work(i, tmp)
+        done.append(i)
+    return done
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
