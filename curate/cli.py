@@ -1,0 +1,210 @@
+"""The `curate` command line: one Typer app, thin over the stage functions (see curate.recipe.STAGES).
+
+Every command works on a run directory (`--run`) and calls the same function a recipe or a notebook would.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Curate LLM fine-tuning pools: ingest, embed, index, map, score, select, export.",
+)
+console = Console(stderr=True)
+
+RunOpt = typer.Option(..., "--run", "-r", help="Run directory (created if missing).")
+
+
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    """Turn ['k=v', ...] into a dict, values parsed as YAML scalars/lists (so 0.9 is a float, [a,b] a list)."""
+    import yaml
+
+    params: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        params[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return params
+
+
+def _call(stage: str, run: Path, **kwargs: Any) -> Any:
+    """Call a stage with the options the user gave (None means: the stage's default)."""
+    from curate.recipe import RecipeError, call_stage
+    from curate.run import RunDir
+
+    params = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        return call_stage(stage, RunDir(run), params)
+    except (RecipeError, FileNotFoundError, KeyError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def ingest(
+    inputs: list[str] = typer.Argument(..., help="Files, directories or globs (jsonl, json, parquet, csv)."),
+    run: Path = RunOpt,
+    map_: list[str] = typer.Option(None, "--map", help="Column mapping FIELD=COLUMN, e.g. prompt=question."),
+    chunk_rows: int = typer.Option(None, help="Rows read per chunk when streaming."),
+) -> None:
+    """Read a pool into the run directory: normalise layouts, hash ids, mark duplicates, quarantine bad rows."""
+    columns = {k: str(v) for k, v in _parse_params(map_).items()} or None
+    report = _call("ingest", run, inputs=inputs, columns=columns, chunk_rows=chunk_rows)
+    console.print(report.summary() if hasattr(report, "summary") else report)
+
+
+@app.command()
+def embed(
+    run: Path = RunOpt,
+    model: str = typer.Option(None, help="Local sentence-transformers directory (default: bundled MiniLM)."),
+    dtype: str = typer.Option(None, help="float32 (default) or bfloat16."),
+    batch_size: int = typer.Option(None),
+    device: str = typer.Option(None, help="auto, cpu or cuda."),
+) -> None:
+    """Embed every pool row into resumable shards keyed by the model fingerprint."""
+    fp = _call("embed", run, model=model, dtype=dtype, batch_size=batch_size, device=device)
+    console.print(f"embeddings: {run / 'embeddings' / str(fp)}")
+
+
+@app.command("index")
+def index_cmd(
+    run: Path = RunOpt,
+    kind: str = typer.Option(None, help="flat (exact), ivf, hnsw or auto (by size)."),
+    k: int = typer.Option(None, help="Neighbours per row in the kNN graph."),
+) -> None:
+    """Build the faiss index and the kNN graph over the current embeddings."""
+    info = _call("index", run, kind=kind, k=k)
+    console.print(info)
+
+
+@app.command("map")
+def map_cmd(
+    run: Path = RunOpt,
+    projection: str = typer.Option(None, help="pca or umap."),
+    target_cells: int = typer.Option(None, help="Target number of non-empty grid cells."),
+    n_clusters: int = typer.Option(None, help="k-means clusters (pseudo-domains)."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Extra KEY=VALUE parameters."),
+) -> None:
+    """Project, grid, cluster and measure the diversity of the pool."""
+    info = _call("map", run, projection=projection, target_cells=target_cells, n_clusters=n_clusters,
+                 **_parse_params(param))
+    console.print(info)
+
+
+@app.command()
+def score(
+    run: Path = RunOpt,
+    signal: list[str] = typer.Option(..., "--signal", "-s", help="Signal names (repeat the option)."),
+    model: str = typer.Option(None, help="Causal LM directory or alias (e.g. smollm2)."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Extra KEY=VALUE parameters."),
+) -> None:
+    """Compute per-row signals (heuristics, LM losses, IFD, depth, ICL proxy) into signals/<name>.parquet."""
+    paths = _call("score", run, names=signal, model=model, **_parse_params(param))
+    console.print(paths)
+
+
+@app.command()
+def select(
+    run: Path = RunOpt,
+    method: str = typer.Option(..., "--method", "-m", help="Selector name (see `curate methods`)."),
+    budget: str = typer.Option(..., "--budget", "-b", help="Rows (1000), a fraction (20%) or tokens (50000tok)."),
+    seed: int = typer.Option(0),
+    name: str = typer.Option(None, help="Selection name (default: the method)."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Selector parameters KEY=VALUE."),
+) -> None:
+    """Choose a subset with a selector; writes selections/<name>.parquet (id, weight, rank, reason)."""
+    sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, **_parse_params(param))
+    console.print(f"selected {len(sel.ids)} rows with {method}: {run / 'selections' / (name or method)}.parquet")
+
+
+@app.command()
+def export(
+    run: Path = RunOpt,
+    selection: str = typer.Option(..., "--selection", "-s", help="Selection name."),
+    layout: str = typer.Option(None, help="messages (default), alpaca, sharegpt or preference."),
+    fmt: list[str] = typer.Option(None, "--format", "-f", help="jsonl and/or parquet (repeat)."),
+) -> None:
+    """Export a selection as a weighted training subset with manifest.json."""
+    out = _call("export", run, selection=selection, layout=layout, formats=tuple(fmt) if fmt else None)
+    console.print(f"exported: {out}")
+
+
+@app.command()
+def compare(
+    run: Path = RunOpt,
+    names: list[str] = typer.Argument(..., help="Selection names to put side by side."),
+) -> None:
+    """Compare selections of one pool: size, tokens, domains, coverage, diversity, signals, overlap."""
+    table = _call("compare", run, names=names)
+    from curate.compare import render
+
+    render(table)
+
+
+@app.command()
+def methods() -> None:
+    """List the registered selectors and signals."""
+    from curate.select import SELECTORS
+    from curate.signals import SIGNALS
+
+    console.print("selectors: " + ", ".join(SELECTORS.names()))
+    console.print("signals:   " + ", ".join(SIGNALS.names()))
+
+
+@app.command()
+def models(
+    ensure: str = typer.Option(None, help="Build a bundled model's local directory now (e.g. smollm2)."),
+) -> None:
+    """Show the bundled models and where their local directories are (building them on request)."""
+    from curate import models as m
+
+    if ensure:
+        console.print(f"{ensure}: {m.resolve_model(ensure)}")
+    m.print_models(console)
+
+
+@app.command("run")
+def run_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    run: Path = typer.Option(None, "--run", "-r", help="Override the recipe's run directory."),
+) -> None:
+    """Run a recipe: its stages in order, each resuming from what is already in the run directory."""
+    from curate.recipe import Recipe, RecipeError, run_recipe
+
+    try:
+        rec = Recipe.load(recipe, run=run)
+        results = run_recipe(rec, log=lambda s: console.print(f"[bold cyan]{s}[/bold cyan]"))
+    except (RecipeError, FileNotFoundError, KeyError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print("\n[bold]done[/bold]")
+    for name, result, seconds in results:
+        console.print(f"  {name:<8} {seconds:7.1f} s  {_describe(name, result)}")
+    exports = [r for n, r, _ in results if n == "export"]
+    for out in exports:
+        console.print(f"[green]subset:[/green]   {out}")
+        console.print(f"[green]manifest:[/green] {Path(out) / 'manifest.json'}")
+
+
+def _describe(stage: str, result: Any) -> str:
+    if hasattr(result, "summary"):
+        return str(result.summary()).splitlines()[0]
+    if hasattr(result, "ids"):
+        return f"{len(result.ids)} rows"
+    return str(result)[:100]
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="curate")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Recipes: a YAML file naming a run directory and a list of stages, each a Python stage function.
+
+    run: runs/demo              # the run directory (relative paths are relative to the current directory)
+    seed: 0                     # passed to every stage that takes a `seed`
+    stages:
+      - ingest: {inputs: [data/demo/bigbench_demo.jsonl]}
+      - embed: {dtype: bfloat16}
+      - select: {method: k-center, budget: 500, name: kcenter}
+      - export: {selection: kcenter}
+
+Each stage's parameters are the keyword arguments of its function (see `STAGES`), so a recipe and a
+Python call read the same. Stages run in order; every stage skips work whose artefacts are already current,
+so re-running a recipe after an interruption resumes it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from curate.run import RunDir
+
+# stage name -> "module:function"; imported lazily so a recipe pays only for the stages it uses.
+STAGES: dict[str, str] = {
+    "ingest": "curate.pool:ingest",
+    "embed": "curate.embed:embed",
+    "index": "curate.map:build_index",
+    "map": "curate.map:map_pool",
+    "score": "curate.signals:score",
+    "select": "curate.select:select",
+    "export": "curate.export:export",
+    "compare": "curate.compare:compare",
+}
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be run as written."""
+
+
+def stage_function(name: str) -> Callable[..., Any]:
+    """Import and return the function behind a stage name."""
+    if name not in STAGES:
+        raise RecipeError(f"unknown stage {name!r}; known stages: {', '.join(STAGES)}")
+    module, func = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: the run directory, a seed, and (stage name, parameters) pairs."""
+
+    run: Path
+    seed: int = 0
+    stages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    source: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, run: str | os.PathLike | None = None) -> Recipe:
+        """Read and validate a recipe file; `run` overrides the file's run directory."""
+        path = Path(path)
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise RecipeError(f"recipe {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from None
+        if not isinstance(doc, dict) or "stages" not in doc:
+            raise RecipeError(f"recipe {path}: expected a mapping with a 'stages' list")
+        run_dir = run or doc.get("run")
+        if not run_dir:
+            raise RecipeError(f"recipe {path}: no 'run' directory given (set `run:` or pass --run)")
+        stages = []
+        for i, item in enumerate(doc["stages"] or []):
+            if isinstance(item, str):
+                item = {item: {}}
+            if not isinstance(item, dict) or len(item) != 1:
+                raise RecipeError(f"recipe {path}: stage {i + 1} must be a one-key mapping like '- embed: {{}}'")
+            (name, params), = item.items()
+            if name not in STAGES:
+                raise RecipeError(f"recipe {path}: stage {i + 1}: unknown stage {name!r}; known: {', '.join(STAGES)}")
+            if params is not None and not isinstance(params, dict):
+                raise RecipeError(f"recipe {path}: stage {i + 1} ({name}): parameters must be a mapping")
+            stages.append((name, dict(params or {})))
+        return cls(run=Path(run_dir), seed=int(doc.get("seed", 0)), stages=stages, source=path)
+
+
+def call_stage(name: str, run: RunDir, params: dict[str, Any], seed: int | None = None) -> Any:
+    """Call one stage with `run` and its parameters; fill in `seed` when the stage takes one."""
+    fn = stage_function(name)
+    sig = inspect.signature(fn)
+    kwargs = dict(params)
+    if seed is not None and "seed" in sig.parameters and "seed" not in kwargs:
+        kwargs["seed"] = seed
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    unknown = [k for k in kwargs if k not in sig.parameters and not accepts_any]
+    if unknown:
+        allowed = [p for p in sig.parameters if p != "run"]
+        raise RecipeError(f"stage {name!r} has no parameter {unknown[0]!r}; it takes: {', '.join(allowed)}")
+    return fn(run=run, **kwargs)
+
+
+def run_recipe(recipe: Recipe, *, log: Callable[[str], None] = print) -> list[tuple[str, Any, float]]:
+    """Run every stage in order; return (stage, result, seconds) triples."""
+    run = RunDir(recipe.run)
+    run.root.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, (name, params) in enumerate(recipe.stages, 1):
+        log(f"[{i}/{len(recipe.stages)}] {name} {params if params else ''}".rstrip())
+        t0 = time.perf_counter()
+        result = call_stage(name, run, params, recipe.seed)
+        results.append((name, result, time.perf_counter() - t0))
+    return results

@@ -1,0 +1,70 @@
+"""Recipe parsing and stage dispatch: errors name the file, stage and parameter."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from curate import recipe as rc
+from curate.cli import _parse_params, app
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_load_parses_stages_seed_and_run(tmp_path):
+    p = _write(tmp_path, "run: out\nseed: 7\nstages:\n  - embed: {dtype: bfloat16}\n  - index\n")
+    r = rc.Recipe.load(p)
+    assert r.run.name == "out" and r.seed == 7
+    assert r.stages == [("embed", {"dtype": "bfloat16"}), ("index", {})]
+    assert rc.Recipe.load(p, run=tmp_path / "other").run == tmp_path / "other"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("run: x\nstages:\n  - fly: {}\n", "stage 1: unknown stage 'fly'"),
+        ("run: x\nstages:\n  - embed: 3\n", "parameters must be a mapping"),
+        ("stages:\n  - embed: {}\n", "no 'run' directory"),
+        ("run: x\n", "expected a mapping with a 'stages' list"),
+        ("run: [x\n", "not valid YAML"),
+    ],
+)
+def test_load_errors_are_precise(tmp_path, text, message):
+    with pytest.raises(rc.RecipeError, match=message):
+        rc.Recipe.load(_write(tmp_path, text))
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(rc.RecipeError, match="does not exist"):
+        rc.Recipe.load(tmp_path / "nope.yaml")
+
+
+def test_call_stage_rejects_unknown_parameter(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(run, *, k=1, seed=0):
+        calls.append((run, k, seed))
+        return k
+
+    monkeypatch.setitem(rc.STAGES, "fake", "x:y")
+    monkeypatch.setattr(rc, "stage_function", lambda name: fake)
+    assert rc.call_stage("fake", "R", {"k": 3}, seed=5) == 3
+    assert calls == [("R", 3, 5)]
+    with pytest.raises(rc.RecipeError, match="has no parameter 'kk'; it takes: k, seed"):
+        rc.call_stage("fake", "R", {"kk": 3})
+
+
+def test_parse_params_yaml_values():
+    assert _parse_params(["tau=0.9", "cells=[1, 2]", "order=best", "top-k=5"]) == {
+        "tau": 0.9, "cells": [1, 2], "order": "best", "top_k": 5,
+    }
+
+
+def test_cli_help_lists_commands():
+    out = CliRunner().invoke(app, ["--help"]).output
+    for cmd in ("ingest", "embed", "index", "map", "score", "select", "export", "compare", "run"):
+        assert cmd in out
