@@ -1,0 +1,91 @@
+"""Selectors and the `select` stage: choose a subset of a pool within a budget, save it as selections/<name>.
+
+Every method shares one interface (see `curate.select.base`): `SELECTORS.get(name)(**params).select(view,
+budget, seed)`. This module imports every selector module so they register themselves.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import Any
+
+from curate.run import RunDir
+from curate.select.base import (
+    SELECTORS,
+    Budget,
+    PoolView,
+    Ranking,
+    Selection,
+    Selector,
+    list_selections,
+    register_selector,
+)
+
+# Selector modules registered on import. The paper selectors are written alongside the baselines; a module
+# that is not present yet is skipped, but one that is present and fails to import raises.
+_SELECTOR_MODULES = ["baselines", "ila", "daar", "miw", "deita"]
+for _mod in _SELECTOR_MODULES:
+    if importlib.util.find_spec(f"{__name__}.{_mod}") is not None:
+        importlib.import_module(f"{__name__}.{_mod}")
+
+__all__ = [
+    "SELECTORS",
+    "Budget",
+    "PoolView",
+    "Ranking",
+    "Selection",
+    "Selector",
+    "list_selections",
+    "load_selection",
+    "make_selector",
+    "register_selector",
+    "select",
+]
+
+
+def make_selector(method: str, **params: Any) -> Selector:
+    """Instantiate the selector registered as `method` with `params` (clear error on unknown names)."""
+    cls = SELECTORS.get(method)
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise TypeError(f"selector {method!r}: bad parameters {sorted(params)}: {e}") from None
+
+
+def select(
+    run: RunDir | str | os.PathLike,
+    method: str,
+    budget: Budget | int | float | str,
+    *,
+    seed: int = 0,
+    name: str | None = None,
+    **params: Any,
+) -> Selection:
+    """Run selector `method` on the pool of `run` within `budget`; save and return the selection.
+
+    `budget`: a `Budget`, a row count, a fraction, or a string ("1000", "20%", "50000tok").
+    The selection is saved as selections/<name>.parquet (+ .json); `name` defaults to `method`.
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    selector = make_selector(method, **params)
+    view = PoolView.from_run(run)
+    selection = selector.select(view, Budget.parse(budget), seed=seed)
+    selection.stats.update(_coverage_stats(run, selection))
+    selection.save(run, name or method)
+    return selection
+
+
+def load_selection(run: RunDir | str | os.PathLike, name: str) -> Selection:
+    """Read selections/<name> back (positions recovered from the pool)."""
+    return Selection.load(run, name)
+
+
+def _coverage_stats(run: RunDir, selection: Selection) -> dict[str, Any]:
+    """Coverage and diversity of the subset when the map has been built (else a note saying so)."""
+    if not (run.map_dir / "grid.parquet").exists():
+        return {"coverage": None, "coverage_note": "map not built: run `curate map` for coverage and diversity"}
+    from curate.map import coverage_report
+
+    return {"coverage": coverage_report(run, selection.positions)}
