@@ -1,0 +1,322 @@
+"""The ingest stage: read input files, normalise rows, give them content ids, fold exact duplicates and
+quarantine unusable rows, and write the pool of a run directory.
+
+Memory stays bounded: only the set of ids seen (16-byte digests), the current chunk of input records and the
+current pool shard buffer are held; the pool, duplicates and quarantine tables are written as they grow.
+The new pool is built in a temporary folder inside the run directory and swapped in at the end, so a
+killed ingest never leaves a half pool; `ingest.json` is written last and marks a complete ingest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.pool.errors import RowError
+from curate.pool.ids import content_digest
+from curate.pool.layouts import check_columns, normalise
+from curate.pool.readers import iter_chunks, resolve_inputs
+from curate.pool.schema import (
+    DUPLICATES_SCHEMA,
+    NO_DOMAIN,
+    POOL_SCHEMA,
+    QUARANTINE_SCHEMA,
+    RAW_MAX_CHARS,
+)
+from curate.run import RunDir
+from index.io import shard_name, write_json
+
+_SIDE_FLUSH_ROWS = 50_000  # duplicates / quarantine rows buffered before a write
+
+
+@dataclass
+class IngestReport:
+    """What one ingest read and wrote; `n_unique + n_duplicate + n_quarantined == n_read`."""
+
+    run: Path
+    inputs: list[str]
+    n_read: int = 0
+    n_unique: int = 0
+    n_duplicate: int = 0
+    n_quarantined: int = 0
+    per_domain: dict[str, int] = field(default_factory=dict)
+    per_kind: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    per_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    n_shards: int = 0
+    pool_fingerprint: str = ""
+
+    def summary(self) -> str:
+        """A few lines for a terminal: counts, domains and quarantine reasons."""
+        lines = [
+            f"ingest -> {self.run}: {len(self.inputs)} file(s), {self.n_read:,} rows read",
+            f"  unique {self.n_unique:,} | duplicate {self.n_duplicate:,} | quarantined {self.n_quarantined:,}"
+            f" | {self.n_shards} pool shard(s)",
+        ]
+        if self.per_kind:
+            lines.append("  kinds: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.per_kind.items())))
+        if self.per_domain:
+            top = sorted(self.per_domain.items(), key=lambda kv: (-kv[1], kv[0]))
+            shown = ", ".join(f"{k} {v:,}" for k, v in top[:12])
+            more = f" (+{len(top) - 12} more)" if len(top) > 12 else ""
+            lines.append(f"  domains ({len(top)}): {shown}{more}")
+        if self.reasons:
+            lines.append("  quarantine: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.reasons.items())))
+        return "\n".join(lines)
+
+
+class _TableWriter:
+    """Append rows to one parquet file in batches (pyarrow writer); always leaves a file with the schema."""
+
+    def __init__(self, path: Path, schema: pl.Schema) -> None:
+        self.path = path
+        self.schema = schema
+        self.rows: dict[str, list] = {c: [] for c in schema}
+        self.n = 0
+        self._writer = None
+
+    def add(self, *values: Any) -> None:
+        for col, v in zip(self.rows.values(), values, strict=True):
+            col.append(v)
+        self.n += 1
+        if len(next(iter(self.rows.values()))) >= _SIDE_FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        table = pl.DataFrame(self.rows, schema=self.schema).to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table)
+        self.rows = {c: [] for c in self.schema}
+
+    def close(self) -> None:
+        if self._writer is None or next(iter(self.rows.values())):
+            self.flush()
+        self._writer.close()
+
+
+class _PoolWriter:
+    """Buffer unique rows and write them as `shard-XXXXX.parquet` files of `shard_rows` rows."""
+
+    def __init__(self, folder: Path, shard_rows: int) -> None:
+        self.folder = folder
+        self.shard_rows = shard_rows
+        self.n_shards = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows: dict[str, list] = {c: [] for c in POOL_SCHEMA}
+
+    def add(self, row: dict[str, Any]) -> None:
+        for c, col in self.rows.items():
+            col.append(row[c])
+        if len(self.rows["id"]) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows["id"]:
+            return
+        df = pl.DataFrame(self.rows, schema=POOL_SCHEMA)
+        df.write_parquet(self.folder / shard_name(self.n_shards, "parquet"))
+        self.n_shards += 1
+        self._reset()
+
+
+def _raw_text(rec_raw: str | None, value: Any) -> str:
+    if rec_raw is None:
+        rec_raw = json.dumps(value, ensure_ascii=False, default=str)
+    return rec_raw[:RAW_MAX_CHARS]
+
+
+def _finalise_pool(staged: Path, final: Path, n_shards: int, dup_counts: dict[str, int]) -> None:
+    """Move staged shards into `final`, writing n_duplicates into the shards that hold duplicated rows."""
+    final.mkdir()
+    for i in range(n_shards):
+        name = shard_name(i, "parquet")
+        src = staged / name
+        if dup_counts:
+            df = pl.read_parquet(src)
+            hit = df["id"].is_in(list(dup_counts)) if len(dup_counts) < 1_000_000 else None
+            if hit is None or hit.any():
+                df = df.with_columns(
+                    pl.col("id")
+                    .replace_strict(dup_counts, default=0, return_dtype=pl.Int64)
+                    .alias("n_duplicates")
+                )
+                df.write_parquet(final / name)
+                continue
+        os.replace(src, final / name)
+
+
+def _clean_stale(run: RunDir) -> None:
+    for p in run.root.glob(".ingest-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in run.root.glob(".pool.old-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def ingest(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    run: RunDir | str | os.PathLike,
+    *,
+    columns: Mapping[str, str] | None = None,
+    chunk_rows: int = 50_000,
+    shard_rows: int = 100_000,
+    max_row_bytes: int = 1_000_000,
+    progress: bool = True,
+) -> IngestReport:
+    """Ingest files, directories or globs of jsonl/json/parquet/csv into `<run>/pool/` (see contracts, Pool).
+
+    Rows are normalised per record (alpaca, sharegpt, messages, prompt/response, preference); `columns` maps
+    canonical names (prompt, response, domain, ...) to the input's column names. Exact duplicates (same id) are
+    kept once and listed in duplicates.parquet; unusable rows go to quarantine.parquet with a reason. JSON lines
+    and CSV are streamed `chunk_rows` records at a time, parquet by batches of `chunk_rows`; a `.json` array is
+    loaded whole. Raises IngestError (a ValueError) naming an input that cannot be read at all; the previous
+    pool of the run, if any, is replaced only when the whole ingest succeeds.
+    """
+    from tqdm.auto import tqdm
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    columns = check_columns(columns)
+    for name, v in (("chunk_rows", chunk_rows), ("shard_rows", shard_rows), ("max_row_bytes", max_row_bytes)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    given = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(i) for i in inputs]
+    files = resolve_inputs(inputs, exclude=run.root)
+    run.root.mkdir(parents=True, exist_ok=True)
+    _clean_stale(run)
+
+    report = IngestReport(run=run.root, inputs=[str(p) for p, _ in files])
+    seen: set[bytes] = set()
+    dup_counts: Counter[str] = Counter()
+    per_domain: Counter[str] = Counter()
+    per_kind: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    fingerprint = hashlib.blake2b(digest_size=16)
+
+    work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=run.root))
+    try:
+        staged = work / "staged"
+        staged.mkdir()
+        pool = _PoolWriter(staged, shard_rows)
+        dups = _TableWriter(work / "duplicates.parquet", DUPLICATES_SCHEMA)
+        quarantine = _TableWriter(work / "quarantine.parquet", QUARANTINE_SCHEMA)
+        with tqdm(total=None, unit="rows", unit_scale=True, desc="ingest", disable=not progress) as bar:
+            for path, fmt in files:
+                src = str(path)
+                counts = Counter()
+                bar.set_postfix_str(path.name, refresh=False)
+                for chunk in iter_chunks(path, fmt, chunk_rows, max_row_bytes):
+                    for rec in chunk:
+                        if rec.error is not None:
+                            quarantine.add(src, rec.row, rec.error, _raw_text(rec.raw, None))
+                            reasons[rec.error.split(":", 1)[0]] += 1
+                            counts["quarantined"] += 1
+                            continue
+                        try:
+                            norm = normalise(rec.value, columns)
+                        except RowError as e:
+                            quarantine.add(src, rec.row, e.reason, _raw_text(rec.raw, rec.value))
+                            reasons[e.reason.split(":", 1)[0]] += 1
+                            counts["quarantined"] += 1
+                            continue
+                        digest = content_digest(norm.kind, norm.messages, norm.rejected)
+                        if digest in seen:
+                            hex_id = digest.hex()
+                            dups.add(src, rec.row, hex_id)
+                            dup_counts[hex_id] += 1
+                            counts["duplicate"] += 1
+                            continue
+                        seen.add(digest)
+                        fingerprint.update(digest)
+                        pool.add(
+                            {
+                                "id": digest.hex(),
+                                "source": src,
+                                "row": rec.row,
+                                "kind": norm.kind,
+                                "domain": norm.domain,
+                                "messages": norm.messages,
+                                "prompt": norm.prompt,
+                                "response": norm.response,
+                                "rejected": norm.rejected,
+                                "meta": norm.meta,
+                                "n_duplicates": 0,
+                            }
+                        )
+                        per_domain[norm.domain if norm.domain is not None else NO_DOMAIN] += 1
+                        per_kind[norm.kind] += 1
+                        counts["unique"] += 1
+                    counts["read"] += len(chunk)
+                    bar.update(len(chunk))
+                report.per_source[src] = {
+                    k: counts[k] for k in ("read", "unique", "duplicate", "quarantined")
+                }
+        pool.flush()
+        dups.close()
+        quarantine.close()
+        final = work / "pool"
+        _finalise_pool(staged, final, pool.n_shards, dict(dup_counts))
+
+        report.n_read = sum(s["read"] for s in report.per_source.values())
+        report.n_unique = sum(s["unique"] for s in report.per_source.values())
+        report.n_duplicate = dups.n
+        report.n_quarantined = quarantine.n
+        report.per_domain = dict(sorted(per_domain.items()))
+        report.per_kind = dict(sorted(per_kind.items()))
+        report.reasons = dict(sorted(reasons.items()))
+        report.n_shards = pool.n_shards
+        report.pool_fingerprint = fingerprint.hexdigest()
+        assert report.n_unique + report.n_duplicate + report.n_quarantined == report.n_read
+
+        # swap in: ingest.json goes first (a pool without it is incomplete) and comes back last
+        run.ingest_path.unlink(missing_ok=True)
+        old = None
+        if run.pool_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=".pool.old-", dir=run.root))
+            os.replace(run.pool_dir, old / "pool")
+        os.replace(final, run.pool_dir)
+        os.replace(work / "duplicates.parquet", run.duplicates_path)
+        os.replace(work / "quarantine.parquet", run.quarantine_path)
+        write_json(
+            run.ingest_path,
+            {
+                "inputs": report.inputs,
+                "inputs_given": given,
+                "counts": {
+                    "read": report.n_read,
+                    "unique": report.n_unique,
+                    "duplicate": report.n_duplicate,
+                    "quarantined": report.n_quarantined,
+                },
+                "per_domain": report.per_domain,
+                "per_kind": report.per_kind,
+                "reasons": report.reasons,
+                "per_source": report.per_source,
+                "columns": columns,
+                "params": {
+                    "chunk_rows": chunk_rows,
+                    "shard_rows": shard_rows,
+                    "max_row_bytes": max_row_bytes,
+                },
+                "n_shards": report.n_shards,
+                "pool_fingerprint": report.pool_fingerprint,
+            },
+        )
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report

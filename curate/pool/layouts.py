@@ -1,0 +1,308 @@
+"""Recognise a record's layout and normalise it to the pool's row (messages, prompt, response, rejected, ...).
+
+Layouts, detected per record (a file may mix them):
+  preference  `prompt` + `chosen` + `rejected` (chosen/rejected as strings or message lists; prompt may be a
+              string, a message list, or absent when chosen/rejected are whole conversations)
+  messages    OpenAI `messages`: [{role, content}, ...]
+  sharegpt    `conversations`: [{from: human/gpt/system, value}, ...]
+  alpaca      `instruction`, optional `input`, `output`
+  prompt/response  `prompt` + `response` (or `completion`)
+An optional `system` field adds a system turn; `domain` is kept. `columns` maps these canonical names to the
+input's own column names. Every other non-null field goes to `meta` as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from curate.pool.errors import RowError
+
+CANONICAL = (
+    "prompt", "response", "completion", "instruction", "input", "output",
+    "messages", "conversations", "chosen", "rejected", "domain", "system",
+)  # fmt: skip
+
+# (layout, signature fields), in detection order: preference before prompt/response (both have `prompt`).
+LAYOUTS = (
+    ("preference", ("chosen", "rejected")),
+    ("messages", ("messages",)),
+    ("sharegpt", ("conversations",)),
+    ("alpaca", ("instruction", "output")),
+    ("prompt_response", ("prompt", "response")),
+    ("prompt_response", ("prompt", "completion")),
+)
+
+ROLE_ALIASES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bot": "assistant", "model": "assistant",
+    "system": "system",
+}  # fmt: skip
+
+
+class Normalised(NamedTuple):
+    """The content columns of one pool row (id, source, row and n_duplicates are added by ingest)."""
+
+    kind: str
+    domain: str | None
+    messages: list[dict[str, str]]
+    prompt: str
+    response: str
+    rejected: str | None
+    meta: str
+
+
+def check_columns(columns: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate a user column mapping {canonical name: input column}; raise ValueError naming a bad key."""
+    columns = dict(columns or {})
+    for canon, col in columns.items():
+        if canon not in CANONICAL:
+            raise ValueError(f"columns: unknown field {canon!r} (known: {', '.join(CANONICAL)})")
+        if not isinstance(col, str) or not col:
+            raise ValueError(f"columns: {canon!r} must map to a column name, got {col!r}")
+    sources = list(columns.values())
+    if len(set(sources)) != len(sources):
+        raise ValueError(f"columns: one input column is mapped twice in {columns}")
+    return columns
+
+
+def _tname(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _blank(v: Any) -> bool:
+    return (isinstance(v, str) and not v.strip()) or (isinstance(v, (list, tuple)) and len(v) == 0)
+
+
+def _detect(value: dict, key) -> tuple[str, tuple[str, ...]]:
+    fallback = None
+    for layout, sig in LAYOUTS:
+        vals = [value.get(key(f)) for f in sig]
+        if any(v is None for v in vals):
+            continue
+        if not any(_blank(v) for v in vals):
+            return layout, sig
+        if fallback is None:
+            fallback = (layout, sig)
+    if fallback is not None:
+        return fallback
+    keys = [str(k) for k, v in value.items() if v is not None]
+    shown = ", ".join(keys[:12]) + (", ..." if len(keys) > 12 else "")
+    raise RowError(f"missing_fields: no known layout (keys: {shown})")
+
+
+def _text(v: Any, field: str) -> str:
+    if not isinstance(v, str):
+        raise RowError(f"wrong_type: {field} is {_tname(v)}")
+    return v
+
+
+def _content(v: Any, where: str) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list) and v and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in v):
+        return "\n".join(p["text"] for p in v)  # OpenAI content parts [{type: text, text}]
+    raise RowError(f"wrong_type: {where} is {_tname(v)}")
+
+
+def _maybe_json_list(v: Any) -> Any:
+    """A message list stored as JSON text (CSV cells, string parquet columns) is parsed; anything else is kept."""
+    if isinstance(v, str) and v.lstrip().startswith("["):
+        try:
+            parsed = json.loads(v)
+        except (json.JSONDecodeError, RecursionError):
+            return v
+        if isinstance(parsed, list) and parsed and all(isinstance(t, dict) for t in parsed):
+            return parsed
+    return v
+
+
+def _turns(v: Any, field: str) -> list[dict[str, str]]:
+    """Parse a list of {role, content} (or sharegpt {from, value}) turns; empty system turns are dropped."""
+    v = _maybe_json_list(v)
+    if not isinstance(v, list):
+        raise RowError(f"wrong_type: {field} is {_tname(v)}, expected a list of messages")
+    out = []
+    for i, turn in enumerate(v):
+        where = f"{field}[{i}]"
+        if not isinstance(turn, dict):
+            raise RowError(f"wrong_type: {where} is {_tname(turn)}, expected an object")
+        role = turn["role"] if "role" in turn else turn.get("from")
+        if "content" in turn:
+            content = turn["content"]
+        elif "value" in turn:
+            content = turn["value"]
+        else:
+            raise RowError(
+                f"missing_fields: {where} has no content/value (keys: {', '.join(map(str, turn))})"
+            )
+        if role is None:
+            raise RowError(f"missing_fields: {where} has no role/from")
+        if not isinstance(role, str):
+            raise RowError(f"wrong_type: {where}.role is {_tname(role)}")
+        role = role.strip().lower()
+        role = ROLE_ALIASES.get(role, role)
+        content = _content(content, f"{where}.content")
+        if role == "system" and not content.strip():
+            continue
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _system(value: dict, key, used: set) -> list[dict[str, str]]:
+    k = key("system")
+    v = value.get(k)
+    if v is None:
+        return []
+    used.add(k)
+    v = _text(v, k)
+    return [{"role": "system", "content": v}] if v.strip() else []
+
+
+def _with_system(system: list, turns: list) -> list:
+    if system and not (turns and turns[0]["role"] == "system"):
+        return system + turns
+    return turns
+
+
+def render_prompt(before: list[dict[str, str]]) -> str:
+    """Plain text of the turns before the final assistant turn: the user text for one user turn,
+    else 'role: content' blocks joined by blank lines."""
+    if len(before) == 1 and before[0]["role"] == "user":
+        return before[0]["content"]
+    return "\n\n".join(f"{t['role']}: {t['content']}" for t in before)
+
+
+def _finish(messages: list, field: str | None) -> tuple[str, str]:
+    """Check the conversation ends with a non-empty assistant turn after a non-empty prompt; render the prompt.
+
+    `field` names the input list for messages/sharegpt/preference-list rows; None for rows built from text
+    fields (alpaca, prompt/response), whose empty turns are reported as the prompt."""
+    if not messages:
+        raise RowError(f"missing_fields: {field or 'messages'} is empty")
+    last = messages[-1]["role"]
+    if last != "assistant":
+        raise RowError(f"missing_fields: {field} ends with a {last} turn, not assistant")
+    response = messages[-1]["content"]
+    if not response.strip():
+        raise RowError("empty_text: response")
+    before = messages[:-1]
+    if not before:
+        raise RowError("empty_text: prompt")
+    if len(before) == 1 and before[0]["role"] == "user" and not before[0]["content"].strip():
+        raise RowError("empty_text: prompt")
+    for i, t in enumerate(before):
+        if not t["content"].strip():
+            raise RowError(f"empty_text: {field}[{i}].content" if field else "empty_text: prompt")
+    return render_prompt(before), response
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        x["role"] == y["role"] and x["content"] == y["content"] for x, y in zip(a, b, strict=True)
+    )
+
+
+def _preference(value: dict, key, used: set, system: list) -> tuple[list, str]:
+    pk, ck, rk = key("prompt"), key("chosen"), key("rejected")
+    used.update((ck, rk))
+    prompt_v = value.get(pk)
+    if prompt_v is None:
+        prompt_msgs: list = []
+    else:
+        used.add(pk)
+        prompt_v = _maybe_json_list(prompt_v)
+        if isinstance(prompt_v, str):
+            if not prompt_v.strip():
+                raise RowError("empty_text: prompt")
+            prompt_msgs = [{"role": "user", "content": prompt_v}]
+        elif isinstance(prompt_v, list):
+            prompt_msgs = _turns(prompt_v, pk)
+        else:
+            raise RowError(f"wrong_type: {pk} is {_tname(prompt_v)}")
+    prompt_msgs = _with_system(system, prompt_msgs) if prompt_msgs else prompt_msgs
+
+    def side(v: Any, field: str) -> list:
+        v = _maybe_json_list(v)
+        if isinstance(v, str):
+            if not prompt_msgs:
+                raise RowError(f"missing_fields: preference row has a text {field} but no prompt")
+            return prompt_msgs + [{"role": "assistant", "content": v}]
+        if isinstance(v, list):
+            turns = _turns(v, field)
+            if prompt_msgs and _same(turns[: len(prompt_msgs)], prompt_msgs):
+                return turns
+            return prompt_msgs + turns if prompt_msgs else _with_system(system, turns)
+        raise RowError(f"wrong_type: {field} is {_tname(v)}")
+
+    chosen = side(value[ck], ck)
+    rejected = side(value[rk], rk)
+    if not rejected or rejected[-1]["role"] != "assistant":
+        last = rejected[-1]["role"] if rejected else "nothing"
+        raise RowError(f"missing_fields: {rk} ends with {last}, not an assistant turn")
+    if not rejected[-1]["content"].strip():
+        raise RowError("empty_text: rejected")
+    if chosen and not _same(rejected[:-1], chosen[:-1]):
+        raise RowError("mismatched_pair: chosen and rejected continue different conversations")
+    return chosen, rejected[-1]["content"]
+
+
+def normalise(value: Any, columns: Mapping[str, str] | None = None) -> Normalised:
+    """Normalise one input record; raise RowError with a short stable reason when it cannot be used."""
+    if not isinstance(value, dict):
+        raise RowError(f"wrong_type: record is {_tname(value)}, expected an object")
+    cols = columns or {}
+
+    def key(c: str) -> str:
+        return cols.get(c, c)
+
+    layout, sig = _detect(value, key)
+    used: set = set()
+    system = _system(value, key, used)
+    rejected = None
+    kind = "sft"
+    if layout == "preference":
+        kind = "preference"
+        messages, rejected = _preference(value, key, used, system)
+        field = key("chosen")
+    elif layout in ("messages", "sharegpt"):
+        field = key(sig[0])
+        used.add(field)
+        messages = _with_system(system, _turns(value[field], field))
+    elif layout == "alpaca":
+        ik, nk, ok = key("instruction"), key("input"), key("output")
+        used.update((ik, ok))
+        instruction = _text(value[ik], ik)
+        inp = value.get(nk)
+        if inp is not None:
+            used.add(nk)
+            inp = _text(inp, nk)
+        user = "\n\n".join(p for p in (instruction, inp) if p and p.strip()) or instruction
+        messages = system + [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": _text(value[ok], ok)},
+        ]
+        field = None
+    else:  # prompt_response
+        pk, rk = key(sig[0]), key(sig[1])
+        used.update((pk, rk))
+        prompt = _text(value[pk], pk)
+        messages = system + [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": _text(value[rk], rk)},
+        ]
+        field = None
+    prompt, response = _finish(messages, field)
+
+    dk = key("domain")
+    domain = value.get(dk)
+    if domain is not None:
+        used.add(dk)
+        if isinstance(domain, bool) or not isinstance(domain, (str, int, float)):
+            raise RowError(f"wrong_type: {dk} is {_tname(domain)}")
+        domain = str(domain) if not isinstance(domain, str) else domain
+        domain = domain if domain.strip() else None
+    meta = {str(k): v for k, v in value.items() if k not in used and v is not None}
+    meta_text = json.dumps(meta, ensure_ascii=False, default=str)
+    return Normalised(kind, domain, messages, prompt, response, rejected, meta_text)
