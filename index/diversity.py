@@ -1,0 +1,275 @@
+"""Diversity figures of a pool, a domain or a subset, all on cosine geometry of the embeddings.
+
+- DaaR (methods.md 2.2): per row, inter = sum over the OTHER domain centroids of cos(e(x), C_j) and
+  intra = cos(e(x), C_k) with its own centroid. Centroids are the plain means of the members' embeddings, not
+  re-normalised (cosine ignores their length, so this changes nothing in the scores). Set level: Phi_inter =
+  mean cosine distance 1 - cos(C_j, C_k) over centroid pairs j < k; Phi_intra(k) = within-domain variance
+  = mean squared Euclidean distance of the members to their centroid (trace of the domain covariance).
+- mean kNN distance (1 - cosine), k-center covering radius (max over the pool of the cosine distance to the
+  nearest subset row), facility-location value on the kNN graph, Vendi score, and SemDeDup-style
+  near-duplicate fraction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return x / norms
+
+
+def _codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    names, codes = np.unique(np.asarray(labels), return_inverse=True)
+    return names, codes.ravel().astype(np.int64)
+
+
+def domain_centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(names [K], centroids [K, d] float32 = mean of each label's rows), names sorted."""
+    if len(labels) != vectors.shape[0]:
+        raise ValueError(f"labels has {len(labels)} entries for {vectors.shape[0]} vectors")
+    names, codes = _codes(labels)
+    sums = np.zeros((names.size, vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, codes, np.asarray(vectors, dtype=np.float64))
+    counts = np.bincount(codes, minlength=names.size).astype(np.float64)
+    return names, (sums / counts[:, None]).astype(np.float32)
+
+
+def daar_scores(
+    vectors: np.ndarray, labels: np.ndarray, centroids: np.ndarray | None = None, batch_size: int = 65_536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row DaaR (inter, intra) scores, float64 [N] each.
+
+    `labels` are the rows' domains; `centroids` [K, d] in the order of the sorted unique labels
+    (default: the domain means).
+    """
+    names, codes = _codes(labels)
+    if centroids is None:
+        _, centroids = domain_centroids(vectors, labels)
+    if centroids.shape[0] != names.size:
+        raise ValueError(f"{centroids.shape[0]} centroids for {names.size} domains")
+    cn = _normalise(centroids)
+    inter = np.empty(vectors.shape[0], dtype=np.float64)
+    intra = np.empty(vectors.shape[0], dtype=np.float64)
+    for s in range(0, vectors.shape[0], batch_size):
+        sims = (_normalise(vectors[s : s + batch_size]) @ cn.T).astype(np.float64)
+        own = sims[np.arange(sims.shape[0]), codes[s : s + batch_size]]
+        intra[s : s + sims.shape[0]] = own
+        inter[s : s + sims.shape[0]] = sims.sum(axis=1) - own
+    return inter, intra
+
+
+def phi_inter(centroids: np.ndarray) -> float:
+    """Expected pairwise cosine distance between centroids (0.0 with fewer than two)."""
+    k = centroids.shape[0]
+    if k < 2:
+        return 0.0
+    cn = _normalise(centroids).astype(np.float64)
+    sims = cn @ cn.T
+    iu = np.triu_indices(k, 1)
+    return float(np.mean(1.0 - sims[iu]))
+
+
+def phi_intra(vectors: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Within-domain variance per domain: mean squared distance of members to their centroid."""
+    names, codes = _codes(labels)
+    _, cents = domain_centroids(vectors, labels)
+    out = {}
+    for k, name in enumerate(names):
+        rows = np.asarray(vectors[codes == k], dtype=np.float64)
+        out[str(name)] = float(((rows - cents[k]) ** 2).sum(axis=1).mean())
+    return out
+
+
+def _flat_ip(x: np.ndarray):
+    import faiss
+
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(np.ascontiguousarray(x, dtype=np.float32))
+    return index
+
+
+def mean_knn_distance(
+    graph: Any = None, vectors: np.ndarray | None = None, subset: np.ndarray | None = None, k: int = 10,
+    batch_size: int = 16_384,
+) -> float:
+    """Mean cosine distance (1 - sim) of rows to their k nearest neighbours.
+
+    Pool level: from a KnnGraph (missing neighbours, -1, ignored). Subset level: exact kNN among the subset
+    rows only (faiss flat inner-product search on normalised vectors, self excluded).
+    """
+    if subset is None:
+        if graph is None:
+            raise ValueError("mean_knn_distance needs a graph (pool level) or vectors and a subset")
+        nb = np.asarray(graph.neighbors)[:, :k]
+        sims = np.asarray(graph.sims)[:, :k]
+        valid = nb >= 0
+        if not valid.any():
+            return float("nan")
+        return float(np.mean(1.0 - sims[valid].astype(np.float64)))
+    if vectors is None:
+        raise ValueError("mean_knn_distance on a subset needs the vectors")
+    sub = np.asarray(subset, dtype=np.int64)
+    if sub.size < 2:
+        return float("nan")
+    x = _normalise(vectors[sub])
+    kk = min(k, sub.size - 1)
+    index = _flat_ip(x)
+    total, count = 0.0, 0
+    for s in range(0, sub.size, batch_size):
+        sims, idx = index.search(x[s : s + batch_size], kk + 1)
+        own = np.arange(s, s + idx.shape[0])[:, None]
+        keep = idx != own
+        # where self was not returned (exact ties), drop the last column instead
+        no_self = keep.all(axis=1)
+        keep[no_self, -1] = False
+        total += float((1.0 - sims[keep].astype(np.float64)).sum())
+        count += int(keep.sum())
+    return total / count
+
+
+def covering_radius(
+    vectors: np.ndarray, subset: np.ndarray, batch_size: int = 65_536, return_argmax: bool = False
+) -> float | tuple[float, int]:
+    """k-center covering radius: max over pool rows of the cosine distance to the nearest subset row."""
+    sub = np.asarray(subset, dtype=np.int64)
+    if sub.size == 0:
+        raise ValueError("covering_radius needs a non-empty subset")
+    index = _flat_ip(_normalise(vectors[sub]))
+    worst, arg = -np.inf, -1
+    for s in range(0, vectors.shape[0], batch_size):
+        sims, _ = index.search(_normalise(vectors[s : s + batch_size]), 1)
+        dist = 1.0 - sims[:, 0].astype(np.float64)
+        i = int(dist.argmax())
+        if dist[i] > worst:
+            worst, arg = float(dist[i]), s + i
+    worst = max(worst, 0.0)
+    return (worst, arg) if return_argmax else worst
+
+
+def vendi_score(vectors: np.ndarray, sample: int | None = 5_000, seed: int = 0) -> float:
+    """Vendi score: exp of the Shannon entropy of the eigenvalues of K/n, K the cosine similarity matrix.
+
+    Uses the Gram trick (the nonzero eigenvalues of X^T X / n equal those of X X^T / n), so the cost is
+    O(n d^2) for n > d. Larger sets are scored on a seeded sample of `sample` rows.
+    """
+    n = vectors.shape[0]
+    if n == 0:
+        return 0.0
+    if sample is not None and n > sample:
+        pos = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+        vectors = vectors[pos]
+        n = sample
+    x = _normalise(vectors).astype(np.float64)
+    gram = (x @ x.T) if n <= x.shape[1] else (x.T @ x)
+    evals = np.linalg.eigvalsh(gram / n)
+    evals = evals[evals > 1e-12]
+    p = evals / evals.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def near_duplicates(
+    vectors: np.ndarray, clusters: np.ndarray, threshold: float = 0.95, order: np.ndarray | None = None,
+    block: int = 2_048,
+) -> tuple[float, np.ndarray]:
+    """SemDeDup-style near-duplicates: (fraction, flags bool [N]).
+
+    Within each cluster, a row is flagged when a row EARLIER in `order` (default: position order) in the
+    same cluster has cosine similarity >= `threshold` with it.
+    """
+    n = vectors.shape[0]
+    clusters = np.asarray(clusters).ravel()
+    if clusters.size != n:
+        raise ValueError(f"clusters has {clusters.size} entries for {n} vectors")
+    rank = np.arange(n) if order is None else np.empty(n, dtype=np.int64)
+    if order is not None:
+        order = np.asarray(order, dtype=np.int64)
+        if order.size != n or np.unique(order).size != n:
+            raise ValueError("order must be a permutation of the pool positions")
+        rank[order] = np.arange(n)
+    flags = np.zeros(n, dtype=bool)
+    by = np.lexsort((rank, clusters))  # cluster-major, then the deterministic order
+    bounds = np.flatnonzero(np.diff(clusters[by])) + 1
+    for members in np.split(by, bounds):
+        m = members.size
+        if m < 2:
+            continue
+        x = _normalise(vectors[members])
+        for s in range(1, m, block):
+            rows = x[s : s + block]
+            sims = rows @ x[: s + rows.shape[0]].T  # earlier rows and the block itself
+            # keep only strictly earlier columns: column j < s + i for row i
+            cols = np.arange(sims.shape[1])[None, :]
+            earlier = cols < (s + np.arange(rows.shape[0]))[:, None]
+            hit = ((sims >= threshold) & earlier).any(axis=1)
+            flags[members[s : s + rows.shape[0]]] = hit
+    return float(flags.mean()) if n else 0.0, flags
+
+
+def diversity_report(
+    vectors: np.ndarray,
+    subset: np.ndarray | None = None,
+    graph: Any = None,
+    labels: np.ndarray | None = None,
+    centroids: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
+    *,
+    k: int = 10,
+    vendi_sample: int | None = 5_000,
+    semdedup_threshold: float = 0.95,
+    covering: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Gather the diversity figures for the pool (subset=None) or a subset of pool positions.
+
+    labels: domain per pool row (adds DaaR Phi figures, per-domain figures); centroids: domain centroids in
+    sorted-label order (default: means of the rows considered); clusters: k-means cluster per pool row
+    (adds the near-duplicate fraction); graph: pool KnnGraph (pool mean kNN distance, facility location).
+    """
+    n = vectors.shape[0]
+    rows = np.arange(n) if subset is None else np.asarray(subset, dtype=np.int64)
+    sub_vecs = vectors[rows] if subset is not None else vectors
+    rep: dict[str, Any] = {"n": int(rows.size), "pool_n": int(n)}
+    if subset is None and graph is not None:
+        rep["mean_knn_distance"] = mean_knn_distance(graph, k=k)
+    elif subset is not None:
+        rep["mean_knn_distance"] = mean_knn_distance(vectors=vectors, subset=rows, k=k)
+    rep["vendi"] = vendi_score(sub_vecs, sample=vendi_sample, seed=seed)
+    rep["vendi_sample"] = int(min(rows.size, vendi_sample or rows.size))
+    if subset is not None and covering:
+        rep["covering_radius"] = covering_radius(vectors, rows)
+    if graph is not None:
+        from index.facility import facility_location_value
+
+        rep["facility_location"] = float(facility_location_value(graph, rows))
+    if clusters is not None:
+        cl = np.asarray(clusters)[rows]
+        frac, _ = near_duplicates(sub_vecs, cl, threshold=semdedup_threshold)
+        rep["near_duplicate_fraction"] = frac
+        rep["semdedup_threshold"] = semdedup_threshold
+    if labels is not None:
+        lab = np.asarray(labels)[rows]
+        names, cents = domain_centroids(sub_vecs, lab)
+        if centroids is not None:
+            all_names = np.unique(np.asarray(labels))
+            cents = np.asarray(centroids)[np.searchsorted(all_names, names)]
+        inter, intra = daar_scores(sub_vecs, lab, cents)
+        within = phi_intra(sub_vecs, lab)
+        _, codes = _codes(lab)
+        rep["phi_inter"] = phi_inter(cents)
+        rep["domains"] = {
+            str(name): {
+                "n": int((codes == j).sum()),
+                "phi_intra": within[str(name)],
+                "mean_inter": float(inter[codes == j].mean()),
+                "mean_intra": float(intra[codes == j].mean()),
+                "vendi": vendi_score(sub_vecs[codes == j], sample=vendi_sample, seed=seed),
+            }
+            for j, name in enumerate(names)
+        }
+    return rep
