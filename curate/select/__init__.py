@@ -84,8 +84,10 @@ def load_selection(run: RunDir | str | os.PathLike, name: str) -> Selection:
 
 def _coverage_stats(run: RunDir, selection: Selection) -> dict[str, Any]:
     """Coverage and diversity of the subset when the map has been built (else a note saying so)."""
-    if not (run.map_dir / "grid.parquet").exists():
-        return {"coverage": None, "coverage_note": "map not built: run `curate map` for coverage and diversity"}
-    from curate.map import coverage_report
+    from curate.export.manifest import coverage
 
-    return {"coverage": coverage_report(run, selection.positions)}
+    rep = coverage(run, selection.positions)
+    out: dict[str, Any] = {"coverage": rep["report"]}
+    if "note" in rep:
+        out["coverage_note"] = rep["note"]
+    return out

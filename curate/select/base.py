@@ -255,7 +255,7 @@ class PoolView:
                 raise ValueError("this in-memory PoolView has no vectors")
             from curate.embed import load_vectors
 
-            self._vectors = load_vectors(self.run)
+            self._vectors = load_vectors(self.run.root)
             _check_len("embedding vectors", self._vectors, self.n)
         return self._vectors
 
@@ -284,9 +284,7 @@ class PoolView:
                     f"signal {name!r} is missing ({self.run.signal_path(name)}): "
                     f"run `curate score --signal {name}` on {self.run.root} first"
                 )
-            from curate.signals import load_signal
-
-            arr = np.asarray(load_signal(self.run, name), dtype=np.float64)
+            arr = np.asarray(_load_signal(self.run, name), dtype=np.float64)
             _check_len(f"signal {name!r}", arr, self.n)
             self._signals[name] = arr
         return self._signals[name]
@@ -356,6 +354,14 @@ class PoolView:
 
     def _aligned(self, df: pl.DataFrame, column: str, path: Path) -> np.ndarray:
         return self._join(df.select("id", column), path)[column].to_numpy()
+
+
+def _load_signal(run: RunDir, name: str) -> np.ndarray:
+    try:
+        from curate.signals import load_signal
+    except ImportError:  # curate.signals re-exports it; its store module holds it
+        from curate.signals.store import load_signal
+    return load_signal(run.root, name)
 
 
 @dataclass

@@ -1,0 +1,163 @@
+"""The export stage: a selection as a weighted training subset, in the layouts trainers read, with a manifest.
+
+    <run>/export/<selection>/data-00000.parquet, data-00000.jsonl, ...   rows in rank order, with `weight`
+    <run>/export/<selection>/ids.parquet                                 id (sorted), weight (DataComp-style)
+    <run>/export/<selection>/manifest.json                               accounting, provenance, versions
+
+The folder is built beside its final place and swapped in at the end, so a killed export never leaves a
+mixture of old and new shards. Load it with `datasets.load_dataset("parquet", data_files=".../data-*.parquet")`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.export.layouts import LAYOUTS, POOL_COLUMNS, check_layout, to_layout
+from curate.export.manifest import coverage, domain_counts, fingerprints, package_versions, row_accounting
+from curate.run import RunDir
+from index.io import read_json, write_json
+
+FORMATS = ("jsonl", "parquet")
+
+__all__ = ["FORMATS", "LAYOUTS", "export", "selected_rows"]
+
+
+def selected_rows(run: RunDir | str | os.PathLike, selection: str) -> pl.DataFrame:
+    """Pool rows of a saved selection in rank order: POOL_COLUMNS + weight, rank, reason."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    path = run.require(run.selection_path(selection), f"select --name {selection}")
+    sel = pl.read_parquet(path).sort("rank")
+    pool = run.scan_pool().select(POOL_COLUMNS).collect()
+    rows = sel.join(pool, on="id", how="left", maintain_order="left")
+    missing = rows.filter(pl.col("kind").is_null())
+    if missing.height:
+        raise ValueError(
+            f"{path}: {missing.height} selected ids are not in the pool (e.g. {missing['id'][0]}); "
+            "the selection is stale: re-run `curate select`"
+        )
+    return rows
+
+
+def export(
+    run: RunDir | str | os.PathLike,
+    selection: str,
+    *,
+    layout: str | None = "messages",
+    formats: Sequence[str] | str | None = FORMATS,
+    shard_rows: int = 100_000,
+    out: str | os.PathLike | None = None,
+) -> Path:
+    """Write <run>/export/<selection>/ (or `out`): data shards, ids.parquet and manifest.json; return the folder."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    layout = check_layout(layout or "messages")
+    formats = (formats,) if isinstance(formats, str) else tuple(formats or FORMATS)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"unknown export format(s) {bad}; use {' and/or '.join(FORMATS)}")
+    if shard_rows < 1:
+        raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
+    final = Path(out) if out is not None else run.export_dir / selection
+
+    rows = selected_rows(run, selection)
+    if layout == "preference":
+        n_pref = run.scan_pool().filter(pl.col("kind") == "preference").select(pl.len()).collect().item()
+        if n_pref == 0:
+            raise ValueError(
+                f"layout 'preference' needs preference rows (prompt/chosen/rejected), but the pool of "
+                f"{run.root} has none: export with layout 'messages', 'alpaca' or 'sharegpt'"
+            )
+    data = to_layout(rows, layout)
+    accounting = row_accounting(run, rows["id"])
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        files = _write_shards(data, work, formats, shard_rows)
+        data.select("id", "weight").sort("id").write_parquet(work / "ids.parquet")
+        files.append({"path": "ids.parquet", "rows": data.height})
+        write_json(work / "manifest.json", _manifest(run, selection, layout, formats, shard_rows, rows, files, accounting))
+        _swap_in(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def _write_shards(data: pl.DataFrame, out: Path, formats: Sequence[str], shard_rows: int) -> list[dict[str, Any]]:
+    files = []
+    n_shards = max(1, -(-data.height // shard_rows))
+    for s in range(n_shards):
+        part = data.slice(s * shard_rows, shard_rows)
+        for fmt in formats:
+            name = f"data-{s:05d}.{fmt}"
+            if fmt == "parquet":
+                part.write_parquet(out / name)
+            else:
+                part.write_ndjson(out / name)
+            files.append({"path": name, "rows": part.height})
+    return files
+
+
+def _swap_in(work: Path, final: Path) -> None:
+    """Replace `final` with the finished folder `work` (the old export is moved aside, then removed)."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / "x")
+    os.replace(work, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _manifest(
+    run: RunDir,
+    selection: str,
+    layout: str,
+    formats: Sequence[str],
+    shard_rows: int,
+    rows: pl.DataFrame,
+    files: list[dict[str, Any]],
+    accounting: dict[str, Any],
+) -> dict[str, Any]:
+    side_path = run.selection_path(selection).with_suffix(".json")
+    side = read_json(side_path) if side_path.exists() else {}
+    pool_domains = run.scan_pool().select("domain").collect()["domain"]
+    pool_pos = run.scan_pool().select("id").with_row_index("pos").collect()
+    order = rows.select("id").join(pool_pos, on="id", how="left", maintain_order="left")["pos"].to_numpy()
+    import curate
+
+    return {
+        "curate_version": curate.__version__,
+        "selection": selection,
+        "method": side.get("method"),
+        "params": side.get("params", {}),
+        "seed": side.get("seed"),
+        "budget": side.get("budget"),
+        "selection_stats": side.get("stats", {}),
+        "layout": layout,
+        "formats": list(formats),
+        "shard_rows": shard_rows,
+        "files": files,
+        "inputs": accounting["inputs"],
+        "counts": accounting["counts"],
+        "counts_note": (
+            "selected + not_selected + duplicate + quarantined = read; duplicates of a selected row count as "
+            "duplicate (not exported again), see duplicates_of_selected"
+        ),
+        "quarantine_reasons": accounting["quarantine_reasons"],
+        "domains": {"pool": domain_counts(pool_domains), "selected": domain_counts(rows["domain"])},
+        "weights": {
+            "sum": float(rows["weight"].sum()) if rows.height else 0.0,
+            "min": float(rows["weight"].min()) if rows.height else None,
+            "max": float(rows["weight"].max()) if rows.height else None,
+        },
+        "fingerprints": fingerprints(run),
+        "packages": package_versions(),
+        "coverage": coverage(run, order),
+    }
