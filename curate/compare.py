@@ -1,0 +1,106 @@
+"""Several selections of one pool side by side: size, tokens, domains, coverage, diversity, signals, overlap.
+
+`compare(run, names)` returns one row per selection (a polars DataFrame); `render(table)` prints it with rich.
+Columns: selection, method, n, tokens (when the `tokens` signal is stored), domain:<name> (rows per
+domain), coverage / density_coverage and the diversity figures of `curate.map.coverage_report` (when the map
+is built), mean:<signal> (mean of every stored signal over the subset, NaN ignored), jaccard:<other>
+(|A & B| / |A | B| with every other selection).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curate.run import RunDir
+from curate.select.base import TOKENS_SIGNAL, PoolView, Selection
+
+# scalar figures taken from coverage_report when present
+COVERAGE_KEYS = ("coverage", "density_coverage")
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|A & B| / |A | B| of two position sets (1.0 for two empty sets)."""
+    sa, sb = set(np.asarray(a).tolist()), set(np.asarray(b).tolist())
+    union = len(sa | sb)
+    return 1.0 if union == 0 else len(sa & sb) / union
+
+
+def compare(run: RunDir | str | os.PathLike, names: Sequence[str]) -> pl.DataFrame:
+    """One row per selection of `run`: size, tokens, per-domain counts, coverage, signal means, Jaccard."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    names = list(names)
+    if not names:
+        raise ValueError("compare needs at least one selection name")
+    if len(set(names)) != len(names):
+        raise ValueError(f"selection names repeat: {names}")
+    sels = {name: Selection.load(run, name) for name in names}
+    view = PoolView.from_run(run)
+    domains = view.frame["domain"].fill_null("(none)")
+    dom_names = sorted(domains.unique().to_list())
+    signals = view.signal_names()
+    values = {s: view.signal(s) for s in signals}
+    map_built = (run.map_dir / "grid.parquet").exists()
+
+    rows: list[dict[str, Any]] = []
+    for name, sel in sels.items():
+        pos = sel.positions
+        row: dict[str, Any] = {"selection": name, "method": sel.method, "n": len(sel)}
+        if TOKENS_SIGNAL in values:
+            row["tokens"] = int(round(float(values[TOKENS_SIGNAL][pos].sum())))
+        counts = domains.gather(pos).value_counts() if len(pos) else None
+        got = {} if counts is None else dict(zip(counts["domain"], counts["count"], strict=True))
+        for d in dom_names:
+            row[f"domain:{d}"] = int(got.get(d, 0))
+        if map_built:
+            row.update(_coverage_figures(run, pos))
+        for s in signals:
+            v = values[s][pos]
+            row[f"mean:{s}"] = float(np.nanmean(v)) if np.any(~np.isnan(v)) else None
+        for other, osel in sels.items():
+            row[f"jaccard:{other}"] = jaccard(pos, osel.positions)
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def _coverage_figures(run: RunDir, positions: np.ndarray) -> dict[str, Any]:
+    """Scalar coverage and diversity figures of a subset (from coverage_report), or an error note."""
+    from curate.export.manifest import coverage
+
+    rep = coverage(run, positions)
+    if rep["report"] is None:
+        return {"coverage_note": rep.get("note", "")}
+    out: dict[str, Any] = {}
+    for key, val in rep["report"].items():
+        if isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(val, bool):
+            out[key] = float(val)
+    return out
+
+
+def render(table: pl.DataFrame, console: Any = None) -> None:
+    """Print a compare table with rich: one column per selection, one row per figure."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title="selections", show_lines=False)
+    t.add_column("figure", style="bold")
+    for name in table["selection"].to_list():
+        t.add_column(str(name), justify="right")
+    for col in table.columns:
+        if col == "selection":
+            continue
+        t.add_row(col, *[_fmt(v) for v in table[col].to_list()])
+    console.print(t)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,193 @@
+"""The selector interface: budgets, token budgets, PoolView alignment, Selection round trip, the select stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from fixtures_pool import make_run
+
+from curate.select import SELECTORS, Budget, PoolView, Ranking, Selection, Selector, list_selections, select
+
+
+class FixedOrder(Selector):
+    """Test selector: returns a fixed ranking (not registered)."""
+
+    name = "fixed"
+
+    def __init__(self, order: tuple = (), weights: tuple | None = None) -> None:
+        self.order = order
+        self.weights = weights
+
+    def rank(self, view, k, *, seed, budget):
+        w = None if self.weights is None else np.asarray(self.weights, dtype=float)
+        return Ranking(np.asarray(self.order), weights=w, reasons=[f"r{i}" for i in self.order])
+
+
+def view(n: int = 10, tokens=None) -> PoolView:
+    sig = {} if tokens is None else {"tokens": np.asarray(tokens, dtype=float)}
+    return PoolView.from_arrays([f"id{i}" for i in range(n)], signals=sig)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("1000", Budget(rows=1000)),
+        (" 20% ", Budget(fraction=0.2)),
+        ("12.5%", Budget(fraction=0.125)),
+        ("50000tok", Budget(tokens=50000)),
+        ("50000 tokens", Budget(tokens=50000)),
+        ("7rows", Budget(rows=7)),
+        (0.3, Budget(fraction=0.3)),
+        ("0.3", Budget(fraction=0.3)),
+        (5, Budget(rows=5)),
+        (5.0, Budget(rows=5)),
+        (Budget(tokens=3), Budget(tokens=3)),
+    ],
+)
+def test_budget_parse(spec, expected):
+    assert Budget.parse(spec) == expected
+    assert Budget.parse(str(Budget.parse(spec))) == expected  # str() round-trips
+
+
+@pytest.mark.parametrize("spec", ["", "abc", "-5", "150%", "1.5tok", "10 apples"])
+def test_budget_parse_rejects(spec):
+    with pytest.raises(ValueError):
+        Budget.parse(spec)
+
+
+def test_budget_needs_exactly_one():
+    with pytest.raises(ValueError, match="exactly one"):
+        Budget(rows=1, tokens=2)
+    with pytest.raises(ValueError, match="exactly one"):
+        Budget()
+    with pytest.raises(TypeError):
+        Budget.parse(True)
+
+
+def test_budget_resolve():
+    assert Budget(rows=5).resolve(3) == 3
+    assert Budget(rows=2).resolve(10) == 2
+    assert Budget(fraction=0.25).resolve(10) == 3  # 2.5 rounds half up
+    assert Budget(fraction=0.2).resolve(10) == 2
+    assert Budget(fraction=1.0).resolve(7) == 7
+    # token upper bound: shortest rows 1+2+3 = 6 <= 7, +4 = 10 > 7
+    assert Budget(tokens=7).resolve(4, np.array([4.0, 1.0, 3.0, 2.0])) == 3
+    with pytest.raises(ValueError, match="tokens"):
+        Budget(tokens=7).resolve(4)
+
+
+def test_rows_budget_takes_prefix_of_ranking():
+    sel = FixedOrder(order=(3, 1, 4, 0, 2)).select(view(5), "3", seed=0)
+    assert sel.positions.tolist() == [3, 1, 4]
+    assert sel.ids == ["id3", "id1", "id4"]
+    assert sel.reasons == ["r3", "r1", "r4"]
+    assert sel.weights.tolist() == [1.0, 1.0, 1.0]
+    assert sel.budget == "3" and sel.method == "fixed" and sel.params == {"order": (3, 1, 4, 0, 2), "weights": None}
+    assert sel.to_frame()["rank"].to_list() == [0, 1, 2]
+
+
+def test_token_budget_skips_rows_that_overflow():
+    tokens = [5, 8, 2, 4, 1, 9]
+    # ranking 1(8) 0(5) 5(9) 3(4) 2(2) 4(1), budget 15: take 1 (8, left 7), take 0 (5, left 2),
+    # skip 5 (9), skip 3 (4), take 2 (2, left 0), then nothing fits (row 4 needs 1) -> stop
+    sel = FixedOrder(order=(1, 0, 5, 3, 2, 4)).select(view(6, tokens), "15tok")
+    assert sel.positions.tolist() == [1, 0, 2]
+    assert sel.stats["tokens"] == 15
+    assert sel.budget == "15tok"
+    # with room for the last row it is taken after the skipped ones
+    sel = FixedOrder(order=(1, 0, 5, 3, 2, 4)).select(view(6, tokens), "16tok")
+    assert sel.positions.tolist() == [1, 0, 2, 4]
+    # zero budget selects nothing; a huge budget selects all
+    assert FixedOrder(order=(0, 1)).select(view(2, [1, 1]), "0tok").positions.tolist() == []
+    assert len(FixedOrder(order=(0, 1)).select(view(2, [1, 1]), "100tok")) == 2
+
+
+def test_token_budget_without_tokens_signal_names_the_command():
+    with pytest.raises(FileNotFoundError, match="curate score --signal tokens"):
+        FixedOrder(order=(0,)).select(view(3), "10tok")
+
+
+def test_ranking_is_validated():
+    with pytest.raises(ValueError, match="repeats"):
+        FixedOrder(order=(0, 0, 1)).select(view(3), "2")
+    with pytest.raises(ValueError, match="out of range"):
+        FixedOrder(order=(0, 7)).select(view(3), "2")
+    with pytest.raises(ValueError, match="ranked 1 rows"):
+        FixedOrder(order=(0,)).select(view(3), "2")
+    with pytest.raises(ValueError, match="finite"):
+        FixedOrder(order=(0, 1), weights=(1.0, -1.0)).select(view(3), "2")
+
+
+def test_weights_are_kept():
+    sel = FixedOrder(order=(2, 0), weights=(0.5, 2.0)).select(view(3), "2")
+    assert sel.weights.tolist() == [0.5, 2.0]
+
+
+def test_from_arrays_checks_lengths():
+    with pytest.raises(ValueError, match="signal 'x' has 2 rows but the pool has 3"):
+        PoolView.from_arrays(["a", "b", "c"], signals={"x": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="not unique"):
+        PoolView.from_arrays(["a", "a"])
+    v = PoolView.from_arrays(["a", "b"], domains=["x", None], knn=(np.array([[1], [0]]), np.array([[0.5], [0.5]])))
+    assert v.domains().tolist() == ["x", None]
+    assert v.knn().neighbors.tolist() == [[1], [0]]
+    with pytest.raises(KeyError, match="signal 'nope'"):
+        v.signal("nope")
+
+
+def test_pool_view_from_run_aligns_by_id(tmp_path):
+    run = make_run(tmp_path, n=12, knn=3, map_=True)
+    v = PoolView.from_run(run)
+    pool = run.read_pool(["id", "domain"])
+    assert v.n == 12 and v.ids.tolist() == pool["id"].to_list()
+    assert v.vectors().shape == (12, 8)
+    assert v.signal_names() == ["quality", "tokens"]
+    # write the grid in reverse order: the view must still align it to pool order
+    grid = pl.read_parquet(run.map_dir / "grid.parquet")
+    expected = grid["cell"].to_numpy()
+    grid.reverse().write_parquet(run.map_dir / "grid.parquet")
+    assert np.array_equal(PoolView.from_run(run).cells(), expected)
+    assert PoolView.from_run(run).projection().shape == (12, 2)
+    # a grid missing a row is stale: clear error
+    grid.head(11).write_parquet(run.map_dir / "grid.parquet")
+    with pytest.raises(ValueError, match="no value for 1 pool rows"):
+        PoolView.from_run(run).cells()
+
+
+def test_selection_save_load_round_trip(tmp_path):
+    run = make_run(tmp_path, n=10)
+    sel = FixedOrder(order=(4, 2, 9), weights=(1.0, 0.25, 3.0)).select(PoolView.from_run(run), "3", seed=5)
+    sel.save(run, "mine")
+    back = Selection.load(run, "mine")
+    assert back.positions.tolist() == [4, 2, 9]
+    assert back.ids == sel.ids and back.reasons == sel.reasons
+    assert back.weights.tolist() == [1.0, 0.25, 3.0]
+    assert back.seed == 5 and back.method == "fixed" and back.budget == "3"
+    df = pl.read_parquet(run.selection_path("mine"))
+    assert df.columns == ["id", "weight", "rank", "reason"]
+    assert df.schema["rank"] == pl.Int64 and df.schema["weight"] == pl.Float64
+    assert list_selections(run) == ["mine"]
+    with pytest.raises(ValueError, match="bad selection name"):
+        sel.save(run, "../evil")
+
+
+def test_select_stage_saves_under_name_and_is_deterministic(tmp_path):
+    run = make_run(tmp_path, n=20)
+    a = select(run, "random", "25%", seed=3)
+    assert run.selection_path("random").exists()
+    b = select(run, "random", Budget(fraction=0.25), seed=3, name="again")
+    assert a.ids == b.ids and len(a) == 5
+    assert run.selection_path("again").read_bytes() == run.selection_path("random").read_bytes()
+    assert a.stats["coverage"] is None and "map not built" in a.stats["coverage_note"]
+    with pytest.raises(KeyError, match="unknown selector 'nope'"):
+        select(run, "nope", 3)
+    with pytest.raises(TypeError, match="bad parameters"):
+        select(run, "random", 3, colour="red")
+
+
+def test_registry_lists_baselines():
+    for name in ["random", "balanced-random", "longest", "top-signal", "k-center", "facility-location"]:
+        assert name in SELECTORS
+        cls = SELECTORS.get(name)
+        assert cls.name == name and cls.paper
