@@ -243,7 +243,7 @@ def diversity_report(
     rep["vendi_sample"] = int(min(rows.size, vendi_sample or rows.size))
     if subset is not None and covering:
         rep["covering_radius"] = covering_radius(vectors, rows)
-    if graph is not None:
+    if graph is not None and subset is not None:  # the whole pool's value is trivially maximal
         from index.facility import facility_location_value
 
         rep["facility_location"] = float(facility_location_value(graph, rows))

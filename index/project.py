@@ -9,6 +9,8 @@ cheaper. The rows outside the fit sample are placed, by default (`transform="knn
 its own `transform`: each new row goes to the membership-weighted mean of the 2-D positions of its
 `n_neighbors` nearest fitted rows (exact faiss search in the PCA space, UMAP's smooth-kNN weights), without
 UMAP's refinement epochs. `transform="umap"` calls umap-learn's `transform` instead (slower, refines).
+UMAP is initialised with `init="pca"` by default: umap-learn's spectral initialisation gave different layouts
+for the same seed in one process (measured), which would break reproducible maps.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def project(
     pca_dims: int = 50,
     transform: str = "knn",
     n_epochs: int | None = None,
+    init: str = "pca",
     batch_size: int = 65_536,
     progress: bool = True,
 ) -> Projection:
@@ -192,7 +195,7 @@ def project(
             fit_low = low if sample is None else low[sample]
         info.update(pca_dims=reduce_to, n_neighbors=n_neighbors, min_dist=min_dist, transform=transform)
         reducer = umap.UMAP(n_components=dims, n_neighbors=min(n_neighbors, fitted_on - 1), min_dist=min_dist,
-                            random_state=seed, transform_seed=seed, n_epochs=n_epochs, verbose=False)
+                            random_state=seed, transform_seed=seed, n_epochs=n_epochs, init=init, verbose=False)
         t_fit = time.perf_counter()
         fit_coords = reducer.fit_transform(fit_low).astype(np.float32)
         info["fit_seconds"] = time.perf_counter() - t_fit
