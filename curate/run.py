@@ -25,10 +25,13 @@ class RunDir:
     """Paths of one run directory; creating it is cheap and idempotent."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        self.root = Path(root)  # a RunDir is os.PathLike too, so RunDir(RunDir(p)) works
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.root)
 
     # layout -----------------------------------------------------------------------------------
     @property
