@@ -1,0 +1,227 @@
+"""Heuristic indicators: token lengths, turns, lexical diversity (MTLD, TTR), reasoning steps,
+code and math markers, and kNN novelty / density. Each returns one float per pool row.
+
+Text rules (documented so they can be audited):
+- words for MTLD/TTR: lower-cased `\\w+` runs (apostrophes inside words kept: "don't" is one word).
+- reasoning steps: the text is split into lines, and lines into sentences (after . ! ? followed by a
+  space). A segment is a step if it starts with an enumerator ("1.", "2)", "(3)", "a)", "Step 4", "- ",
+  "* ", "• "), or with a sequencing word (first/firstly, second/secondly, third, next, then, after that,
+  afterwards, finally, lastly, therefore, thus, hence, so), or contains an equation (a "=" between two
+  operands, "==" excluded). Each segment counts once.
+- code markers: code fences (```), lines starting with a code keyword (def, class, import, from X import,
+  return, #include, function, const, let, var, public, private, static, for(, while(, if(, elif, else:,
+  try:, except, SELECT), and lines ending with "{", "}" or ";". The count of such items.
+- math markers: digit-operator-digit patterns ("3 + 4", "2*x" needs digits on both sides), LaTeX
+  commands (\\frac, \\sum, ...), $...$ spans and "=" signs (not "=="). The count of such items.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from curate.signals.base import ScoreContext, signal
+
+MTLD_THRESHOLD = 0.72
+_WORD = re.compile(r"\w+(?:'\w+)*")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens used by the lexical-diversity indicators."""
+    return _WORD.findall(text.lower())
+
+
+def _mtld_pass(tokens: list[str], threshold: float) -> float:
+    factors, types, count = 0.0, set(), 0
+    for w in tokens:
+        count += 1
+        types.add(w)
+        if len(types) / count <= threshold:
+            factors += 1.0
+            types, count = set(), 0
+    if count:
+        ttr = len(types) / count
+        factors += (1.0 - ttr) / (1.0 - threshold)
+    if factors == 0:
+        return float(len(tokens))
+    return len(tokens) / factors
+
+
+def mtld(text: str | list[str], threshold: float = MTLD_THRESHOLD) -> float:
+    """MTLD (McCarthy & Jarvis 2010): mean of the forward and backward passes.
+
+    A pass walks the words keeping a running type-token ratio; each time it falls to `threshold` or
+    below, a factor is counted and the run restarts; the unfinished remainder adds the partial factor
+    (1 - TTR) / (1 - threshold). MTLD = words / factors. With no factor at all (every word distinct,
+    so the remainder's TTR is 1) the pass returns the word count; an empty text gives 0.
+    """
+    tokens = words(text) if isinstance(text, str) else list(text)
+    if not tokens:
+        return 0.0
+    return 0.5 * (_mtld_pass(tokens, threshold) + _mtld_pass(tokens[::-1], threshold))
+
+
+def ttr(text: str) -> float:
+    """Type-token ratio of the words (0 for an empty text)."""
+    tokens = words(text)
+    return len(set(tokens)) / len(tokens) if tokens else 0.0
+
+
+_ENUM = re.compile(r"^\s*(?:\(?\d+[.):]|\(?[a-zA-Z][.)](?=\s)|step\s*\d+|[-*\u2022]\s)", re.IGNORECASE)
+_SEQ = re.compile(
+    r"^\s*(?:first(?:ly)?|second(?:ly)?|third(?:ly)?|next|then|after that|afterwards|finally|lastly|"
+    r"therefore|thus|hence|so)\b",
+    re.IGNORECASE,
+)
+_EQ = re.compile(r"[\w)\]}]\s*(?<![=!<>])=(?!=)\s*[\w(\[{\-$\\]")
+_SENT = re.compile(r"(?<=[.!?])\s+")
+
+
+def reasoning_steps(text: str) -> int:
+    """Number of line/sentence segments that look like reasoning steps (rule in the module doc)."""
+    n = 0
+    for line in text.splitlines():
+        for seg in _SENT.split(line):
+            if not seg.strip():
+                continue
+            if _ENUM.match(seg) or _SEQ.match(seg) or _EQ.search(seg):
+                n += 1
+    return n
+
+
+_FENCE = re.compile(r"```")
+_CODE_KW = re.compile(
+    r"^\s*(?:def\s|class\s|import\s|from\s+\S+\s+import\s|return\b|#include\b|function\b|const\s|let\s|"
+    r"var\s|public\s|private\s|static\s|for\s*\(|while\s*\(|if\s*\(|elif\s|else\s*:|try\s*:|except\b|"
+    r"SELECT\s)"
+)
+_CODE_END = re.compile(r"[{};]\s*$")
+
+
+def code_markers(text: str) -> int:
+    """Count of code fences, code-keyword lines and lines ending in { } or ; (see module doc)."""
+    n = len(_FENCE.findall(text))
+    for line in text.splitlines():
+        if _CODE_KW.match(line):
+            n += 1
+        elif _CODE_END.search(line):
+            n += 1
+    return n
+
+
+_ARITH = re.compile(r"\d\s*[-+*/×÷^]\s*\d")
+_LATEX = re.compile(r"\\[a-zA-Z]+")
+_DOLLAR = re.compile(r"\$[^$\n]+\$")
+_EQUALS = re.compile(r"(?<![=!<>])=(?!=)")
+
+
+def math_markers(text: str) -> int:
+    """Count of arithmetic patterns, LaTeX commands, $...$ spans and '=' signs (see module doc)."""
+    return (
+        len(_ARITH.findall(text))
+        + len(_LATEX.findall(text))
+        + len(_DOLLAR.findall(text))
+        + len(_EQUALS.findall(text))
+    )
+
+
+# registered indicators ---------------------------------------------------------------------------
+
+
+def _texts(ctx: ScoreContext) -> list[str]:
+    field = ctx.param("text_field", "response")
+    if field not in ("prompt", "response"):
+        raise ValueError(f"text_field must be 'prompt' or 'response', got {field!r}")
+    return [t or "" for t in ctx.pool[field].to_list()]
+
+
+def token_counts(tokenizer, texts: list[str], chunk: int = 1024) -> np.ndarray:
+    """Token counts of texts (no special tokens), tokenised in batches by a fast tokenizer."""
+    out = np.zeros(len(texts), dtype=np.float64)
+    for lo in range(0, len(texts), chunk):
+        enc = tokenizer(texts[lo : lo + chunk], add_special_tokens=False, verbose=False)["input_ids"]
+        out[lo : lo + chunk] = [len(e) for e in enc]
+    return out
+
+
+@signal("prompt_tokens", roles=("tokenizer",))
+def _prompt_tokens(ctx: ScoreContext) -> np.ndarray:
+    """Prompt length in tokens (the scorer's tokenizer when a model is given, else the embedder's)."""
+    return token_counts(ctx.tokenizer(), [t or "" for t in ctx.pool["prompt"].to_list()])
+
+
+@signal("response_tokens", roles=("tokenizer",))
+def _response_tokens(ctx: ScoreContext) -> np.ndarray:
+    """Response length in tokens (the scorer's tokenizer when a model is given, else the embedder's)."""
+    return token_counts(ctx.tokenizer(), [t or "" for t in ctx.pool["response"].to_list()])
+
+
+@signal("turns")
+def _turns(ctx: ScoreContext) -> np.ndarray:
+    """Number of user and assistant messages in the conversation (system turns not counted)."""
+    return np.array(
+        [sum(1 for m in msgs if m["role"] != "system") for msgs in ctx.messages()], dtype=np.float64
+    )
+
+
+@signal("mtld", params={"text_field": "response", "mtld_threshold": MTLD_THRESHOLD})
+def _mtld(ctx: ScoreContext) -> np.ndarray:
+    """MTLD lexical diversity of the text field (bidirectional, factor threshold 0.72)."""
+    th = float(ctx.param("mtld_threshold", MTLD_THRESHOLD))
+    return np.array([mtld(t, th) for t in _texts(ctx)], dtype=np.float64)
+
+
+@signal("ttr", params={"text_field": "response"})
+def _ttr(ctx: ScoreContext) -> np.ndarray:
+    """Type-token ratio of the text field."""
+    return np.array([ttr(t) for t in _texts(ctx)], dtype=np.float64)
+
+
+@signal("reasoning_steps", params={"text_field": "response"})
+def _steps(ctx: ScoreContext) -> np.ndarray:
+    """Number of step-like segments of the text field (numbered lines, sequencing words, equations)."""
+    return np.array([reasoning_steps(t) for t in _texts(ctx)], dtype=np.float64)
+
+
+@signal("code_markers", params={"text_field": "response"})
+def _code(ctx: ScoreContext) -> np.ndarray:
+    """Count of code markers in the text field (fences, keyword lines, lines ending in { } ;)."""
+    return np.array([code_markers(t) for t in _texts(ctx)], dtype=np.float64)
+
+
+@signal("math_markers", params={"text_field": "response"})
+def _math(ctx: ScoreContext) -> np.ndarray:
+    """Count of math markers in the text field (arithmetic, LaTeX, $..$, '=')."""
+    return np.array([math_markers(t) for t in _texts(ctx)], dtype=np.float64)
+
+
+def _knn_sims(ctx: ScoreContext) -> np.ndarray:
+    path = ctx.rd.require(ctx.rd.index_dir / "knn.npz", "index")
+    try:
+        from index.knn import KnnGraph
+
+        sims = np.asarray(KnnGraph.load(path).sims, dtype=np.float64)
+    except ImportError:  # the graph file is a plain npz (contracts: neighbors, sims)
+        with np.load(path) as z:
+            sims = np.asarray(z["sims"], dtype=np.float64)
+    if sims.shape[0] != ctx.n:
+        raise ValueError(f"{path} has {sims.shape[0]} rows but the pool has {ctx.n}: rebuild the index")
+    k = ctx.param("knn_k")
+    if k is not None:
+        if not 1 <= int(k) <= sims.shape[1]:
+            raise ValueError(f"knn_k={k} but the graph holds {sims.shape[1]} neighbours per row")
+        sims = sims[:, : int(k)]
+    return sims
+
+
+@signal("knn_density", params={"knn_k": None}, roles=("knn",))
+def _density(ctx: ScoreContext) -> np.ndarray:
+    """Mean cosine similarity to the k nearest neighbours (index/knn.npz; k = all stored unless knn_k)."""
+    return _knn_sims(ctx).mean(axis=1)
+
+
+@signal("knn_novelty", params={"knn_k": None}, roles=("knn",))
+def _novelty(ctx: ScoreContext) -> np.ndarray:
+    """1 - mean cosine similarity to the k nearest neighbours (semantic novelty)."""
+    return 1.0 - _knn_sims(ctx).mean(axis=1)

@@ -1,0 +1,122 @@
+"""ICL proxy: how much a row helps the target model answer a tiny validation set as a demonstration.
+
+    icl(x) = mean_v [ log p(a_v | D_x, x, q_v) - log p(a_v | D_x, q_v) ]
+
+with log p the summed log-likelihood of the answer tokens of validation row v (exact masking, see
+curate.signals.lm), x given as a user/assistant exchange before the question (chat format, system turns
+of demos dropped), and D_x the other k-1 demonstrations for k-shot (k = `icl_k`), drawn uniformly
+without x from the pool with a generator seeded by (icl_seed, x's pool position), placed before x. For
+k = 1 the baseline log p(a_v | q_v) is shared by all rows.
+
+Cost per row: n_val forward sequences of (demo tokens + question + answer) for k = 1 (the n_val baselines
+are shared), 2 x n_val sequences holding k demos for k > 1. `forward_tokens_per_row` (all tokens
+forwarded / rows, shared baselines amortised) is recorded in the signal's sidecar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from curate.signals.base import ScoreContext, short_hash, signal
+from curate.signals.rowcache import cached_rows
+from curate.signals.validation import ValItem, read_validation
+
+
+def demo_turns(conv: Sequence[dict]) -> list[dict]:
+    """A pool conversation as demonstration turns (system turns dropped)."""
+    return [{"role": m["role"], "content": m["content"]} for m in conv if m["role"] != "system"]
+
+
+def icl_conversation(demos: Sequence[Sequence[dict]], item: ValItem) -> list[dict]:
+    """The conversation scored for one validation row: demos, then the question, then the answer."""
+    turns = [t for d in demos for t in demo_turns(d)]
+    return turns + list(item.question) + [{"role": "assistant", "content": item.answer}]
+
+
+def icl_gains(
+    scorer,
+    rows: Sequence[Sequence[dict]],
+    val: Sequence[ValItem],
+    *,
+    others: Sequence[Sequence[Sequence[dict]]] | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, float]:
+    """ICL gain of each row (mean over validation rows) and the forward tokens spent per row.
+
+    `others[i]` are the extra demonstrations placed before row i (k-1 of them); None means one-shot.
+    """
+    n, V = len(rows), len(val)
+    with_seqs, base_seqs = [], []
+    for i, conv in enumerate(rows):
+        extra = list(others[i]) if others is not None else []
+        for v, item in enumerate(val):
+            with_seqs.append(scorer.encode(icl_conversation([*extra, conv], item), where=f"icl row {i} val {v}"))
+            if others is not None:
+                base_seqs.append(scorer.encode(icl_conversation(extra, item), where=f"icl base {i} val {v}"))
+    if others is None:
+        base_seqs = [scorer.encode(icl_conversation([], item), where=f"icl base val {v}") for v, item in enumerate(val)]
+    s_with, _ = scorer.nll(with_seqs, progress=progress, desc="icl")
+    s_base, _ = scorer.nll(base_seqs, progress=False)
+    s_with = s_with.reshape(n, V)
+    s_base = s_base.reshape(n, V) if others is not None else np.broadcast_to(s_base, (n, V))
+    gains = (s_base - s_with).mean(axis=1)  # log p(with) - log p(without) = nll(without) - nll(with)
+    total = sum(len(s.ids) for s in with_seqs) + sum(len(s.ids) for s in base_seqs)
+    return gains, total / max(n, 1)  # shared k=1 baselines amortised over the rows
+
+
+def other_demos(ctx: ScoreContext, positions: np.ndarray, k: int, seed: int) -> list[list[list[dict]]] | None:
+    """For k > 1: k-1 pool conversations per row, drawn without the row, seeded by (seed, position)."""
+    if k <= 1:
+        return None
+    if ctx.n < k:
+        raise ValueError(f"icl_k={k} needs at least {k} pool rows")
+    out = []
+    for p in positions:
+        rng = np.random.default_rng([seed, int(p)])
+        pick = rng.choice(ctx.n - 1, size=k - 1, replace=False)
+        pick = pick + (pick >= p)  # skip the row itself
+        out.append([ctx.messages(int(q), int(q) + 1)[0] for q in pick])
+    return out
+
+
+def icl_for_positions(ctx: ScoreContext, positions: np.ndarray, tag: str) -> tuple[np.ndarray, float]:
+    """ICL gains of pool rows at `positions`, cached in resumable shards under signals/_icl/."""
+    if ctx.validation is None:
+        raise ValueError("the ICL proxy needs a tiny validation set: pass validation=PATH (CLI --validation)")
+    k = int(ctx.param("icl_k", 1))
+    seed = int(ctx.param("icl_seed", 0))
+    n_val = ctx.param("n_val", 32)
+    val = read_validation(ctx.validation, None if n_val is None else int(n_val), seed)
+    key = {
+        "model": ctx.fingerprint("model"),
+        "validation": ctx.fingerprint("validation"),
+        "params": {"icl_k": k, "icl_seed": seed, "n_val": n_val, "max_length": int(ctx.param("max_length", 2048))},
+        "pool": ctx.key_pool(),
+        "positions": short_hash(np.asarray(positions).tolist(), 16),
+    }
+    folder = ctx.rd.root / "signals" / "_icl" / f"{tag}-{short_hash(key)}"
+    positions = np.asarray(positions, dtype=np.int64)
+
+    def work(lo: int, hi: int) -> dict[str, np.ndarray]:
+        pos = positions[lo:hi]
+        rows = [ctx.messages(int(p), int(p) + 1)[0] for p in pos]
+        gains, toks = icl_gains(ctx.scorer("model"), rows, val, others=other_demos(ctx, pos, k, seed),
+                                progress=ctx.progress)
+        return {"icl": gains, "tokens_per_row": np.full(len(pos), toks)}
+
+    cols, _ = cached_rows(folder, len(positions), int(ctx.param("icl_shard_rows", 256)), key, work)
+    return cols["icl"].astype(np.float64), float(np.mean(cols["tokens_per_row"])) if len(positions) else 0.0
+
+
+@signal(
+    "icl",
+    params={"icl_k": 1, "icl_seed": 0, "n_val": 32, "max_length": 2048},
+    roles=("model", "validation"),
+)
+def _icl(ctx: ScoreContext) -> np.ndarray:
+    """ICL proxy: mean gain in the validation answers' log-likelihood when the row is a demonstration."""
+    values, toks = icl_for_positions(ctx, np.arange(ctx.n), "pool")
+    ctx.extra["icl"] = {"forward_tokens_per_row": toks}
+    return values

@@ -1,0 +1,146 @@
+"""LM-based signals: response loss, perplexity, IFD, and ILA depth / relative depth.
+
+All of them read per-row (NLL sum, token count) tables computed once per model and format, cached under
+`<run>/signals/_lm/<model fingerprint>-<params>/<variant>/` in resumable shards, so `loss`, `perplexity`
+and `ifd` share one pass of the model, and a killed run resumes without recomputing finished shards.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from curate.signals.base import ScoreContext, short_hash, signal
+from curate.signals.rowcache import cached_rows
+
+LM_PARAMS = {"max_length": 2048}
+
+
+def lm_stats(ctx: ScoreContext, role: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    """(nll_sum, n_tokens) of every pool row under the model of `role`; variant 'cond' or 'alone'."""
+    fp = ctx.fingerprint(role)
+    params = {"max_length": int(ctx.param("max_length", 2048)), "variant": variant}
+    folder = ctx.rd.root / "signals" / "_lm" / f"{fp}-{short_hash(params)}" / variant
+    shard_rows = int(ctx.param("shard_rows", 2048))
+
+    def work(lo: int, hi: int) -> dict[str, np.ndarray]:
+        scorer = ctx.scorer(role)
+        convs = ctx.messages(lo, hi)
+        enc = scorer.encode_alone if variant == "alone" else scorer.encode
+        seqs = [enc(m, where=f"pool row {lo + i} (id {ctx.ids[lo + i]})") for i, m in enumerate(convs)]
+        sums, counts = scorer.nll(seqs, progress=ctx.progress, desc=f"{variant} nll [{lo}:{hi}]")
+        return {"nll_sum": sums, "n_tokens": counts, "truncated": np.array([s.truncated for s in seqs])}
+
+    key = {"model": fp, "params": params, "pool": ctx.key_pool()}
+    cols, _ = cached_rows(folder, ctx.n, shard_rows, key, work)
+    return cols["nll_sum"].astype(np.float64), cols["n_tokens"].astype(np.int64)
+
+
+def mean_nll(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-token mean NLL; NaN for rows with no scored token."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+@signal("loss", params=LM_PARAMS, roles=("model",))
+def _loss(ctx: ScoreContext) -> np.ndarray:
+    """Mean response NLL (nats/token) given the prompt, under `model`."""
+    return mean_nll(*lm_stats(ctx, "model", "cond"))
+
+
+@signal("perplexity", params=LM_PARAMS, roles=("model",))
+def _ppl(ctx: ScoreContext) -> np.ndarray:
+    """exp(mean response NLL given the prompt) under `model`."""
+    return np.exp(mean_nll(*lm_stats(ctx, "model", "cond")))
+
+
+@signal("ifd", params=LM_PARAMS, roles=("model",))
+def _ifd(ctx: ScoreContext) -> np.ndarray:
+    """Instruction-following difficulty: mean NLL of the response given the prompt / of the response alone.
+
+    "Alone" is the same format with an empty user turn (see LMScorer.encode_alone), as in Cherry /
+    Superfiltering's conditioned vs direct answer score; > 1 means the prompt does not help.
+    """
+    cond = mean_nll(*lm_stats(ctx, "model", "cond"))
+    alone = mean_nll(*lm_stats(ctx, "model", "alone"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cond / alone
+
+
+def tag_counts(ctx: ScoreContext) -> np.ndarray:
+    """Number of distinct skill tags per row, or 1 everywhere when no tags exist (see `depth`)."""
+    tags_signal = ctx.param("tags_signal")
+    if tags_signal:
+        return np.asarray(ctx.signal(tags_signal), dtype=np.float64)
+    field = ctx.param("tags_field", "tags")
+    counts = np.ones(ctx.n, dtype=np.float64)
+    if not field:
+        return counts
+    seen = False
+    for i, raw in enumerate(ctx.pool["meta"].to_list()):
+        try:
+            meta = json.loads(raw) if raw else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"pool row {i}: meta is not JSON ({exc})") from None
+        value = meta.get(field) if isinstance(meta, dict) else None
+        if value is None:
+            continue
+        seen = True
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+        if not isinstance(value, list):
+            raise ValueError(f"pool row {i}: meta field {field!r} must be a list of tags or a comma string")
+        counts[i] = max(1, len({str(v) for v in value}))
+    return counts if seen else np.ones(ctx.n)
+
+
+@signal(
+    "depth",
+    params={**LM_PARAMS, "tags_field": "tags", "tags_signal": None},
+    roles=("base_model", "ref_model"),
+)
+def _depth(ctx: ScoreContext) -> np.ndarray:
+    """ILA information depth: (mean NLL under base_model - mean NLL under ref_model) x #tags.
+
+    The drop of the response's per-token loss from the base model to the reference (SFT) model
+    (length-normalised: each model's summed NLL divided by its own token count), multiplied by the
+    number of distinct skill tags: from meta[tags_field] (a list or comma string; rows without the field
+    count 1; if no row has it the multiplier is 1 everywhere) or from a stored signal `tags_signal`.
+    """
+    base = mean_nll(*lm_stats(ctx, "base_model", "cond"))
+    ref = mean_nll(*lm_stats(ctx, "ref_model", "cond"))
+    return (base - ref) * tag_counts(ctx)
+
+
+def group_labels(ctx: ScoreContext, group: str | None) -> list | None:
+    """Per-row group labels: 'domain', 'cluster' (<run>/map/clusters.parquet) or None (global)."""
+    if group in (None, "none", "global"):
+        return None
+    if group == "domain":
+        return ctx.pool["domain"].to_list()
+    if group == "cluster":
+        import polars as pl
+
+        path = ctx.rd.require(ctx.rd.map_dir / "clusters.parquet", "map")
+        cl = pl.read_parquet(path, columns=["id", "cluster"])
+        joined = ctx.pool.select("id").join(cl, on="id", how="left", maintain_order="left")
+        if joined["cluster"].null_count():
+            raise ValueError(f"{path} lacks {joined['cluster'].null_count()} pool rows: re-run `curate map`")
+        return joined["cluster"].to_list()
+    raise ValueError(f"relative_depth group must be 'domain', 'cluster' or 'none', got {group!r}")
+
+
+@signal(
+    "relative_depth",
+    params={**LM_PARAMS, "tags_field": "tags", "tags_signal": None, "depth_group": "domain"},
+    roles=("base_model", "ref_model"),
+    deps=("depth",),
+)
+def _relative_depth(ctx: ScoreContext) -> np.ndarray:
+    """ILA relative depth: percentile rank in [0, 1] of `depth` within its domain (or k-means cluster
+    with depth_group='cluster', or globally with 'none'); ties get their average rank."""
+    from curate.signals.rank import percentile_rank
+
+    depth = ctx.signal("depth")
+    return percentile_rank(depth, group_labels(ctx, ctx.param("depth_group", "domain")))

@@ -1,0 +1,87 @@
+"""The score stage: compute the requested signals once per key and store them under <run>/signals/."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from curate.signals.base import SIGNALS, ScoreContext, short_hash
+from curate.signals.store import load_signal, stored_key, write_signal
+
+
+def _deps(ctx: ScoreContext, name: str) -> list[str]:
+    defn = SIGNALS.get(name)
+    return list(defn.deps(ctx) if callable(defn.deps) else defn.deps)
+
+
+def signal_key(ctx: ScoreContext, name: str) -> dict:
+    """The full key of a signal: its own key plus the keys of the signals it reads."""
+    key = ctx.key(SIGNALS.get(name))
+    deps = _deps(ctx, name)
+    if deps:
+        key["deps"] = {d: short_hash(signal_key(ctx, d), 16) for d in deps}
+    return key
+
+
+def ensure_signal(ctx: ScoreContext, name: str) -> tuple[Path, bool]:
+    """Compute and store signal `name` unless a copy with the same key exists; (path, computed?)."""
+    defn = SIGNALS.get(name)
+    for d in _deps(ctx, name):
+        ensure_signal(ctx, d)
+    key = signal_key(ctx, name)
+    path = ctx.rd.signal_path(name)
+    if stored_key(ctx.rd.root, name) == _roundtrip(key):
+        return path, False
+    values = defn.compute(ctx)
+    stats = ctx.extra.pop(name, None)
+    write_signal(ctx.rd.root, name, ctx.ids, values, key, extra={"stats": stats} if stats else None)
+    return path, True
+
+
+def _roundtrip(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def score(
+    run: str | os.PathLike,
+    names: Sequence[str],
+    *,
+    model: str | None = None,
+    base_model: str | None = None,
+    ref_model: str | None = None,
+    validation: str | os.PathLike | None = None,
+    dtype: str | None = "auto",
+    batch_tokens: int = 8192,
+    progress: bool = True,
+    device: str | None = None,
+    **params: Any,
+) -> dict[str, Path]:
+    """Compute signals `names` for every pool row of `run`; return {name: parquet path}.
+
+    model: causal LM (directory or "smollm2") for loss, perplexity, ifd, icl, miw_score and token counts;
+    base_model / ref_model: the two LMs of ILA depth (base defaults to `model`); validation: tiny
+    validation set (jsonl) for icl, relevance, miw_score. dtype "auto" = bf16 on GPU, float32 on CPU.
+    Other keyword parameters (max_length, tags_field, depth_group, icl_k, n_val, miw_*, ...) are the
+    signals' parameters; they enter the cache key of the signals that use them. A stored signal whose key
+    (model fingerprints + parameters + pool) equals the request is skipped; otherwise it is recomputed.
+    """
+    for n in names:
+        SIGNALS.get(n)  # unknown names fail before any work
+    ctx = ScoreContext(
+        run,
+        models={"model": model, "base_model": base_model, "ref_model": ref_model},
+        validation=validation,
+        dtype=dtype,
+        batch_tokens=batch_tokens,
+        progress=progress,
+        params=params,
+        device=device,
+    )
+    return {n: ensure_signal(ctx, n)[0] for n in names}
+
+
+__all__ = ["score", "load_signal", "ensure_signal", "signal_key"]
