@@ -1,0 +1,91 @@
+"""Deita-style filter: never two kept rows above the threshold, and exactly the naive sequential loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curate.select import PoolView, make_selector
+from curate.select.deita import deita_filter, deita_filter_reference, score_order
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _clustered(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, n // 8), d))
+    return _unit(centres[rng.integers(0, len(centres), n)] + 0.15 * rng.standard_normal((n, d)))
+
+
+def test_hand_example() -> None:
+    v = _unit(np.array([[1, 0], [1, 0.01], [0, 1], [0.6, 0.8], [-1, 0]], dtype=np.float64))
+    score = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    # row 1 ~ row 0 (cos ~1); row 3 has cos 0.8 with row 2 and 0.6 with row 0: kept at 0.9, dropped at 0.7
+    assert deita_filter(v, score_order(score), None, threshold=0.9).tolist() == [0, 2, 3, 4]
+    assert deita_filter(v, score_order(score), None, threshold=0.7).tolist() == [0, 2, 4]
+    assert deita_filter(v, score_order(score), 2, threshold=0.9).tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8, 0.9, 0.97])
+@pytest.mark.parametrize("block", [1, 7, 64, 4096])
+def test_blocked_equals_naive_and_respects_threshold(threshold: float, block: int) -> None:
+    for seed in range(4):
+        v = _clustered(500, 8, seed)
+        score = np.round(np.random.default_rng(seed).random(500), 2)  # ties
+        order = score_order(score)
+        budget = [None, 60, 10_000, 0][seed]
+        fast = deita_filter(v, order, budget, threshold=threshold, block=block)
+        slow = deita_filter_reference(v, order, budget, threshold=threshold)
+        assert np.array_equal(fast, slow)
+        if fast.size > 1:
+            g = v[fast].astype(np.float64) @ v[fast].T.astype(np.float64)
+            np.fill_diagonal(g, -1.0)
+            assert g.max() < threshold
+        # walking in score order: the kept rows are a subsequence of the order
+        assert np.all(np.diff(np.argsort(order)[fast]) > 0)
+
+
+def test_borderline_pairs_decided_exactly() -> None:
+    # two rows at cosine exactly 0.9 in float64 terms: the later one conflicts (>= threshold)
+    a = np.array([1.0, 0.0])
+    b = np.array([0.9, np.sqrt(1 - 0.81)])
+    v = np.array([a, b], dtype=np.float32)
+    cos = float(v[0].astype(np.float64) @ v[1].astype(np.float64))
+    for block in (1, 2):
+        kept = deita_filter(v, np.array([0, 1]), None, threshold=cos, block=block)
+        assert kept.tolist() == [0]
+        assert deita_filter_reference(v, np.array([0, 1]), None, threshold=cos).tolist() == [0]
+        assert deita_filter(
+            v, np.array([0, 1]), None, threshold=np.nextafter(cos, 2), block=block
+        ).tolist() == [0, 1]
+
+
+def test_nan_scores_are_skipped_and_bad_input_raises() -> None:
+    assert score_order(np.array([1.0, np.nan, 3.0])).tolist() == [2, 0]
+    with pytest.raises(ValueError, match="threshold"):
+        deita_filter(np.eye(2, dtype=np.float32), np.array([0, 1]), None, threshold=1.5)
+    with pytest.raises(ValueError, match="positions"):
+        deita_filter(np.eye(2, dtype=np.float32), np.array([0, 5]), None)
+
+
+def test_selector_product_of_signals() -> None:
+    v = _clustered(200, 6, 9)
+    rng = np.random.default_rng(0)
+    a, b = rng.random(200), rng.random(200)
+    view = PoolView.from_arrays([f"r{i}" for i in range(200)], vectors=v, signals={"q": a, "c": b})
+    sel = make_selector("deita", signal="q,c", threshold=0.95).select(view, 25)
+    assert np.array_equal(sel.positions, deita_filter_reference(v, score_order(a * b), 25, threshold=0.95))
+    assert sel.stats["rows_walked"] >= 25 and sel.reasons[0].startswith("deita: q*c=")
+    with pytest.raises(TypeError, match="signal"):
+        make_selector("deita")
+
+
+def test_selector_shortfall_raises_or_fills() -> None:
+    v = _unit(np.array([[1, 0], [1, 0.001], [0, 1], [0.001, 1]], dtype=np.float64))
+    view = PoolView.from_arrays(list("abcd"), vectors=v, signals={"q": np.array([4.0, 3.0, 2.0, 1.0])})
+    with pytest.raises(ValueError, match="only 2 rows remain"):
+        make_selector("deita", signal="q").select(view, 3)
+    sel = make_selector("deita", signal="q", fill=True).select(view, 3)
+    assert sel.positions.tolist() == [0, 2, 1] and sel.reasons[2].startswith("deita: fill")
