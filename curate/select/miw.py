@@ -1,0 +1,100 @@
+"""MIW-style selection: the top rows by a learned weighted sum of rank-normalised indicators (methods.md 5.3).
+
+Follows Song et al., "Learning Multi-Indicator Weights for Data Selection" (arXiv 2605.09665) as reconstructed
+in methods.md 5.3 ("MIW-style", not the paper's exact method): indicators are percentile-ranked to [0, 1],
+weighted by weights learned per (task, model) with an ICL proxy (`curate score --signal miw_score`, which saves
+them to <run>/signals/miw_weights.json), and the top-r% rows by the weighted score are kept (r is the budget,
+e.g. "30%" as in the paper's GSM8K setting).
+
+Deviations: the indicator set, normalisation, proxy and search are our reconstruction (see
+`curate.signals.miw`); rows whose score is NaN are never taken; ties are broken by pool position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from curate.select.base import Budget, PoolView, Ranking, Selector, register_selector
+
+WEIGHTS_FILE = "miw_weights.json"
+
+
+def rank_by_score(score: np.ndarray) -> np.ndarray:
+    """Positions by score, highest first; ties by position; NaN scores left out."""
+    score = np.asarray(score, dtype=np.float64)
+    pos = np.flatnonzero(~np.isnan(score))
+    return pos[np.lexsort((pos, -score[pos]))]
+
+
+def _file_weights(view: PoolView) -> dict[str, float]:
+    from index.io import read_json
+
+    if view.run is None:
+        raise ValueError("miw: weights='file' needs a run directory (this PoolView is in memory)")
+    path = view.run.root / "signals" / WEIGHTS_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: run `curate score --signal miw_score` on {view.run.root} first "
+            "(it learns the indicator weights)"
+        )
+    data = read_json(path)
+    w = data.get("weights")
+    if not isinstance(w, Mapping) or not w:
+        raise ValueError(f"{path}: no 'weights' object (indicator name -> weight)")
+    return {str(k): float(v) for k, v in w.items()}
+
+
+@register_selector
+class MIWSelector(Selector):
+    """Top rows by the MIW-style learned weighted indicator score.
+
+    `weights=None`: rank by the stored signal `signal` (default `miw_score`, which already applies the
+    learned weights). `weights="file"`: read <run>/signals/miw_weights.json and apply its weights to the
+    rank-normalised indicator signals. `weights={name: w, ...}`: apply the given weights (not normalised:
+    the score is sum_k w_k * percentile_rank(I_k)).
+    paper: Song et al., Learning Multi-Indicator Weights for Data Selection (arXiv 2605.09665).
+    deviations: methods.md 5.3 reconstruction ("MIW-style"); ties by pool position.
+    """
+
+    name = "miw"
+    paper = "MIW: Song et al., Learning Multi-Indicator Weights for Data Selection (arXiv 2605.09665)"
+    deviations = "MIW-style reconstruction of methods.md 5.3 (indicators, proxy and search are ours)"
+
+    def __init__(self, signal: str = "miw_score", weights: str | dict[str, float] | None = None) -> None:
+        if weights is not None and not isinstance(weights, Mapping) and weights != "file":
+            raise ValueError(
+                f"miw: weights must be None, 'file' or a {{indicator: weight}} dict, got {weights!r}"
+            )
+        if isinstance(weights, Mapping) and not weights:
+            raise ValueError("miw: the weights dict is empty")
+        self.signal = signal
+        self.weights = dict(weights) if isinstance(weights, Mapping) else weights
+
+    def score(self, view: PoolView) -> tuple[np.ndarray, dict[str, Any]]:
+        """The per-row score and a description of how it was made."""
+        if self.weights is None:
+            return np.asarray(view.signal(self.signal), dtype=np.float64), {"score": self.signal}
+        from curate.signals import weighted_score
+
+        w = _file_weights(view) if self.weights == "file" else {k: float(v) for k, v in self.weights.items()}
+        indicators = {name: view.signal(name) for name in w}
+        return weighted_score(indicators, w), {"score": "weighted indicators", "weights": w}
+
+    def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
+        score, how = self.score(view)
+        order = rank_by_score(score)
+        if order.size < min(k, view.n) and budget.kind != "tokens":
+            raise ValueError(
+                f"miw: only {order.size} rows have a score (the others are NaN), the budget needs {k}"
+            )
+        top = order[: max(int(k), 0)] if budget.kind != "tokens" else order
+        reasons = [f"miw: score={v:.4g}" for v in score[top].tolist()]
+        stats = {
+            **how,
+            "mean_score": float(score[top[:k]].mean()) if k and top.size else None,
+            "n_nan": int(view.n - order.size),
+        }
+        return Ranking(top, reasons=reasons, stats=stats)
