@@ -44,7 +44,6 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str]) -> pl.DataFra
     dom_names = sorted(domains.unique().to_list())
     signals = view.signal_names()
     values = {s: view.signal(s) for s in signals}
-    map_built = (run.map_dir / "grid.parquet").exists()
 
     rows: list[dict[str, Any]] = []
     for name, sel in sels.items():
@@ -56,8 +55,7 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str]) -> pl.DataFra
         got = {} if counts is None else dict(zip(counts["domain"], counts["count"], strict=True))
         for d in dom_names:
             row[f"domain:{d}"] = int(got.get(d, 0))
-        if map_built:
-            row.update(_coverage_figures(run, pos))
+        row.update(_coverage_figures(run, pos))
         for s in signals:
             v = values[s][pos]
             row[f"mean:{s}"] = float(np.nanmean(v)) if np.any(~np.isnan(v)) else None

@@ -357,10 +357,8 @@ class PoolView:
 
 
 def _load_signal(run: RunDir, name: str) -> np.ndarray:
-    try:
-        from curate.signals import load_signal
-    except ImportError:  # curate.signals re-exports it; its store module holds it
-        from curate.signals.store import load_signal
+    from curate.signals import load_signal
+
     return load_signal(run.root, name)
 
 

@@ -1,0 +1,67 @@
+"""compare: selections side by side on a known case (sizes, tokens, domains, signal means, Jaccard)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fixtures_pool import make_run
+from rich.console import Console
+
+from curate.compare import compare, jaccard, render
+from curate.select import PoolView, Ranking, Selector
+
+
+class Fixed(Selector):
+    name = "fixed"
+
+    def __init__(self, order: tuple = ()) -> None:
+        self.order = order
+
+    def rank(self, view, k, *, seed, budget):
+        return Ranking(np.asarray(self.order))
+
+
+def test_jaccard():
+    assert jaccard(np.array([1, 2, 3]), np.array([2, 3, 4])) == 0.5
+    assert jaccard(np.array([], dtype=int), np.array([], dtype=int)) == 1.0
+    assert jaccard(np.array([1]), np.array([2])) == 0.0
+
+
+def test_compare_known_case(tmp_path):
+    run = make_run(tmp_path, n=8)  # domains cycle code, math, chat, None
+    view = PoolView.from_run(run)
+    Fixed(order=(0, 1, 2, 3)).select(view, "4").save(run, "a")
+    Fixed(order=(2, 3, 4, 5)).select(view, "4").save(run, "b")
+    Fixed(order=(0, 4)).select(view, "2").save(run, "c")
+    t = compare(run, ["a", "b", "c"])
+    tokens = view.signal("tokens")
+    quality = view.signal("quality")
+    rows = {r["selection"]: r for r in t.to_dicts()}
+    assert t["selection"].to_list() == ["a", "b", "c"]
+    assert [rows[k]["n"] for k in "abc"] == [4, 4, 2]
+    assert rows["a"]["tokens"] == int(tokens[[0, 1, 2, 3]].sum())
+    assert rows["c"]["mean:quality"] == pytest.approx(quality[[0, 4]].mean())
+    assert rows["b"]["mean:tokens"] == pytest.approx(tokens[[2, 3, 4, 5]].mean())
+    assert {k: rows["c"][f"domain:{k}"] for k in ["(none)", "chat", "code", "math"]} == {
+        "(none)": 0, "chat": 0, "code": 2, "math": 0
+    }
+    assert rows["b"]["domain:code"] == 1 and rows["b"]["domain:(none)"] == 1
+    assert rows["a"]["jaccard:b"] == pytest.approx(2 / 6)
+    assert rows["a"]["jaccard:c"] == pytest.approx(1 / 5)
+    assert rows["b"]["jaccard:c"] == pytest.approx(1 / 5)
+    assert rows["a"]["jaccard:a"] == 1.0
+    assert "map not built" in rows["a"]["coverage_note"]
+    buf = io.StringIO()
+    render(t, Console(file=buf, width=200))
+    out = buf.getvalue()
+    assert "jaccard:b" in out and "0.3333" in out
+
+
+def test_compare_errors(tmp_path):
+    run = make_run(tmp_path, n=4)
+    with pytest.raises(FileNotFoundError, match="select --name missing"):
+        compare(run, ["missing"])
+    with pytest.raises(ValueError, match="at least one"):
+        compare(run, [])
