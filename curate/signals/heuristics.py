@@ -79,13 +79,19 @@ _SENT = re.compile(r"(?<=[.!?])\s+")
 
 
 def reasoning_steps(text: str) -> int:
-    """Number of line/sentence segments that look like reasoning steps (rule in the module doc)."""
+    """Number of line/sentence segments that look like reasoning steps (rule in the module doc).
+
+    An enumerated line ("1. ...") counts once for its first sentence (the enumerator's own "." does not
+    start a new sentence); its further sentences are judged on their own.
+    """
     n = 0
     for line in text.splitlines():
-        for seg in _SENT.split(line):
+        m = _ENUM.match(line)
+        segs = _SENT.split(line[m.end():] if m else line)
+        for j, seg in enumerate(segs):
             if not seg.strip():
                 continue
-            if _ENUM.match(seg) or _SEQ.match(seg) or _EQ.search(seg):
+            if (m and j == 0) or _ENUM.match(seg) or _SEQ.match(seg) or _EQ.search(seg):
                 n += 1
     return n
 

@@ -58,7 +58,7 @@ def _miw_score(ctx: ScoreContext) -> np.ndarray:
     cand = np.sort(np.random.default_rng(seed).choice(ctx.n, size=n_cand, replace=False))
     icl, toks = icl_for_positions(ctx, cand, "miw")
     res = learn_weights(
-        norm[cand],
+        {n: norm[cand, j] for j, n in enumerate(names)},
         icl,
         ratio=float(ctx.param("miw_ratio", 0.3)),
         k=int(ctx.param("miw_k", 4)),
