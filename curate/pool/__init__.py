@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from curate.pool.errors import IngestError, RowError
 from curate.pool.ids import canonical_bytes, content_id
-from curate.pool.ingest import IngestReport, ingest
 from curate.pool.layouts import CANONICAL, Normalised, normalise, render_prompt
 from curate.pool.readers import FORMATS, resolve_inputs
 from curate.pool.schema import DUPLICATES_SCHEMA, NO_DOMAIN, POOL_SCHEMA, QUARANTINE_SCHEMA
+from curate.pool.stage import IngestReport, ingest
 
 __all__ = [
     "CANONICAL",

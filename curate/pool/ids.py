@@ -6,11 +6,13 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
 
 def canonical_bytes(kind: str, messages: Sequence[dict], rejected: str | None) -> bytes:
     """The canonical serialisation hashed for an id: compact JSON of [kind, [[role, content], ...], rejected]."""
     turns = [[m["role"], m["content"]] for m in messages]
-    return json.dumps([kind, turns, rejected], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode([kind, turns, rejected]).encode("utf-8")
 
 
 def content_digest(kind: str, messages: Sequence[dict], rejected: str | None) -> bytes:

@@ -41,6 +41,10 @@ ROLE_ALIASES = {
 }  # fmt: skip
 
 
+_IDENTITY = {c: c for c in CANONICAL}
+_META_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 class Normalised(NamedTuple):
     """The content columns of one pool row (id, source, row and n_duplicates are added by ingest)."""
 
@@ -72,19 +76,25 @@ def _tname(v: Any) -> str:
 
 
 def _blank(v: Any) -> bool:
-    return (isinstance(v, str) and not v.strip()) or (isinstance(v, (list, tuple)) and len(v) == 0)
+    if isinstance(v, str):
+        return not v.strip()
+    return isinstance(v, (list, tuple)) and len(v) == 0
 
 
 def _detect(value: dict, key) -> tuple[str, tuple[str, ...]]:
     fallback = None
     for layout, sig in LAYOUTS:
-        vals = [value.get(key(f)) for f in sig]
-        if any(v is None for v in vals):
-            continue
-        if not any(_blank(v) for v in vals):
-            return layout, sig
-        if fallback is None:
-            fallback = (layout, sig)
+        blank = False
+        for f in sig:
+            v = value.get(key(f))
+            if v is None:
+                break
+            blank = blank or _blank(v)
+        else:
+            if not blank:
+                return layout, sig
+            if fallback is None:
+                fallback = (layout, sig)
     if fallback is not None:
         return fallback
     keys = [str(k) for k, v in value.items() if v is not None]
@@ -252,10 +262,7 @@ def normalise(value: Any, columns: Mapping[str, str] | None = None) -> Normalise
     """Normalise one input record; raise RowError with a short stable reason when it cannot be used."""
     if not isinstance(value, dict):
         raise RowError(f"wrong_type: record is {_tname(value)}, expected an object")
-    cols = columns or {}
-
-    def key(c: str) -> str:
-        return cols.get(c, c)
+    key = _IDENTITY.__getitem__ if not columns else {c: columns.get(c, c) for c in CANONICAL}.__getitem__
 
     layout, sig = _detect(value, key)
     used: set = set()
@@ -304,5 +311,5 @@ def normalise(value: Any, columns: Mapping[str, str] | None = None) -> Normalise
         domain = str(domain) if not isinstance(domain, str) else domain
         domain = domain if domain.strip() else None
     meta = {str(k): v for k, v in value.items() if k not in used and v is not None}
-    meta_text = json.dumps(meta, ensure_ascii=False, default=str)
+    meta_text = _META_ENCODER.encode(meta) if meta else "{}"
     return Normalised(kind, domain, messages, prompt, response, rejected, meta_text)

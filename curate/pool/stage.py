@@ -36,7 +36,7 @@ from curate.pool.schema import (
 from curate.run import RunDir
 from index.io import shard_name, write_json
 
-_SIDE_FLUSH_ROWS = 50_000  # duplicates / quarantine rows buffered before a write
+_SIDE_FLUSH_ROWS = 10_000  # duplicates / quarantine rows buffered before a write
 
 
 @dataclass
@@ -97,7 +97,7 @@ class _TableWriter:
 
         table = pl.DataFrame(self.rows, schema=self.schema).to_arrow()
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, table.schema)
+            self._writer = pq.ParquetWriter(self.path, _arrow_schema(self.schema))
         self._writer.write_table(table)
         self.rows = {c: [] for c in self.schema}
 
@@ -108,12 +108,16 @@ class _TableWriter:
 
 
 class _PoolWriter:
-    """Buffer unique rows and write them as `shard-XXXXX.parquet` files of `shard_rows` rows."""
+    """Write unique rows as `shard-XXXXX.parquet` files of `shard_rows` rows, one row group per input chunk,
+    so only the current chunk's rows are held as Python objects."""
 
     def __init__(self, folder: Path, shard_rows: int) -> None:
         self.folder = folder
         self.shard_rows = shard_rows
         self.n_shards = 0
+        self.in_shard = 0
+        self._writer = None
+        self._schema = _arrow_schema(POOL_SCHEMA)
         self._reset()
 
     def _reset(self) -> None:
@@ -122,16 +126,41 @@ class _PoolWriter:
     def add(self, row: dict[str, Any]) -> None:
         for c, col in self.rows.items():
             col.append(row[c])
-        if len(self.rows["id"]) >= self.shard_rows:
+        if self.in_shard + len(self.rows["id"]) >= self.shard_rows:
             self.flush()
+            self._close_shard()
 
     def flush(self) -> None:
+        """Write the buffered rows as one row group of the current shard."""
         if not self.rows["id"]:
             return
-        df = pl.DataFrame(self.rows, schema=POOL_SCHEMA)
-        df.write_parquet(self.folder / shard_name(self.n_shards, "parquet"))
-        self.n_shards += 1
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # pyarrow converts nested python lists of dicts far faster than polars' per-row Series path
+        schema = self._schema
+        table = pa.table({c: pa.array(self.rows[c], type=schema.field(c).type) for c in POOL_SCHEMA}, schema=schema)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.folder / shard_name(self.n_shards, "parquet"), schema)
+        self._writer.write_table(table)
+        self.in_shard += table.num_rows
         self._reset()
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self.n_shards += 1
+            self.in_shard = 0
+
+    def close(self) -> None:
+        self.flush()
+        self._close_shard()
+
+
+def _arrow_schema(schema: pl.Schema):
+    """The arrow schema polars writes for `schema` (large strings), so every table file reads back alike."""
+    return pl.DataFrame(schema=schema).to_arrow().schema
 
 
 def _raw_text(rec_raw: str | None, value: Any) -> str:
@@ -141,22 +170,29 @@ def _raw_text(rec_raw: str | None, value: Any) -> str:
 
 
 def _finalise_pool(staged: Path, final: Path, n_shards: int, dup_counts: dict[str, int]) -> None:
-    """Move staged shards into `final`, writing n_duplicates into the shards that hold duplicated rows."""
+    """Move staged shards into `final`, writing n_duplicates into the shards that hold duplicated rows
+    (row group by row group, so memory stays at one chunk)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     final.mkdir()
     for i in range(n_shards):
         name = shard_name(i, "parquet")
         src = staged / name
         if dup_counts:
-            df = pl.read_parquet(src)
-            hit = df["id"].is_in(list(dup_counts)) if len(dup_counts) < 1_000_000 else None
-            if hit is None or hit.any():
-                df = df.with_columns(
-                    pl.col("id")
-                    .replace_strict(dup_counts, default=0, return_dtype=pl.Int64)
-                    .alias("n_duplicates")
-                )
-                df.write_parquet(final / name)
+            pf = pq.ParquetFile(src)
+            ids = pf.read(columns=["id"]).column("id").to_pylist()
+            if any(x in dup_counts for x in ids):
+                col = pf.schema_arrow.get_field_index("n_duplicates")
+                with pq.ParquetWriter(final / name, pf.schema_arrow) as writer:
+                    for g in range(pf.num_row_groups):
+                        table = pf.read_row_group(g)
+                        counts = [dup_counts.get(x, 0) for x in table.column("id").to_pylist()]
+                        table = table.set_column(col, "n_duplicates", pa.array(counts, type=pa.int64()))
+                        writer.write_table(table)
+                pf.close()
                 continue
+            pf.close()
         os.replace(src, final / name)
 
 
@@ -259,12 +295,13 @@ def ingest(
                         per_domain[norm.domain if norm.domain is not None else NO_DOMAIN] += 1
                         per_kind[norm.kind] += 1
                         counts["unique"] += 1
+                    pool.flush()
                     counts["read"] += len(chunk)
                     bar.update(len(chunk))
                 report.per_source[src] = {
                     k: counts[k] for k in ("read", "unique", "duplicate", "quarantined")
                 }
-        pool.flush()
+        pool.close()
         dups.close()
         quarantine.close()
         final = work / "pool"
