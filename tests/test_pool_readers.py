@@ -1,0 +1,104 @@
+"""Input discovery and record streams (curate.pool.readers): chunking, encodings, CSV edge cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate.pool import IngestError, resolve_inputs
+from curate.pool.readers import format_bytes, iter_chunks
+
+ROWS = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(10)]
+
+
+def _files(tmp_path: Path) -> dict[str, Path]:
+    out = {"jsonl": tmp_path / "a.jsonl", "csv": tmp_path / "a.csv", "parquet": tmp_path / "a.parquet", "json": tmp_path / "a.json"}
+    out["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    pl.DataFrame(ROWS).write_csv(out["csv"])
+    pl.DataFrame(ROWS).write_parquet(out["parquet"], row_group_size=3)
+    out["json"].write_text(json.dumps(ROWS))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "json"])
+def test_chunks_are_bounded_and_complete(tmp_path, fmt):
+    path = _files(tmp_path)[fmt]
+    chunks = list(iter_chunks(path, fmt, chunk_rows=4, max_row_bytes=10_000))
+    assert max(len(c) for c in chunks) <= 4 and len(chunks) >= 3
+    recs = [r for c in chunks for r in c]
+    assert [r.row for r in recs] == list(range(10))
+    assert [r.value for r in recs] == ROWS and all(r.error is None for r in recs)
+
+
+def test_bom_and_crlf(tmp_path):
+    j = tmp_path / "bom.jsonl"
+    j.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\r\n" + json.dumps(ROWS[1]).encode() + b"\r\n")
+    recs = [r for c in iter_chunks(j, "jsonl", 10, 1000) for r in c]
+    assert [r.value for r in recs] == ROWS[:2]
+    c = tmp_path / "bom.csv"
+    c.write_bytes(b"\xef\xbb\xbfprompt,response\r\np0,r0\r\n")
+    recs = [r for ch in iter_chunks(c, "csv", 10, 1000) for r in ch]
+    assert [r.value for r in recs] == ROWS[:1]
+
+
+def test_csv_quoted_newlines_oversize_field_and_header_only(tmp_path):
+    c = tmp_path / "q.csv"
+    c.write_text('prompt,response\n"line1\nline2","a ""quoted"" answer"\n' + "p," + "x" * 500 + "\nlast,one\n")
+    recs = [r for ch in iter_chunks(c, "csv", 10, 300) for r in ch]
+    assert recs[0].value == {"prompt": "line1\nline2", "response": 'a "quoted" answer'}
+    assert recs[1].row == 1 and recs[1].error == "oversize_row: 502 B > 300 B"
+    assert recs[2].row == 2 and recs[2].value == {"prompt": "last", "response": "one"}
+    h = tmp_path / "h.csv"
+    h.write_text("prompt,response\n")
+    assert list(iter_chunks(h, "csv", 10, 300)) == []
+    d = tmp_path / "dup.csv"
+    d.write_text("prompt,prompt\na,b\n")
+    with pytest.raises(IngestError, match=r"dup.csv: CSV header repeats column names \['prompt'\]"):
+        list(iter_chunks(d, "csv", 10, 300))
+
+
+def test_json_that_is_neither_array_nor_lines(tmp_path):
+    f = tmp_path / "obj.json"
+    f.write_text('{\n  "data": [1, 2]\n}\n')
+    with pytest.raises(IngestError, match="obj.json: a .json file must hold a JSON array"):
+        list(iter_chunks(f, "json", 10, 1000))
+    g = tmp_path / "bytes.json"
+    g.write_bytes(b'[{"prompt": "caf\xe9"}]')
+    with pytest.raises(IngestError, match="bytes.json: not UTF-8"):
+        list(iter_chunks(g, "json", 10, 1000))
+
+
+def test_resolve_inputs_order_and_errors(tmp_path):
+    for name in ("b/2.jsonl", "b/10.csv", "a.parquet", "c.JSON", "skip.txt"):
+        p = tmp_path / "d" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("")
+    got = resolve_inputs(tmp_path / "d")
+    assert [(p.relative_to(tmp_path / "d").as_posix(), f) for p, f in got] == [
+        ("a.parquet", "parquet"), ("b/10.csv", "csv"), ("b/2.jsonl", "jsonl"), ("c.JSON", "json"),
+    ]  # fmt: skip
+    got = resolve_inputs(str(tmp_path / "d" / "b" / "*"))
+    assert [p.name for p, _ in got] == ["10.csv", "2.jsonl"]
+    with pytest.raises(IngestError, match="skip.txt: unknown extension"):
+        resolve_inputs(tmp_path / "d" / "skip.txt")
+    with pytest.raises(IngestError, match=r"nothing\*.csv: glob matches no"):
+        resolve_inputs(str(tmp_path / "nothing*.csv"))
+
+
+def test_format_bytes():
+    assert format_bytes(2_300_000) == "2.3 MB" and format_bytes(1_000_000) == "1.0 MB"
+    assert format_bytes(4100) == "4.1 kB" and format_bytes(120) == "120 B"
+
+
+def test_csv_field_over_the_parser_limit_is_quarantined_and_reading_goes_on(tmp_path):
+    c = tmp_path / "big.csv"
+    c.write_text("prompt,response\n" + 'p,"' + "y" * 5000 + '"\nnext,row\n')
+    recs = [r for ch in iter_chunks(c, "csv", 10, 2000) for r in ch]
+    assert recs[0].row == 0 and recs[0].error.startswith("oversize_row: ")
+    assert recs[1].row == 1 and recs[1].value == {"prompt": "next", "response": "row"}
+    import csv
+
+    assert csv.field_size_limit() == 131072  # the global parser limit is restored
