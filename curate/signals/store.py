@@ -55,7 +55,7 @@ def load_signal(run: str | os.PathLike, name: str) -> np.ndarray:
     path = rd.signal_path(name)
     if not path.exists():
         raise FileNotFoundError(
-            f"signal {name!r} is missing in {rd.root}: run `curate score {rd.root} --signals {name}` "
+            f"signal {name!r} is missing in {rd.root}: run `curate score {rd.root} --signal {name}` "
             f"(Python: curate.signals.score({str(rd.root)!r}, [{name!r}], ...)) first"
         )
     df = pl.read_parquet(path)
@@ -66,6 +66,6 @@ def load_signal(run: str | os.PathLike, name: str) -> np.ndarray:
     if joined.height != ids.len() or joined.filter(pl.col("id").is_in(df["id"]).not_()).height:
         raise ValueError(
             f"signal {name!r} in {rd.root} was computed on another pool: re-run `curate score {rd.root} "
-            f"--signals {name}`"
+            f"--signal {name}`"
         )
     return joined["value"].to_numpy().astype(np.float64, copy=False)
