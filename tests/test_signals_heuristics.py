@@ -33,6 +33,8 @@ def test_reasoning_code_math_markers():
     # "The sky is blue." (no) | "- finally report" (bullet) | "hello" (no)
     assert reasoning_steps(text) == 4
     assert reasoning_steps("Therefore y = 2 * 3. So it is 6.") == 2
+    assert reasoning_steps("B. false") == 0 and reasoning_steps("B) false") == 0  # answer letters
+    assert reasoning_steps("a) add\nb) carry") == 2
     code = "```python\ndef f(x):\n    return x\n```\nint main() {\n  return 0;\n}\nplain words"
     # 2 fences + def + return + "int main() {" + "  return 0;" + "}" = 7
     assert code_markers(code) == 7

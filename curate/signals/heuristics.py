@@ -4,8 +4,8 @@ code and math markers, and kNN novelty / density. Each returns one float per poo
 Text rules (documented so they can be audited):
 - words for MTLD/TTR: lower-cased `\\w+` runs (apostrophes inside words kept: "don't" is one word).
 - reasoning steps: the text is split into lines, and lines into sentences (after . ! ? followed by a
-  space). A segment is a step if it starts with an enumerator ("1.", "2)", "(3)", "a)", "Step 4", "- ",
-  "* ", "• "), or with a sequencing word (first/firstly, second/secondly, third, next, then, after that,
+  space). A segment is a step if it starts with an enumerator ("1.", "2)", "(3)", "a)", "(b)", "Step 4",
+  "- ", "* ", "• "; NOT "B. false": a lettered multiple-choice answer is not a step), or with a sequencing word (first/firstly, second/secondly, third, next, then, after that,
   afterwards, finally, lastly, therefore, thus, hence, so), or contains an equation (a "=" between two
   operands, "==" excluded). Each segment counts once.
 - code markers: code fences (```), lines starting with a code keyword (def, class, import, from X import,
@@ -68,7 +68,7 @@ def ttr(text: str) -> float:
     return len(set(tokens)) / len(tokens) if tokens else 0.0
 
 
-_ENUM = re.compile(r"^\s*(?:\(?\d+[.):]|\(?[a-zA-Z][.)](?=\s)|step\s*\d+|[-*\u2022]\s)", re.IGNORECASE)
+_ENUM = re.compile(r"^\s*(?:\(?\d+[.):]|(?-i:\(?[a-z]\))(?=\s)|step\s*\d+|[-*\u2022]\s)", re.IGNORECASE)
 _SEQ = re.compile(
     r"^\s*(?:first(?:ly)?|second(?:ly)?|third(?:ly)?|next|then|after that|afterwards|finally|lastly|"
     r"therefore|thus|hence|so)\b",

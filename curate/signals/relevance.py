@@ -58,7 +58,15 @@ def _relevance(ctx: ScoreContext) -> np.ndarray:
             raise ValueError(f"embeddings of {ctx.rd.root} use field(s) {missing} that a validation row lacks")
         texts.append("\n".join(parts[f] for f in fields))
     enc = Encoder.load(cur["model_path"], dtype=cur.get("dtype", "float32"), device=ctx.device or "auto")
-    if enc.fingerprint_with({"fields": fields}) != fp:
-        raise ValueError(f"cannot rebuild the encoder of embeddings {fp} (model {cur['model_path']}): re-run `curate embed`")
+    if enc.fingerprint_with({"fields": fields}) != fp:  # embedded with an explicit max_seq_length?
+        from curate.embed import embedding_meta
+
+        msl = embedding_meta(ctx.rd.root, fp).get("max_seq_length")
+        enc = Encoder.load(cur["model_path"], dtype=cur.get("dtype", "float32"), device=ctx.device or "auto",
+                           max_seq_length=msl)
+        if enc.fingerprint_with({"fields": fields}) != fp:
+            raise ValueError(
+                f"cannot rebuild the encoder of embeddings {fp} (model {cur['model_path']}): re-run `curate embed`"
+            )
     vectors = load_vectors(ctx.rd.root, fp)
     return relevance_scores(vectors, enc.encode(texts), ctx.param("relevance_mode", "mean"))
