@@ -1,0 +1,287 @@
+"""Map stages over a run directory: the faiss index + kNN graph, and the semantic map of the pool.
+
+`build_index` writes <run>/index/ (faiss index, knn.npz, index.json); `map_pool` writes the projection,
+the coverage grid, k-means clusters and a diversity report; `coverage_report` scores a subset against them.
+Every artefact records a key (embedding fingerprint + parameters) and is skipped when already current.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curate.run import RunDir
+from index.io import atomic_path, read_json, save_npy, write_json
+
+INDEX_FILE = "faiss.index"
+KNN_FILE = "knn.npz"
+INDEX_JSON = "index.json"
+COORD_NAMES = ("x", "y", "z")
+NO_DOMAIN = "(none)"
+
+
+def _fingerprint_and_vectors(run: str | os.PathLike, load: bool = True) -> tuple[str, np.ndarray | None]:
+    from curate import embed
+
+    fp = embed.current_fingerprint(run)
+    return fp, (embed.load_vectors(run, fp) if load else None)
+
+
+def _current(json_path: Path, key: dict, *files: Path) -> dict | None:
+    """The stored sidecar when its key equals `key` and every file exists, else None."""
+    if not json_path.exists() or not all(f.exists() for f in files):
+        return None
+    stored = read_json(json_path)
+    return stored if stored.get("key") == key else None
+
+
+def _write_parquet(path: Path, df: pl.DataFrame) -> None:
+    with atomic_path(path, suffix=".parquet") as tmp:
+        df.write_parquet(tmp)
+
+
+def _is_exact(index: Any) -> bool:
+    import faiss
+
+    return isinstance(index, faiss.IndexFlat)
+
+
+def _index_key(fp: str, kind: str, k: int, seed: int) -> dict:
+    return {"fingerprint": fp, "kind": kind, "k": int(k), "seed": int(seed)}
+
+
+def build_index(
+    run: str | os.PathLike, *, kind: str = "auto", k: int = 10, seed: int = 0, recall_sample: int = 2_000,
+    progress: bool = True,
+) -> dict:
+    """Build the faiss index and the kNN graph (k neighbours, self excluded) of the current embeddings.
+
+    Writes <run>/index/{faiss.index, knn.npz, index.json}; recall@k is estimated on a sample when the index
+    is approximate. Skipped when index.json already holds the same fingerprint and parameters.
+    """
+    rd = RunDir(run)
+    out = rd.index_dir
+    fp, _ = _fingerprint_and_vectors(run, load=False)
+    key = _index_key(fp, kind, k, seed)
+    stored = _current(out / INDEX_JSON, key, out / INDEX_FILE, out / KNN_FILE)
+    if stored is not None:
+        return {**stored, "skipped": True}
+    from index.faiss_index import build_index as build_faiss
+    from index.faiss_index import save_index
+    from index.knn import EXACT_MAX_ROWS, knn_graph, recall_at_k
+
+    t0 = time.perf_counter()
+    _, vectors = _fingerprint_and_vectors(run)
+    index = build_faiss(vectors, kind, seed=seed, progress=progress)
+    if kind == "auto":  # the kNN layer picks its own best graph method (exact, or cell-partitioned at scale)
+        graph = knn_graph(vectors, k=k, kind="auto", progress=progress, seed=seed)
+        exact = len(vectors) <= EXACT_MAX_ROWS
+    else:
+        graph = knn_graph(vectors, k=k, index=index, progress=progress, seed=seed)
+        exact = _is_exact(index)
+    recall = None if exact else float(recall_at_k(graph, vectors, sample=min(recall_sample, len(vectors)), seed=seed))
+    out.mkdir(parents=True, exist_ok=True)
+    save_index(index, out / INDEX_FILE)
+    graph.save(out / KNN_FILE)  # atomic
+    info = {
+        "key": key, "kind": kind, "index_class": type(index).__name__, "index_exact": _is_exact(index),
+        "exact": exact, "n": int(len(vectors)),
+        "dim": int(vectors.shape[1]), "k": int(k), "fingerprint": fp, "recall_at_k": recall,
+        "recall_sample": None if exact else int(min(recall_sample, len(vectors))),
+        "seconds": time.perf_counter() - t0,
+    }
+    write_json(out / INDEX_JSON, info)
+    return {**info, "skipped": False}
+
+
+def load_graph(run: str | os.PathLike, fingerprint: str | None = None) -> Any | None:
+    """The stored kNN graph when it was built from the current embeddings, else None."""
+    rd = RunDir(run)
+    path = rd.index_dir / INDEX_JSON
+    if not path.exists() or not (rd.index_dir / KNN_FILE).exists():
+        return None
+    fp = fingerprint or _fingerprint_and_vectors(run, load=False)[0]
+    if read_json(path).get("fingerprint") != fp:
+        return None
+    from index.knn import KnnGraph
+
+    return KnnGraph.load(rd.index_dir / KNN_FILE)
+
+
+def coord_names(dims: int) -> list[str]:
+    """Column names of a projection: x, y, z, then d3, d4, ..."""
+    return [COORD_NAMES[i] if i < len(COORD_NAMES) else f"d{i}" for i in range(dims)]
+
+
+def default_target_cells(n: int) -> int:
+    """About sqrt(N) non-empty cells, capped at 10,000."""
+    return int(max(1, min(round(math.sqrt(n)), 10_000)))
+
+
+def default_n_clusters(n: int) -> int:
+    """About sqrt(N / 10) k-means clusters (at least 1, at most N)."""
+    return int(max(1, min(round(math.sqrt(n / 10)), n)))
+
+
+def _domain_labels(rd: RunDir) -> np.ndarray | None:
+    cols = rd.scan_pool().collect_schema().names()
+    if "domain" not in cols:
+        return None
+    dom = rd.read_pool(["domain"])["domain"]
+    if dom.null_count() == len(dom):
+        return None
+    return dom.fill_null(NO_DOMAIN).cast(pl.Utf8).to_numpy().astype(str)
+
+
+def map_pool(
+    run: str | os.PathLike,
+    *,
+    projection: str = "pca",
+    dims: int = 2,
+    fit_sample: int | str | None = "auto",
+    cell_size: float | None = None,
+    target_cells: int | None = None,
+    n_clusters: int | None = None,
+    seed: int = 0,
+    semdedup_threshold: float = 0.95,
+    progress: bool = True,
+) -> dict:
+    """Write the semantic map of the pool: projection, coverage grid, k-means clusters, diversity report.
+
+    Defaults: target_cells ~ sqrt(N) (capped at 10,000) unless cell_size is given; n_clusters ~ sqrt(N/10).
+    Each artefact is keyed by the embedding fingerprint and its parameters and skipped when current.
+    """
+    from index.diversity import diversity_report
+    from index.grid import assign_cells
+    from index.project import project
+
+    rd = RunDir(run)
+    fp, vectors = _fingerprint_and_vectors(run)
+    ids = rd.read_pool(["id"])["id"]
+    n = len(ids)
+    if vectors.shape[0] != n:
+        raise RuntimeError(f"{rd.root}: {vectors.shape[0]} embedding rows for {n} pool rows: re-run `curate embed`")
+    done: dict[str, Any] = {"skipped": []}
+
+    # projection -------------------------------------------------------------------------------
+    pkey = {"fingerprint": fp, "method": projection, "dims": int(dims), "fit_sample": fit_sample, "seed": int(seed),
+            "n": n}
+    pjson = rd.root / "projection.json"
+    stored = _current(pjson, pkey, rd.projection_path)
+    names = coord_names(dims)
+    if stored is None:
+        proj = project(vectors, method=projection, dims=dims, fit_sample=fit_sample, seed=seed, progress=progress)
+        coords = proj.coords
+        frame = pl.DataFrame({"id": ids, **{c: coords[:, i] for i, c in enumerate(names)}})
+        _write_parquet(rd.projection_path, frame)
+        write_json(pjson, {"key": pkey, **proj.info})
+        done["projection"] = proj.info
+    else:
+        coords = pl.read_parquet(rd.projection_path, columns=names).to_numpy().astype(np.float32)
+        done["projection"] = stored
+        done["skipped"].append("projection")
+
+    # grid -------------------------------------------------------------------------------------
+    mdir = rd.map_dir
+    tc = None if cell_size is not None else int(target_cells or default_target_cells(n))
+    gkey = {"projection": pkey, "cell_size": cell_size, "target_cells": tc}
+    stored = _current(mdir / "grid.json", gkey, mdir / "grid.parquet")
+    if stored is None:
+        grid = assign_cells(coords, cell_size=cell_size, target_cells=tc)
+        _write_parquet(mdir / "grid.parquet", pl.DataFrame({"id": ids, "cell": grid.cells}))
+        ginfo = {"key": gkey, **grid.info}
+        write_json(mdir / "grid.json", ginfo)
+        done["grid"] = ginfo
+    else:
+        done["grid"] = stored
+        done["skipped"].append("grid")
+
+    # clusters ---------------------------------------------------------------------------------
+    k = int(n_clusters or default_n_clusters(n))
+    ckey = {"fingerprint": fp, "n_clusters": k, "seed": int(seed), "n": n}
+    stored = _current(mdir / "clusters.json", ckey, mdir / "clusters.parquet", mdir / "centroids.npy")
+    if stored is None:
+        from index.cluster import kmeans
+
+        res = kmeans(vectors, k, seed=seed, spherical=True, progress=progress)
+        labels = np.asarray(res.labels, dtype=np.int64)
+        _write_parquet(mdir / "clusters.parquet", pl.DataFrame({"id": ids, "cluster": labels}))
+        save_npy(mdir / "centroids.npy", np.asarray(res.centroids, dtype=np.float32))
+        cinfo = {"key": ckey, "n_clusters": k, "sizes": np.asarray(res.sizes).tolist(), "inertia": float(res.inertia)}
+        write_json(mdir / "clusters.json", cinfo)
+        done["clusters"] = {kk: v for kk, v in cinfo.items() if kk != "sizes"}
+    else:
+        labels = pl.read_parquet(mdir / "clusters.parquet", columns=["cluster"])["cluster"].to_numpy()
+        done["clusters"] = {kk: v for kk, v in stored.items() if kk != "sizes"}
+        done["skipped"].append("clusters")
+
+    # diversity --------------------------------------------------------------------------------
+    graph = load_graph(run, fp)
+    gstate = read_json(rd.index_dir / INDEX_JSON)["key"] if graph is not None else None
+    dkey = {"clusters": ckey, "graph": gstate, "semdedup_threshold": semdedup_threshold, "seed": int(seed)}
+    stored = _current(mdir / "diversity.json", dkey)
+    if stored is None:
+        domains = _domain_labels(rd)
+        rep = diversity_report(vectors, graph=graph, labels=domains, clusters=labels,
+                               semdedup_threshold=semdedup_threshold, seed=seed)
+        if graph is None:
+            rep["mean_knn_distance"] = None
+            rep["note"] = "no current kNN graph: run `curate index` for the mean kNN distance"
+        write_json(mdir / "diversity.json", {"key": dkey, **rep})
+        done["diversity"] = rep
+    else:
+        done["diversity"] = {kk: v for kk, v in stored.items() if kk != "key"}
+        done["skipped"].append("diversity")
+    return done
+
+
+def _positions(rd: RunDir, ids: pl.Series, positions_or_ids: Any) -> np.ndarray:
+    items = list(positions_or_ids) if not isinstance(positions_or_ids, np.ndarray) else positions_or_ids
+    if len(items) and isinstance(items[0], str):
+        lookup = dict(zip(ids.to_list(), range(len(ids)), strict=True))
+        missing = [i for i in items if i not in lookup]
+        if missing:
+            raise KeyError(f"{len(missing)} ids are not in the pool of {rd.root} (first: {missing[0]})")
+        return np.fromiter((lookup[i] for i in items), dtype=np.int64, count=len(items))
+    pos = np.asarray(items, dtype=np.int64).ravel()
+    if pos.size and (pos.min() < 0 or pos.max() >= len(ids)):
+        raise IndexError(f"positions must lie in [0, {len(ids)}) for the pool of {rd.root}")
+    return pos
+
+
+def coverage_report(run: str | os.PathLike, positions_or_ids: Any, *, k: int = 10) -> dict:
+    """Coverage (grid cells, density-weighted), diversity and DaaR figures of a subset of the pool.
+
+    Accepts pool positions or pool ids; needs `map_pool` to have run on the current embeddings.
+    """
+    from index.diversity import diversity_report, domain_centroids
+    from index.grid import coverage, density_coverage
+
+    rd = RunDir(run)
+    fp, vectors = _fingerprint_and_vectors(run)
+    ids = rd.read_pool(["id"])["id"]
+    pos = _positions(rd, ids, positions_or_ids)
+    if pos.size == 0:
+        raise ValueError("coverage_report needs a non-empty subset")
+    mdir = rd.map_dir
+    gjson = rd.require(mdir / "grid.json", "map")
+    if read_json(gjson)["key"]["projection"]["fingerprint"] != fp:
+        raise RuntimeError(f"{mdir} was built from other embeddings: re-run `curate map` on {rd.root}")
+    cells = pl.read_parquet(rd.require(mdir / "grid.parquet", "map"), columns=["cell"])["cell"].to_numpy()
+    clusters = None
+    if (mdir / "clusters.parquet").exists():
+        clusters = pl.read_parquet(mdir / "clusters.parquet", columns=["cluster"])["cluster"].to_numpy()
+    domains = _domain_labels(rd)
+    cents = domain_centroids(vectors, domains)[1] if domains is not None else None
+    graph = load_graph(run, fp)
+    rep = diversity_report(vectors, subset=pos, graph=graph, labels=domains, centroids=cents, clusters=clusters, k=k)
+    rep["coverage"] = coverage(cells, pos)
+    rep["density_coverage"] = density_coverage(cells, pos)
+    rep["n_cells"] = int(np.unique(cells).size)
+    return rep
