@@ -1,0 +1,202 @@
+"""Inner-product faiss indexes over L2-normalised float32 vectors (cosine similarity).
+
+`build_index(kind="auto")` picks an exact flat index up to `FLAT_MAX_ROWS` rows and an IVF index beyond it.
+IVF uses nlist ~ 4*sqrt(N) lists trained on a seeded sample; when nprobe is not given it is tuned on a seeded
+query sample: the smallest nprobe in 1, 2, 4, ... whose recall@10 against exact search reaches
+`TARGET_RECALL`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from index.io import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    import faiss
+
+#: `kind="auto"` builds an exact flat index up to this many rows, an IVF index beyond.
+FLAT_MAX_ROWS = 200_000
+#: recall@10 (vs exact search) that the automatic nprobe choice must reach on its tuning sample.
+TARGET_RECALL = 0.95
+#: training rows per IVF list (faiss recommends 30-256).
+TRAIN_PER_LIST = 64
+KINDS = ("flat", "ivf", "hnsw", "auto")
+
+
+def check_vectors(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
+    """Return `vectors` as a C-contiguous float32 [N, d] array, or raise a clear error."""
+    arr = np.asarray(vectors)
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array [N, d], got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name}: empty array of shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{name}: expected floating point values, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    # Check finiteness in chunks so a 1M-row matrix does not need a full boolean copy.
+    step = 65536
+    for s in range(0, arr.shape[0], step):
+        block = arr[s : s + step]
+        if not np.isfinite(block).all():
+            row = s + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            raise ValueError(f"{name}: row {row} contains NaN or inf")
+    return arr
+
+
+def default_nlist(n: int) -> int:
+    """IVF list count: about 4*sqrt(N), at least 1 and at most N/8 (so lists are not near-empty)."""
+    return int(max(1, min(round(4 * math.sqrt(n)), n // 8)))
+
+
+def build_index(
+    vectors: np.ndarray,
+    kind: str = "auto",
+    *,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    hnsw_m: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+    target_recall: float = TARGET_RECALL,
+) -> faiss.Index:
+    """Build an inner-product index over `vectors` (float32, L2-normalised, so scores are cosines).
+
+    kind: "flat" (exact), "ivf" (IndexIVFFlat), "hnsw" (IndexHNSWFlat, M=`hnsw_m`) or "auto"
+    (flat up to FLAT_MAX_ROWS rows, IVF beyond). For IVF, nprobe=None tunes nprobe to `target_recall`.
+    """
+    import faiss
+
+    x = check_vectors(vectors)
+    n, d = x.shape
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; expected one of {KINDS}")
+    if kind == "auto":
+        kind = "flat" if n <= FLAT_MAX_ROWS else "ivf"
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+        index.add(x)
+        return index
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = max(40, 2 * hnsw_m)
+        index.hnsw.efSearch = 64
+        _add_in_batches(index, x, progress, "hnsw add")
+        return index
+    # IVF
+    nl = int(nlist) if nlist is not None else default_nlist(n)
+    if nl < 1 or nl > n:
+        raise ValueError(f"nlist={nl} must be between 1 and the number of rows ({n})")
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nl, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = int(seed)
+    rng = np.random.default_rng(seed)
+    n_train = min(n, max(nl * TRAIN_PER_LIST, 10_000))
+    train_rows = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else np.arange(n)
+    index.cp.max_points_per_centroid = TRAIN_PER_LIST + 1  # already sampled: no second subsample
+    index.train(x[train_rows])
+    _add_in_batches(index, x, progress, "ivf add")
+    if nprobe is not None:
+        index.nprobe = int(max(1, min(nprobe, nl)))
+    else:
+        index.nprobe = tune_nprobe(index, x, target_recall=target_recall, seed=seed)
+    return index
+
+
+def _add_in_batches(index: faiss.Index, x: np.ndarray, progress: bool, desc: str, batch: int = 65536) -> None:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=x.shape[0], desc=desc, unit="rows", disable=not progress) as bar:
+        for s in range(0, x.shape[0], batch):
+            index.add(x[s : s + batch])
+            bar.update(min(batch, x.shape[0] - s))
+
+
+def tune_nprobe(
+    index: faiss.Index,
+    x: np.ndarray,
+    *,
+    target_recall: float = TARGET_RECALL,
+    k: int = 10,
+    sample: int = 1000,
+    seed: int = 0,
+) -> int:
+    """Smallest nprobe in 1, 2, 4, ... reaching `target_recall` recall@k on a seeded sample of rows of `x`."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    n = x.shape[0]
+    rng = np.random.default_rng(seed + 1)
+    rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    q = x[rows]
+    kk = min(k, n)
+    _, exact = exact_search(x, q, kk)
+    nprobe = 1
+    while True:
+        ivf.nprobe = nprobe
+        _, got = index.search(q, kk)
+        hits = sum(len(np.intersect1d(a, b)) for a, b in zip(got, exact, strict=True))
+        recall = hits / exact.size
+        if recall >= target_recall or nprobe >= ivf.nlist:
+            return nprobe
+        nprobe = min(nprobe * 2, ivf.nlist)
+
+
+def exact_search(x: np.ndarray, queries: np.ndarray, k: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products of `queries` against all rows of `x` (faiss flat search in row blocks)."""
+    import faiss
+
+    nq = queries.shape[0]
+    best_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    best_i = np.full((nq, k), -1, dtype=np.int64)
+    for s in range(0, x.shape[0], block):
+        sub = faiss.IndexFlatIP(x.shape[1])
+        sub.add(x[s : s + block])
+        kk = min(k, sub.ntotal)
+        sims, idx = sub.search(queries, kk)
+        idx = np.where(idx >= 0, idx + s, -1)
+        best_s, best_i = _merge_topk(best_s, best_i, sims, idx, k)
+    return best_s, best_i
+
+
+def _merge_topk(
+    s1: np.ndarray, i1: np.ndarray, s2: np.ndarray, i2: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two top-k lists per row: descending similarity, ties broken by lower position."""
+    s = np.concatenate([s1, s2], axis=1)
+    i = np.concatenate([i1, i2], axis=1)
+    key_i = np.where(i < 0, np.iinfo(np.int64).max, i)
+    order = np.lexsort((key_i, -s), axis=1)[:, :k] if s.shape[0] else np.zeros((0, k), dtype=np.int64)
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k search: (sims float32 [Q, k] descending, idx int64 [Q, k]; -1 where fewer than k were found)."""
+    q = check_vectors(queries, "queries")
+    if q.shape[1] != index.d:
+        raise ValueError(f"queries have dimension {q.shape[1]} but the index has dimension {index.d}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    sims, idx = index.search(q, int(k))
+    return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
+
+
+def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
+    """Write a faiss index atomically (temporary file beside `path`, renamed on success)."""
+    import faiss
+
+    with atomic_path(path, suffix=".faiss") as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def load_index(path: str | os.PathLike) -> faiss.Index:
+    """Read a faiss index written by `save_index`."""
+    import faiss
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"faiss index not found: {path}")
+    return faiss.read_index(str(path))

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index.faiss_index import build_index, load_index, save_index, search
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _clustered(rng, n, d, n_clusters, spread=0.3):
+    c = _unit(rng, n_clusters, d)
+    lab = rng.integers(0, n_clusters, n)
+    x = c[lab] + spread / np.sqrt(d) * rng.standard_normal((n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_flat_search_equals_numpy_bruteforce():
+    rng = np.random.default_rng(0)
+    x = _unit(rng, 500, 32)
+    q = _unit(rng, 20, 32)
+    idx = build_index(x, "flat")
+    sims, ids = search(idx, q, 5)
+    full = q @ x.T
+    ref = np.argsort(-full, axis=1)[:, :5]
+    assert ids.dtype == np.int64 and sims.dtype == np.float32
+    np.testing.assert_array_equal(ids, ref)
+    np.testing.assert_allclose(sims, np.take_along_axis(full, ref, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_auto_is_flat_for_small_pools():
+    import faiss
+
+    x = _unit(np.random.default_rng(1), 100, 8)
+    assert isinstance(build_index(x), faiss.IndexFlatIP)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_recall_on_clustered_data(kind):
+    rng = np.random.default_rng(2)
+    x = _clustered(rng, 6000, 32, 40)
+    q = x[rng.choice(6000, 200, replace=False)]
+    idx = build_index(x, kind, seed=0)
+    _, got = search(idx, q, 10)
+    _, exact = search(build_index(x, "flat"), q, 10)
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(got, exact, strict=True)])
+    assert recall >= 0.9
+
+
+def test_ivf_tunes_nprobe_and_roundtrips(tmp_path):
+    rng = np.random.default_rng(3)
+    x = _clustered(rng, 4000, 16, 30)
+    idx = build_index(x, "ivf", nlist=64, seed=0)
+    assert 1 <= idx.nprobe <= 64
+    q = x[:50]
+    s1, i1 = search(idx, q, 7)
+    path = tmp_path / "sub" / "pool.faiss"
+    save_index(idx, path)
+    assert path.exists() and not list(path.parent.glob(".*tmp"))
+    back = load_index(path)
+    assert back.ntotal == 4000 and back.nprobe == idx.nprobe
+    s2, i2 = search(back, q, 7)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(s1, s2)
+
+
+def test_bad_input_errors(tmp_path):
+    x = np.ones((10, 4), dtype=np.float32)
+    x[3, 2] = np.nan
+    with pytest.raises(ValueError, match="row 3"):
+        build_index(x)
+    with pytest.raises(ValueError, match="unknown index kind"):
+        build_index(np.ones((5, 4), dtype=np.float32), "lsh")
+    with pytest.raises(FileNotFoundError):
+        load_index(tmp_path / "missing.faiss")
+    idx = build_index(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="dimension"):
+        search(idx, np.ones((1, 3), dtype=np.float32), 1)

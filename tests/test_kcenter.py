@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index.kcenter import k_center_greedy, k_center_greedy_naive
+
+
+def _clustered(rng, n, d, n_clusters, spread=0.5):
+    c = rng.standard_normal((n_clusters, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    lab = rng.integers(0, n_clusters, n)
+    x = c[lab] + spread / np.sqrt(d) * rng.standard_normal((n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _bruteforce(x, budget, first=None, initial=()):
+    """Independent float64 reference: farthest point, ties to the lowest position."""
+    x64 = x.astype(np.float64)
+    chosen = list(initial)
+    order, radii = [], []
+    for t in range(budget):
+        if t == 0 and not chosen:
+            p, r = first, np.inf
+        else:
+            dist = np.clip(1 - x64 @ x64[chosen].T, 0, None).min(axis=1)
+            dist[chosen] = -1
+            p = int(np.argmax(dist))
+            r = dist[p]
+        order.append(p)
+        radii.append(r)
+        chosen.append(p)
+    return np.array(order), np.array(radii)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_equals_naive_and_bruteforce(seed):
+    rng = np.random.default_rng(seed)
+    x = _clustered(rng, 1500, 24, 12)
+    budget = 60
+    o, r = k_center_greedy(x, budget, seed=seed, progress=False, n_cells=20)
+    on, rn = k_center_greedy_naive(x, budget, seed=seed)
+    np.testing.assert_array_equal(o, on)
+    np.testing.assert_array_equal(r, rn)
+    ob, rb = _bruteforce(x, budget, first=int(on[0]))
+    np.testing.assert_array_equal(o, ob)
+    np.testing.assert_allclose(r[1:], rb[1:], atol=1e-5)
+    assert np.isinf(r[0]) and (np.diff(r[1:]) <= 1e-6).all()  # radii never grow
+    assert len(set(o.tolist())) == budget
+
+
+def test_duplicates_and_exhaustion():
+    rng = np.random.default_rng(5)
+    base = _clustered(rng, 40, 8, 3)
+    x = np.concatenate([base, base[:15], base[:5]])  # 60 rows, 40 distinct
+    for n_cells in (1, 5, 9):
+        o, r = k_center_greedy(x, 60, seed=1, progress=False, n_cells=n_cells)
+        on, rn = k_center_greedy_naive(x, 60, seed=1)
+        np.testing.assert_array_equal(o, on)
+        np.testing.assert_array_equal(r, rn)
+    assert sorted(o.tolist()) == list(range(60))
+    # duplicates come last (float32 gives 1 - x.x within a few ulps of 0)
+    assert (r[40:] <= 1e-6).all() and (r[1:40] > 1e-3).all()
+    # once every remaining distance is exactly 0, rows are taken in position order (ties: lowest position)
+    tail = o[np.flatnonzero(np.cumsum(r[::-1] != 0)[::-1] == 0)]
+    assert tail.size > 5 and (np.diff(tail) > 0).all()
+
+
+def test_initial_positions_are_covered_not_returned():
+    rng = np.random.default_rng(6)
+    x = _clustered(rng, 800, 16, 8)
+    init = np.array([5, 100, 400, 5])
+    o, r = k_center_greedy(x, 30, initial=init, progress=False, n_cells=16)
+    on, rn = k_center_greedy_naive(x, 30, initial=init)
+    np.testing.assert_array_equal(o, on)
+    np.testing.assert_array_equal(r, rn)
+    assert not set(o.tolist()) & {5, 100, 400}
+    ob, rb = _bruteforce(x, 30, initial=[5, 100, 400])
+    np.testing.assert_array_equal(o, ob)
+    np.testing.assert_allclose(r, rb, atol=1e-5)
+
+
+def test_unnormalised_input_still_exact_and_errors():
+    rng = np.random.default_rng(7)
+    x = _clustered(rng, 500, 8, 4) * rng.uniform(0.5, 1.5, (500, 1)).astype(np.float32)
+    o, r = k_center_greedy(x, 25, progress=False, n_cells=10)
+    on, rn = k_center_greedy_naive(x, 25)
+    np.testing.assert_array_equal(o, on)
+    np.testing.assert_array_equal(r, rn)
+    with pytest.raises(ValueError, match="budget"):
+        k_center_greedy(x, 501, progress=False)
+    with pytest.raises(ValueError, match="initial"):
+        k_center_greedy(x, 5, initial=[600], progress=False)
+    assert k_center_greedy(x, 0, progress=False)[0].shape == (0,)

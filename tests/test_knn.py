@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index.knn import KnnGraph, exact_knn, knn_graph, recall_at_k
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _clustered(rng, n, d, n_clusters, spread=0.5):
+    c = _unit(rng, n_clusters, d)
+    lab = rng.integers(0, n_clusters, n)
+    x = c[lab] + spread / np.sqrt(d) * rng.standard_normal((n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _numpy_knn(x, k):
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    nb = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return nb, np.take_along_axis(s, nb, axis=1)
+
+
+def test_flat_graph_equals_numpy_and_excludes_self():
+    x = _unit(np.random.default_rng(0), 300, 16)
+    g = knn_graph(x, k=5, kind="flat", progress=False)
+    nb, sims = _numpy_knn(x, 5)
+    assert g.neighbors.dtype == np.int64 and g.sims.dtype == np.float32 and g.k == 5
+    np.testing.assert_array_equal(g.neighbors, nb)
+    np.testing.assert_allclose(g.sims, sims, atol=1e-5)
+    assert not (g.neighbors == np.arange(300)[:, None]).any()
+    assert (np.diff(g.sims, axis=1) <= 1e-6).all()
+
+
+def test_duplicates_keep_each_other_and_drop_self():
+    rng = np.random.default_rng(1)
+    x = _unit(rng, 50, 8)
+    x[10] = x[20] = x[30] = x[5]  # four identical rows
+    for kind in ("flat", "cells"):
+        g = knn_graph(x, k=4, kind=kind, progress=False, n_cells=4, probe=4)
+        for i in (5, 10, 20, 30):
+            others = {5, 10, 20, 30} - {i}
+            assert set(g.neighbors[i, :3]) == others, (kind, i, g.neighbors[i])
+            assert i not in g.neighbors[i]
+            np.testing.assert_allclose(g.sims[i, :3], 1.0, atol=1e-5)
+
+
+def test_tiny_pool_pads_missing_neighbours():
+    x = _unit(np.random.default_rng(2), 3, 4)
+    g = knn_graph(x, k=4, kind="flat", progress=False)
+    assert (g.neighbors[:, 2:] == -1).all() and (g.sims[:, 2:] == 0).all()
+    assert (g.neighbors[:, :2] >= 0).all()
+    m = g.to_csr()
+    assert m.nnz == 6 and m.shape == (3, 3)
+
+
+def test_cells_method_recall_and_exact_scores():
+    rng = np.random.default_rng(3)
+    x = _clustered(rng, 8000, 32, 60)
+    g = knn_graph(x, k=10, kind="cells", progress=False, seed=0)
+    r = recall_at_k(g, x, sample=500, seed=1)
+    assert r >= 0.9
+    # similarities are exact float32 cosines of the listed neighbours, descending
+    rows = np.arange(0, 8000, 97)
+    ref = np.einsum("id,ikd->ik", x[rows], x[g.neighbors[rows]])
+    np.testing.assert_allclose(g.sims[rows], ref, atol=1e-5)
+    assert (np.diff(g.sims, axis=1) <= 1e-6).all()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_faiss_approximate_kinds(kind):
+    x = _clustered(np.random.default_rng(4), 3000, 16, 20)
+    g = knn_graph(x, k=5, kind=kind, progress=False)
+    assert recall_at_k(g, x, sample=300) >= 0.9
+    assert not (g.neighbors == np.arange(3000)[:, None]).any()
+
+
+def test_exact_knn_and_recall_of_perfect_graph():
+    x = _unit(np.random.default_rng(5), 200, 8)
+    nb, sims = exact_knn(x, np.array([0, 7, 199]), 3)
+    ref_nb, ref_s = _numpy_knn(x, 3)
+    np.testing.assert_array_equal(nb, ref_nb[[0, 7, 199]])
+    g = KnnGraph(ref_nb, ref_s)
+    assert recall_at_k(g, x, sample=50) == 1.0
+    bad = KnnGraph(np.roll(ref_nb, 1, axis=0), ref_s)
+    assert recall_at_k(bad, x, sample=200) < 0.2
+
+
+def test_save_load_and_csr(tmp_path):
+    x = _unit(np.random.default_rng(6), 40, 8)
+    g = knn_graph(x, k=3, progress=False)
+    p = tmp_path / "knn.npz"
+    g.save(p)
+    back = KnnGraph.load(p)
+    np.testing.assert_array_equal(back.neighbors, g.neighbors)
+    np.testing.assert_array_equal(back.sims, g.sims)
+    m = g.to_csr()
+    assert m.shape == (40, 40) and m.nnz == 120
+    assert m[0, g.neighbors[0, 0]] == pytest.approx(g.sims[0, 0])
+    s = g.to_csr(symmetric=True)
+    assert (s != s.T).nnz == 0
+    with pytest.raises(FileNotFoundError):
+        KnnGraph.load(tmp_path / "nope.npz")
