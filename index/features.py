@@ -1,0 +1,196 @@
+"""Row features from a local causal LM: truncated-LM masked mean pooling (DaaR probes) and input-embedding means.
+
+DaaR (methods.md 2.4 step 5) cuts the base LM after decoder layer L (default 3) and mean-pools the last kept
+hidden state. Like the released code, the pooled tensor is layer L's output passed through the model's final
+norm (the last `hidden_states` entry of an HF decoder is normed). Unlike the released code, pooling is MASKED:
+padding positions are excluded, so a row's feature does not depend on the batch it was padded with
+(methods.md 2.5). `input_embedding_features` is the cheaper e(x) of methods.md 2.2: the masked mean of the input
+token embeddings (DaaR's clustering space).
+
+Features are cached as float32 shards `<out_dir>/shard-*.npy` (+ `meta.json`), written atomically and resumed
+shard by shard through `index.io.run_shards`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.io import read_json, run_shards, shard_name, write_json
+
+KINDS = ("truncated", "input_embeddings")
+
+
+def _model_digest(model_path: Path) -> str:
+    """Digest of a model directory's config and weight file sizes/names (cheap; weights are not re-read)."""
+    h = hashlib.blake2b(digest_size=8)
+    for f in sorted(model_path.iterdir()):
+        if f.is_file() and (f.suffix in {".json", ".safetensors", ".bin"}):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            if f.suffix == ".json" and f.stat().st_size < 1_000_000:
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def feature_fingerprint(model_path: str | os.PathLike, *, kind: str, layer: int, max_length: int) -> str:
+    """Key of a feature cache: model directory digest + kind + layer + max length."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    p = Path(model_path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"model directory {p} does not exist")
+    tag = f"{p.name}-{_model_digest(p)}-{kind}"
+    return f"{tag}-L{layer}-len{max_length}" if kind == "truncated" else f"{tag}-len{max_length}"
+
+
+def load_truncated_lm(
+    model_path: str | os.PathLike, layer: int = 3, *, device: str = "cpu", dtype: str = "auto"
+):
+    """Load a local HF causal LM (safetensors, no remote code) and keep its first `layer` decoder layers.
+
+    Returns (tokenizer, base decoder module) ready for `masked_mean_features`.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = {
+        "auto": None,
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+    }
+    if dtype not in torch_dtype:
+        raise ValueError(f"dtype must be one of {sorted(torch_dtype)}, got {dtype!r}")
+    td = torch_dtype[dtype] or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=td, use_safetensors=True)
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "layers"):
+        raise ValueError(
+            f"{model_path}: expected a decoder-only LM with `model.layers` (Llama/Qwen/Mistral-like)"
+        )
+    n = len(base.layers)
+    if layer < 0 or layer > n:
+        raise ValueError(f"layer must be in [0, {n}] for {model_path} ({n} decoder layers), got {layer}")
+    base.layers = base.layers[:layer]
+    base.config.num_hidden_layers = layer
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"  # position ids run from 0 for every row, so padding never shifts them
+    return tok, base.to(device).eval()
+
+
+def masked_mean(hidden, mask):
+    """Mean over the positions where `mask` is 1: [B, T, d], [B, T] -> [B, d] (float32)."""
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    s = (hidden * m).sum(dim=1).float()
+    return s / m.sum(dim=1).float().clamp_min(1.0)
+
+
+def masked_mean_features(
+    tokenizer: Any,
+    base: Any,
+    texts: Sequence[str],
+    *,
+    kind: str = "truncated",
+    max_length: int = 1024,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Features of `texts` [n, d] float32: masked mean of the truncated LM's last state, or of input embeddings."""
+    import torch
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    device = next(base.parameters()).device
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            list(texts[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(device)
+        with torch.no_grad():
+            if kind == "input_embeddings":
+                h = base.get_input_embeddings()(enc["input_ids"])
+            else:
+                h = base(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        out.append(masked_mean(h, enc["attention_mask"]).cpu().numpy().astype(np.float32))
+    if not out:
+        return np.zeros((0, base.config.hidden_size), dtype=np.float32)
+    return np.concatenate(out)
+
+
+def cached_features(
+    texts: Sequence[str],
+    out_dir: str | os.PathLike,
+    model_path: str | os.PathLike,
+    *,
+    kind: str = "truncated",
+    layer: int = 3,
+    max_length: int = 1024,
+    batch_size: int = 16,
+    shard_size: int = 4096,
+    device: str = "cpu",
+    dtype: str = "auto",
+    progress: bool = True,
+) -> np.ndarray:
+    """Compute (or resume) features of `texts` into `out_dir/shard-*.npy` and return them [n, d] float32.
+
+    `out_dir` should be keyed by `feature_fingerprint(...)`; a `meta.json` records model, kind, layer and n,
+    and a mismatch with an existing cache raises instead of mixing features.
+    """
+    out_dir = Path(out_dir)
+    n = len(texts)
+    meta = {
+        "model_path": str(model_path),
+        "kind": kind,
+        "layer": layer if kind == "truncated" else None,
+        "max_length": max_length,
+        "n_rows": n,
+        "shard_size": shard_size,
+        "pooling": "masked_mean",
+        "text_digest": hashlib.blake2b("\x00".join(texts).encode(), digest_size=8).hexdigest(),
+    }
+    meta_path = out_dir / "meta.json"
+    if meta_path.exists():
+        old = read_json(meta_path)
+        if old != json.loads(json.dumps(meta)):
+            raise ValueError(f"{meta_path} was written for other inputs ({old}); use another folder")
+    else:
+        write_json(meta_path, meta)
+    n_shards = max(1, -(-n // shard_size))
+    state: dict[str, Any] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=f"{kind} features", unit="row")
+
+    def work(i: int, tmp: Path) -> None:
+        if "model" not in state:
+            state["model"] = load_truncated_lm(
+                model_path, layer if kind == "truncated" else 0, device=device, dtype=dtype
+            )
+        tok, base = state["model"]
+        chunk = texts[i * shard_size : (i + 1) * shard_size]
+        feats = masked_mean_features(
+            tok, base, chunk, kind=kind, max_length=max_length, batch_size=batch_size
+        )
+        with open(tmp, "wb") as fh:
+            np.save(fh, feats)
+        if bar is not None:
+            bar.update(len(chunk))
+
+    run_shards(out_dir, n_shards, "npy", work)
+    if bar is not None:
+        bar.close()
+    return np.concatenate([np.load(out_dir / shard_name(i, "npy")) for i in range(n_shards)])
