@@ -17,7 +17,10 @@ A = lambda c: {"role": "assistant", "content": c}  # noqa: E731
 
 SFT = [
     {"instruction": "Add the numbers.", "input": "2 + 3", "output": "5", "domain": "math"},
-    {"conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}], "domain": "chat"},
+    {
+        "conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}],
+        "domain": "chat",
+    },
     {"messages": [U("Capital of France?"), A("Paris")], "task": "geo", "keywords": ["geography"]},
     {"prompt": "Translate 'cat' to French", "response": "chat", "domain": "translation"},
     {"prompt": "Opposite of hot?", "completion": "cold"},
@@ -46,7 +49,12 @@ def check_invariant(rep, run):
     assert rep.n_unique + rep.n_duplicate + rep.n_quarantined == rep.n_read
     meta = read_json(RunDir(run).ingest_path)
     c = meta["counts"]
-    assert c == {"read": rep.n_read, "unique": rep.n_unique, "duplicate": rep.n_duplicate, "quarantined": rep.n_quarantined}
+    assert c == {
+        "read": rep.n_read,
+        "unique": rep.n_unique,
+        "duplicate": rep.n_duplicate,
+        "quarantined": rep.n_quarantined,
+    }
     assert len(pool(run)) == rep.n_unique
     assert len(side(run, "duplicates.parquet")) == rep.n_duplicate
     assert len(side(run, "quarantine.parquet")) == rep.n_quarantined
@@ -123,7 +131,12 @@ def test_parquet_nested_message_lists_and_preference(tmp_path):
 def test_csv_with_messages_as_json_text_and_mapping(tmp_path):
     f = tmp_path / "qa.csv"
     f.write_text('question,answer,category\n"What is 2+2?",4,math\n"Multi\nline?","yes, indeed",misc\n')
-    rep = ingest(f, tmp_path / "run", columns={"prompt": "question", "response": "answer", "domain": "category"}, progress=False)
+    rep = ingest(
+        f,
+        tmp_path / "run",
+        columns={"prompt": "question", "response": "answer", "domain": "category"},
+        progress=False,
+    )
     df = pool(tmp_path / "run")
     assert rep.n_unique == 2
     assert df["prompt"].to_list() == ["What is 2+2?", "Multi\nline?"]
@@ -252,7 +265,9 @@ def test_oversize_parquet_and_json_rows(tmp_path):
     rows = [{"prompt": "p", "response": "r" * 500}, {"prompt": "q", "response": "s"}]
     pl.DataFrame(rows).write_parquet(tmp_path / "a.parquet")
     (tmp_path / "b.json").write_text(json.dumps(rows))
-    rep = ingest([tmp_path / "a.parquet", tmp_path / "b.json"], tmp_path / "run", max_row_bytes=300, progress=False)
+    rep = ingest(
+        [tmp_path / "a.parquet", tmp_path / "b.json"], tmp_path / "run", max_row_bytes=300, progress=False
+    )
     q = side(tmp_path / "run", "quarantine.parquet")
     assert q["row"].to_list() == [0, 0] and all(r.startswith("oversize_row: ") for r in q["reason"])
     assert len(q["raw"][0]) <= 2000
@@ -274,16 +289,27 @@ def test_duplicates_across_files_kept_once_and_ids_stable(tmp_path):
     r1 = {"prompt": "same", "response": "answer"}
     a = write_jsonl(tmp_path / "a.jsonl", [r1, {"prompt": "x", "response": "y"}, r1])
     b = tmp_path / "b.parquet"
-    pl.DataFrame({"instruction": ["same", "new"], "output": ["answer", "one"], "extra": [1, 2]}).write_parquet(b)
+    pl.DataFrame(
+        {"instruction": ["same", "new"], "output": ["answer", "one"], "extra": [1, 2]}
+    ).write_parquet(b)
     rep = ingest([a, b], tmp_path / "run", progress=False)
     check_invariant(rep, tmp_path / "run")
     df = pool(tmp_path / "run")
     kept = content_id("sft", [U("same"), A("answer")])
     assert df["id"].to_list()[0] == kept
-    assert df.select("source", "row", "n_duplicates").rows() == [(str(a), 0, 2), (str(a), 1, 0), (str(b), 1, 0)]
+    assert df.select("source", "row", "n_duplicates").rows() == [
+        (str(a), 0, 2),
+        (str(a), 1, 0),
+        (str(b), 1, 0),
+    ]
     d = side(tmp_path / "run", "duplicates.parquet")
     assert d.rows() == [(str(a), 2, kept), (str(b), 0, kept)]
-    assert rep.n_duplicate == 2 and rep.per_source[str(b)] == {"read": 2, "unique": 1, "duplicate": 1, "quarantined": 0}
+    assert rep.n_duplicate == 2 and rep.per_source[str(b)] == {
+        "read": 2,
+        "unique": 1,
+        "duplicate": 1,
+        "quarantined": 0,
+    }
     # same content -> same ids in another run, other file order
     ingest([b, a], tmp_path / "run2", progress=False)
     df2 = pool(tmp_path / "run2")
@@ -307,8 +333,12 @@ def test_small_chunks_give_identical_output(tmp_path):
     rows = (SFT + PREF) * 3 + [{"bad": 1}, {"prompt": "", "response": "x"}]
     rows += [{"prompt": f"u{i}", "response": f"v{i}", "domain": f"d{i % 3}"} for i in range(40)]
     files = [write_jsonl(tmp_path / "in" / "a.jsonl", rows)]
-    pl.DataFrame([{"prompt": f"u{i}", "response": f"v{i}"} for i in range(30)]).write_parquet(tmp_path / "in" / "b.parquet")
-    pl.DataFrame([{"prompt": f"w{i}", "response": f"v{i}"} for i in range(30)]).write_csv(tmp_path / "in" / "c.csv")
+    pl.DataFrame([{"prompt": f"u{i}", "response": f"v{i}"} for i in range(30)]).write_parquet(
+        tmp_path / "in" / "b.parquet"
+    )
+    pl.DataFrame([{"prompt": f"w{i}", "response": f"v{i}"} for i in range(30)]).write_csv(
+        tmp_path / "in" / "c.csv"
+    )
     files = tmp_path / "in"
     ingest(files, tmp_path / "big", chunk_rows=10_000, progress=False)
     ingest(files, tmp_path / "small", chunk_rows=3, shard_rows=1000, progress=False)
@@ -330,7 +360,12 @@ def test_rerun_replaces_pool_cleanly(tmp_path):
     assert [p.name for p in (run / "pool").iterdir()] == ["shard-00000.parquet"]
     assert pool(run)["prompt"].to_list() == ["only"]
     assert read_json(run / "ingest.json")["inputs"] == [str(small)] and rep.n_read == 1
-    assert sorted(p.name for p in run.iterdir()) == ["duplicates.parquet", "ingest.json", "pool", "quarantine.parquet"]
+    assert sorted(p.name for p in run.iterdir() if p.name != ".ingest.lock") == [
+        "duplicates.parquet",
+        "ingest.json",
+        "pool",
+        "quarantine.parquet",
+    ]
     # a failing re-run leaves the previous pool untouched
     with pytest.raises(IngestError):
         ingest(tmp_path / "missing.jsonl", run, progress=False)
@@ -350,7 +385,12 @@ def test_empty_inputs_write_empty_tables_with_schema(tmp_path):
 
 def test_json_lines_in_a_json_file(tmp_path):
     f = tmp_path / "hf_export.json"  # `datasets.Dataset.to_json` writes JSON lines with a .json name
-    f.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + json.dumps({"prompt": "c", "response": "d"}) + "\n")
+    f.write_text(
+        json.dumps({"prompt": "a", "response": "b"})
+        + "\n"
+        + json.dumps({"prompt": "c", "response": "d"})
+        + "\n"
+    )
     rep = ingest(f, tmp_path / "run", progress=False)
     assert rep.n_unique == 2 and pool(tmp_path / "run")["row"].to_list() == [0, 1]
 
@@ -366,7 +406,12 @@ def test_failure_mid_ingest_keeps_previous_pool_and_no_temp_files(tmp_path):
         ingest([many, tmp_path / "d" / "1.parquet"], run, shard_rows=10, progress=False)
     after = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before
-    assert sorted(p.name for p in run.iterdir()) == ["duplicates.parquet", "ingest.json", "pool", "quarantine.parquet"]
+    assert sorted(p.name for p in run.iterdir() if p.name != ".ingest.lock") == [
+        "duplicates.parquet",
+        "ingest.json",
+        "pool",
+        "quarantine.parquet",
+    ]
 
 
 def test_progress_bar_reports_rows(tmp_path, capsys):
@@ -384,3 +429,16 @@ def test_bad_parameters(tmp_path):
         ingest(f, tmp_path / "run", columns={"question": "q"}, progress=False)
     with pytest.raises(IngestError, match="no inputs"):
         ingest([], tmp_path / "run", progress=False)
+
+
+def test_concurrent_ingest_on_one_run_is_refused(tmp_path):
+    import fcntl
+
+    f = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "response": "r"}])
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".ingest.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with pytest.raises(IngestError, match="another ingest is writing"):
+            ingest(f, run, progress=False)
+    assert ingest(f, run, progress=False).n_unique == 1

@@ -60,7 +60,12 @@ def test_sharegpt_with_system():
 def test_openai_messages_single_turn_and_content_parts():
     n = normalise({"messages": [U("q"), A("a")]})
     assert n.prompt == "q" and n.response == "a"
-    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "l1"}, {"type": "text", "text": "l2"}]}, A("a")]}
+    parts = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "l1"}, {"type": "text", "text": "l2"}]},
+            A("a"),
+        ]
+    }
     assert normalise(parts).prompt == "l1\nl2"
 
 
@@ -133,7 +138,10 @@ def test_message_list_stored_as_json_text():
         ({"prompt": "x", "response": ["a"]}, "wrong_type: response is list"),
         ({"messages": "hello"}, "wrong_type: messages is str, expected a list of messages"),
         ({"messages": [U("q"), "a"]}, "wrong_type: messages[1] is str, expected an object"),
-        ({"messages": [U("q"), {"role": "assistant", "content": None}]}, "wrong_type: messages[1].content is null"),
+        (
+            {"messages": [U("q"), {"role": "assistant", "content": None}]},
+            "wrong_type: messages[1].content is null",
+        ),
         ({"messages": [U("q"), U("again")]}, "missing_fields: messages ends with a user turn, not assistant"),
         ({"messages": [A("a")]}, "empty_text: prompt"),
         ({"prompt": "  ", "response": "r"}, "empty_text: prompt"),
@@ -160,9 +168,7 @@ def test_content_id_known_answer_and_properties():
     import hashlib
 
     msgs = [U("p"), A("r")]
-    expected = hashlib.blake2b(
-        b'["sft",[["user","p"],["assistant","r"]],null]', digest_size=16
-    ).hexdigest()
+    expected = hashlib.blake2b(b'["sft",[["user","p"],["assistant","r"]],null]', digest_size=16).hexdigest()
     assert canonical_bytes("sft", msgs, None) == b'["sft",[["user","p"],["assistant","r"]],null]'
     assert content_id("sft", msgs) == expected and len(expected) == 32
     assert content_id("sft", msgs) != content_id("preference", msgs, "x")
@@ -170,7 +176,9 @@ def test_content_id_known_answer_and_properties():
     # alpaca and prompt/response with the same content get the same id
     a = normalise({"instruction": "p", "output": "r"})
     b = normalise({"prompt": "p", "response": "r", "extra": 1})
-    assert content_id(a.kind, a.messages, a.rejected) == content_id(b.kind, b.messages, b.rejected) == expected
+    assert (
+        content_id(a.kind, a.messages, a.rejected) == content_id(b.kind, b.messages, b.rejected) == expected
+    )
 
 
 def test_bad_column_mapping():

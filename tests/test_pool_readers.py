@@ -15,7 +15,12 @@ ROWS = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(10)]
 
 
 def _files(tmp_path: Path) -> dict[str, Path]:
-    out = {"jsonl": tmp_path / "a.jsonl", "csv": tmp_path / "a.csv", "parquet": tmp_path / "a.parquet", "json": tmp_path / "a.json"}
+    out = {
+        "jsonl": tmp_path / "a.jsonl",
+        "csv": tmp_path / "a.csv",
+        "parquet": tmp_path / "a.parquet",
+        "json": tmp_path / "a.json",
+    }
     out["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     pl.DataFrame(ROWS).write_csv(out["csv"])
     pl.DataFrame(ROWS).write_parquet(out["parquet"], row_group_size=3)
@@ -35,7 +40,9 @@ def test_chunks_are_bounded_and_complete(tmp_path, fmt):
 
 def test_bom_and_crlf(tmp_path):
     j = tmp_path / "bom.jsonl"
-    j.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\r\n" + json.dumps(ROWS[1]).encode() + b"\r\n")
+    j.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\r\n" + json.dumps(ROWS[1]).encode() + b"\r\n"
+    )
     recs = [r for c in iter_chunks(j, "jsonl", 10, 1000) for r in c]
     assert [r.value for r in recs] == ROWS[:2]
     c = tmp_path / "bom.csv"
@@ -46,7 +53,9 @@ def test_bom_and_crlf(tmp_path):
 
 def test_csv_quoted_newlines_oversize_field_and_header_only(tmp_path):
     c = tmp_path / "q.csv"
-    c.write_text('prompt,response\n"line1\nline2","a ""quoted"" answer"\n' + "p," + "x" * 500 + "\nlast,one\n")
+    c.write_text(
+        'prompt,response\n"line1\nline2","a ""quoted"" answer"\n' + "p," + "x" * 500 + "\nlast,one\n"
+    )
     recs = [r for ch in iter_chunks(c, "csv", 10, 300) for r in ch]
     assert recs[0].value == {"prompt": "line1\nline2", "response": 'a "quoted" answer'}
     assert recs[1].row == 1 and recs[1].error == "oversize_row: 502 B > 300 B"

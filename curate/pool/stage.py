@@ -15,14 +15,15 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from curate.pool.errors import RowError
+from curate.pool.errors import IngestError, RowError
 from curate.pool.ids import content_digest
 from curate.pool.layouts import check_columns, normalise
 from curate.pool.readers import iter_chunks, resolve_inputs
@@ -139,7 +140,9 @@ class _PoolWriter:
 
         # pyarrow converts nested python lists of dicts far faster than polars' per-row Series path
         schema = self._schema
-        table = pa.table({c: pa.array(self.rows[c], type=schema.field(c).type) for c in POOL_SCHEMA}, schema=schema)
+        table = pa.table(
+            {c: pa.array(self.rows[c], type=schema.field(c).type) for c in POOL_SCHEMA}, schema=schema
+        )
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.folder / shard_name(self.n_shards, "parquet"), schema)
         self._writer.write_table(table)
@@ -196,7 +199,27 @@ def _finalise_pool(staged: Path, final: Path, n_shards: int, dup_counts: dict[st
         os.replace(src, final / name)
 
 
+@contextmanager
+def _run_lock(run: RunDir) -> Iterator[None]:
+    """Hold `<run>/.ingest.lock` (an advisory flock) so two ingests never write one run directory at once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(run.root / ".ingest.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise IngestError(f"{run.root}: another ingest is writing this run directory") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _clean_stale(run: RunDir) -> None:
+    """Remove work folders of ingests that were killed (safe: the run lock is held)."""
     for p in run.root.glob(".ingest-*"):
         shutil.rmtree(p, ignore_errors=True)
     for p in run.root.glob(".pool.old-*"):
@@ -232,128 +255,129 @@ def ingest(
     given = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(i) for i in inputs]
     files = resolve_inputs(inputs, exclude=run.root)
     run.root.mkdir(parents=True, exist_ok=True)
-    _clean_stale(run)
+    with _run_lock(run):
+        _clean_stale(run)
 
-    report = IngestReport(run=run.root, inputs=[str(p) for p, _ in files])
-    seen: set[bytes] = set()
-    dup_counts: Counter[str] = Counter()
-    per_domain: Counter[str] = Counter()
-    per_kind: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    fingerprint = hashlib.blake2b(digest_size=16)
+        report = IngestReport(run=run.root, inputs=[str(p) for p, _ in files])
+        seen: set[bytes] = set()
+        dup_counts: Counter[str] = Counter()
+        per_domain: Counter[str] = Counter()
+        per_kind: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        fingerprint = hashlib.blake2b(digest_size=16)
 
-    work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=run.root))
-    try:
-        staged = work / "staged"
-        staged.mkdir()
-        pool = _PoolWriter(staged, shard_rows)
-        dups = _TableWriter(work / "duplicates.parquet", DUPLICATES_SCHEMA)
-        quarantine = _TableWriter(work / "quarantine.parquet", QUARANTINE_SCHEMA)
-        with tqdm(total=None, unit="rows", unit_scale=True, desc="ingest", disable=not progress) as bar:
-            for path, fmt in files:
-                src = str(path)
-                counts = Counter()
-                bar.set_postfix_str(path.name, refresh=False)
-                for chunk in iter_chunks(path, fmt, chunk_rows, max_row_bytes):
-                    for rec in chunk:
-                        if rec.error is not None:
-                            quarantine.add(src, rec.row, rec.error, _raw_text(rec.raw, None))
-                            reasons[rec.error.split(":", 1)[0]] += 1
-                            counts["quarantined"] += 1
-                            continue
-                        try:
-                            norm = normalise(rec.value, columns)
-                        except RowError as e:
-                            quarantine.add(src, rec.row, e.reason, _raw_text(rec.raw, rec.value))
-                            reasons[e.reason.split(":", 1)[0]] += 1
-                            counts["quarantined"] += 1
-                            continue
-                        digest = content_digest(norm.kind, norm.messages, norm.rejected)
-                        if digest in seen:
-                            hex_id = digest.hex()
-                            dups.add(src, rec.row, hex_id)
-                            dup_counts[hex_id] += 1
-                            counts["duplicate"] += 1
-                            continue
-                        seen.add(digest)
-                        fingerprint.update(digest)
-                        pool.add(
-                            {
-                                "id": digest.hex(),
-                                "source": src,
-                                "row": rec.row,
-                                "kind": norm.kind,
-                                "domain": norm.domain,
-                                "messages": norm.messages,
-                                "prompt": norm.prompt,
-                                "response": norm.response,
-                                "rejected": norm.rejected,
-                                "meta": norm.meta,
-                                "n_duplicates": 0,
-                            }
-                        )
-                        per_domain[norm.domain if norm.domain is not None else NO_DOMAIN] += 1
-                        per_kind[norm.kind] += 1
-                        counts["unique"] += 1
-                    pool.flush()
-                    counts["read"] += len(chunk)
-                    bar.update(len(chunk))
-                report.per_source[src] = {
-                    k: counts[k] for k in ("read", "unique", "duplicate", "quarantined")
-                }
-        pool.close()
-        dups.close()
-        quarantine.close()
-        final = work / "pool"
-        _finalise_pool(staged, final, pool.n_shards, dict(dup_counts))
+        work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=run.root))
+        try:
+            staged = work / "staged"
+            staged.mkdir()
+            pool = _PoolWriter(staged, shard_rows)
+            dups = _TableWriter(work / "duplicates.parquet", DUPLICATES_SCHEMA)
+            quarantine = _TableWriter(work / "quarantine.parquet", QUARANTINE_SCHEMA)
+            with tqdm(total=None, unit="rows", unit_scale=True, desc="ingest", disable=not progress) as bar:
+                for path, fmt in files:
+                    src = str(path)
+                    counts = Counter()
+                    bar.set_postfix_str(path.name, refresh=False)
+                    for chunk in iter_chunks(path, fmt, chunk_rows, max_row_bytes):
+                        for rec in chunk:
+                            if rec.error is not None:
+                                quarantine.add(src, rec.row, rec.error, _raw_text(rec.raw, None))
+                                reasons[rec.error.split(":", 1)[0]] += 1
+                                counts["quarantined"] += 1
+                                continue
+                            try:
+                                norm = normalise(rec.value, columns)
+                            except RowError as e:
+                                quarantine.add(src, rec.row, e.reason, _raw_text(rec.raw, rec.value))
+                                reasons[e.reason.split(":", 1)[0]] += 1
+                                counts["quarantined"] += 1
+                                continue
+                            digest = content_digest(norm.kind, norm.messages, norm.rejected)
+                            if digest in seen:
+                                hex_id = digest.hex()
+                                dups.add(src, rec.row, hex_id)
+                                dup_counts[hex_id] += 1
+                                counts["duplicate"] += 1
+                                continue
+                            seen.add(digest)
+                            fingerprint.update(digest)
+                            pool.add(
+                                {
+                                    "id": digest.hex(),
+                                    "source": src,
+                                    "row": rec.row,
+                                    "kind": norm.kind,
+                                    "domain": norm.domain,
+                                    "messages": norm.messages,
+                                    "prompt": norm.prompt,
+                                    "response": norm.response,
+                                    "rejected": norm.rejected,
+                                    "meta": norm.meta,
+                                    "n_duplicates": 0,
+                                }
+                            )
+                            per_domain[norm.domain if norm.domain is not None else NO_DOMAIN] += 1
+                            per_kind[norm.kind] += 1
+                            counts["unique"] += 1
+                        pool.flush()
+                        counts["read"] += len(chunk)
+                        bar.update(len(chunk))
+                    report.per_source[src] = {
+                        k: counts[k] for k in ("read", "unique", "duplicate", "quarantined")
+                    }
+            pool.close()
+            dups.close()
+            quarantine.close()
+            final = work / "pool"
+            _finalise_pool(staged, final, pool.n_shards, dict(dup_counts))
 
-        report.n_read = sum(s["read"] for s in report.per_source.values())
-        report.n_unique = sum(s["unique"] for s in report.per_source.values())
-        report.n_duplicate = dups.n
-        report.n_quarantined = quarantine.n
-        report.per_domain = dict(sorted(per_domain.items()))
-        report.per_kind = dict(sorted(per_kind.items()))
-        report.reasons = dict(sorted(reasons.items()))
-        report.n_shards = pool.n_shards
-        report.pool_fingerprint = fingerprint.hexdigest()
-        assert report.n_unique + report.n_duplicate + report.n_quarantined == report.n_read
+            report.n_read = sum(s["read"] for s in report.per_source.values())
+            report.n_unique = sum(s["unique"] for s in report.per_source.values())
+            report.n_duplicate = dups.n
+            report.n_quarantined = quarantine.n
+            report.per_domain = dict(sorted(per_domain.items()))
+            report.per_kind = dict(sorted(per_kind.items()))
+            report.reasons = dict(sorted(reasons.items()))
+            report.n_shards = pool.n_shards
+            report.pool_fingerprint = fingerprint.hexdigest()
+            assert report.n_unique + report.n_duplicate + report.n_quarantined == report.n_read
 
-        # swap in: ingest.json goes first (a pool without it is incomplete) and comes back last
-        run.ingest_path.unlink(missing_ok=True)
-        old = None
-        if run.pool_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=".pool.old-", dir=run.root))
-            os.replace(run.pool_dir, old / "pool")
-        os.replace(final, run.pool_dir)
-        os.replace(work / "duplicates.parquet", run.duplicates_path)
-        os.replace(work / "quarantine.parquet", run.quarantine_path)
-        write_json(
-            run.ingest_path,
-            {
-                "inputs": report.inputs,
-                "inputs_given": given,
-                "counts": {
-                    "read": report.n_read,
-                    "unique": report.n_unique,
-                    "duplicate": report.n_duplicate,
-                    "quarantined": report.n_quarantined,
+            # swap in: ingest.json goes first (a pool without it is incomplete) and comes back last
+            run.ingest_path.unlink(missing_ok=True)
+            old = None
+            if run.pool_dir.exists():
+                old = Path(tempfile.mkdtemp(prefix=".pool.old-", dir=run.root))
+                os.replace(run.pool_dir, old / "pool")
+            os.replace(final, run.pool_dir)
+            os.replace(work / "duplicates.parquet", run.duplicates_path)
+            os.replace(work / "quarantine.parquet", run.quarantine_path)
+            write_json(
+                run.ingest_path,
+                {
+                    "inputs": report.inputs,
+                    "inputs_given": given,
+                    "counts": {
+                        "read": report.n_read,
+                        "unique": report.n_unique,
+                        "duplicate": report.n_duplicate,
+                        "quarantined": report.n_quarantined,
+                    },
+                    "per_domain": report.per_domain,
+                    "per_kind": report.per_kind,
+                    "reasons": report.reasons,
+                    "per_source": report.per_source,
+                    "columns": columns,
+                    "params": {
+                        "chunk_rows": chunk_rows,
+                        "shard_rows": shard_rows,
+                        "max_row_bytes": max_row_bytes,
+                    },
+                    "n_shards": report.n_shards,
+                    "pool_fingerprint": report.pool_fingerprint,
                 },
-                "per_domain": report.per_domain,
-                "per_kind": report.per_kind,
-                "reasons": report.reasons,
-                "per_source": report.per_source,
-                "columns": columns,
-                "params": {
-                    "chunk_rows": chunk_rows,
-                    "shard_rows": shard_rows,
-                    "max_row_bytes": max_row_bytes,
-                },
-                "n_shards": report.n_shards,
-                "pool_fingerprint": report.pool_fingerprint,
-            },
-        )
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            )
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return report
