@@ -188,3 +188,12 @@ def test_bad_column_mapping():
         check_columns({"question": "prompt"})
     with pytest.raises(ValueError, match="mapped twice"):
         check_columns({"prompt": "q", "response": "q"})
+
+
+def test_preference_with_system_field_and_whole_conversations():
+    rec = {"system": "sys", "prompt": "p", "chosen": [U("p"), A("good")], "rejected": [U("p"), A("bad")]}
+    n = normalise(rec)
+    assert n.messages == [S("sys"), U("p"), A("good")] and n.rejected == "bad"
+    assert n.prompt == "system: sys\n\nuser: p"
+    n2 = normalise({"system": "sys", "prompt": "p", "chosen": "good", "rejected": "bad"})
+    assert n2.messages == n.messages and n2.rejected == "bad"

@@ -231,20 +231,23 @@ def _preference(value: dict, key, used: set, system: list) -> tuple[list, str]:
             prompt_msgs = _turns(prompt_v, pk)
         else:
             raise RowError(f"wrong_type: {pk} is {_tname(prompt_v)}")
-    prompt_msgs = _with_system(system, prompt_msgs) if prompt_msgs else prompt_msgs
 
     def side(v: Any, field: str) -> list:
         v = _maybe_json_list(v)
         if isinstance(v, str):
             if not prompt_msgs:
                 raise RowError(f"missing_fields: preference row has a text {field} but no prompt")
-            return prompt_msgs + [{"role": "assistant", "content": v}]
-        if isinstance(v, list):
+            conv = prompt_msgs + [{"role": "assistant", "content": v}]
+        elif isinstance(v, list):
             turns = _turns(v, field)
+            # chosen/rejected may repeat the prompt turns (whole conversations) or hold only the answer
             if prompt_msgs and _same(turns[: len(prompt_msgs)], prompt_msgs):
-                return turns
-            return prompt_msgs + turns if prompt_msgs else _with_system(system, turns)
-        raise RowError(f"wrong_type: {field} is {_tname(v)}")
+                conv = turns
+            else:
+                conv = prompt_msgs + turns
+        else:
+            raise RowError(f"wrong_type: {field} is {_tname(v)}")
+        return _with_system(system, conv)
 
     chosen = side(value[ck], ck)
     rejected = side(value[rk], rk)
