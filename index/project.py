@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 PCA_AUTO_SAMPLE = 200_000
-UMAP_AUTO_SAMPLE = 20_000
+UMAP_AUTO_SAMPLE = 10_000
 
 
 @dataclass
@@ -152,14 +152,14 @@ def project(
     min_dist: float = 0.1,
     pca_dims: int = 50,
     transform: str = "knn",
-    n_epochs: int | None = None,
+    n_epochs: int | None = 200,
     init: str = "pca",
     batch_size: int = 65_536,
     progress: bool = True,
 ) -> Projection:
     """Project `vectors` [N, d] to `dims` dimensions with PCA or UMAP, deterministically for a given seed.
 
-    `fit_sample`: rows to fit on ("auto": 200,000 for PCA, 20,000 for UMAP; None: all rows); the other rows
+    `fit_sample`: rows to fit on ("auto": 200,000 for PCA, 10,000 for UMAP; None: all rows); the other rows
     are transformed in batches (PCA: exact linear map; UMAP: see the module docstring).
     """
     t0 = time.perf_counter()

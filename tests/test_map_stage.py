@@ -1,0 +1,91 @@
+"""End-to-end test of the map stages on a tiny run directory."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curate import embed as embed_stage
+from curate import map as map_stage
+from curate.run import RunDir
+from index.grid import coverage
+from index.io import read_json
+
+N, D = 240, 16
+
+
+@pytest.fixture()
+def tiny_run(tmp_path, monkeypatch):
+    """A pool of 240 rows in 3 domains with clustered unit vectors standing in for the embed stage."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, D)) * 3
+    vec = centres[np.arange(N) % 6] + rng.normal(size=(N, D))
+    vec = (vec / np.linalg.norm(vec, axis=1, keepdims=True)).astype(np.float32)
+    ids = [f"{i:032x}" for i in range(N)]
+    domains = [["math", "code", None][i % 3] for i in range(N)]
+    rd = RunDir(tmp_path / "run")
+    rd.pool_dir.mkdir(parents=True)
+    pl.DataFrame({"id": ids, "domain": domains, "prompt": ["p"] * N, "response": ["r"] * N}).write_parquet(
+        rd.pool_dir / "shard-00000.parquet"
+    )
+    state = {"fp": "fp-a", "vectors": vec}
+    monkeypatch.setattr(embed_stage, "current_fingerprint", lambda run: state["fp"])
+    monkeypatch.setattr(embed_stage, "load_vectors", lambda run, fingerprint=None, **kw: state["vectors"])
+    return rd, state
+
+
+def test_build_index_and_map_pool(tiny_run):
+    rd, state = tiny_run
+    vec = state["vectors"]
+    info = map_stage.build_index(rd.root, k=5, progress=False)
+    assert info["skipped"] is False and info["n"] == N and info["exact"] is True
+    for name in ("faiss.index", "knn.npz", "index.json"):
+        assert (rd.index_dir / name).exists()
+    graph = map_stage.load_graph(rd.root)
+    sims = vec @ vec.T
+    np.fill_diagonal(sims, -np.inf)
+    np.testing.assert_allclose(graph.sims, -np.sort(-sims, axis=1)[:, :5], atol=1e-5)
+    assert map_stage.build_index(rd.root, k=5, progress=False)["skipped"] is True
+
+    out = map_stage.map_pool(rd.root, n_clusters=6, target_cells=20, progress=False)
+    assert out["skipped"] == []
+    proj = pl.read_parquet(rd.projection_path)
+    assert proj.columns == ["id", "x", "y"] and proj.height == N
+    pj = read_json(rd.root / "projection.json")
+    assert pj["method"] == "pca" and pj["fitted_on"] == N and pj["key"]["fingerprint"] == "fp-a"
+    grid = pl.read_parquet(rd.map_dir / "grid.parquet")
+    assert grid.columns == ["id", "cell"] and grid["cell"].dtype == pl.Int64
+    gj = read_json(rd.map_dir / "grid.json")
+    assert gj["n_nonempty"] == grid["cell"].n_unique() and abs(gj["n_nonempty"] - 20) <= 2
+    clusters = pl.read_parquet(rd.map_dir / "clusters.parquet")
+    assert clusters["cluster"].n_unique() == 6
+    assert np.load(rd.map_dir / "centroids.npy").shape == (6, D)
+    assert sum(read_json(rd.map_dir / "clusters.json")["sizes"]) == N
+    div = read_json(rd.map_dir / "diversity.json")
+    assert set(div["domains"]) == {"math", "code", "(none)"} and div["domains"]["math"]["n"] == 80
+    assert div["mean_knn_distance"] == pytest.approx(float(np.mean(1 - graph.sims)), abs=1e-6)
+    assert 0 <= div["near_duplicate_fraction"] <= 1
+
+    again = map_stage.map_pool(rd.root, n_clusters=6, target_cells=20, progress=False)
+    assert again["skipped"] == ["projection", "grid", "clusters", "diversity"]
+    # a new grid parameter recomputes the grid only
+    third = map_stage.map_pool(rd.root, n_clusters=6, target_cells=10, progress=False)
+    assert third["skipped"] == ["projection", "clusters", "diversity"]
+
+    sub = list(range(0, N, 7))
+    rep = map_stage.coverage_report(rd.root, sub)
+    cells = pl.read_parquet(rd.map_dir / "grid.parquet")["cell"].to_numpy()
+    assert rep["coverage"] == pytest.approx(coverage(cells, sub))
+    assert rep["n"] == len(sub) and rep["covering_radius"] > 0 and "facility_location" in rep
+    by_id = map_stage.coverage_report(rd.root, [f"{i:032x}" for i in sub])
+    assert by_id["coverage"] == rep["coverage"] and by_id["vendi"] == pytest.approx(rep["vendi"])
+    with pytest.raises(KeyError, match="not in the pool"):
+        map_stage.coverage_report(rd.root, ["nope"])
+
+    # new embeddings: everything keyed by the fingerprint is recomputed; the old graph is not used
+    state["fp"] = "fp-b"
+    assert map_stage.load_graph(rd.root) is None
+    fresh = map_stage.map_pool(rd.root, n_clusters=6, target_cells=10, progress=False)
+    assert fresh["skipped"] == []
+    assert read_json(rd.map_dir / "diversity.json")["mean_knn_distance"] is None
