@@ -188,6 +188,11 @@ def run_cmd(
     console.print("\n[bold]done[/bold]")
     for name, result, seconds in results:
         console.print(f"  {name:<8} {seconds:7.1f} s  {_describe(name, result)}")
+    for name, result, _ in results:
+        if name == "compare":
+            from curate.compare import render
+
+            render(result)
     exports = [r for n, r, _ in results if n == "export"]
     for out in exports:
         console.print(f"[green]subset:[/green]   {out}")
@@ -195,10 +200,15 @@ def run_cmd(
 
 
 def _describe(stage: str, result: Any) -> str:
+    """One line per stage for the recipe summary."""
     if hasattr(result, "summary"):
         return str(result.summary()).splitlines()[0]
     if hasattr(result, "ids"):
-        return f"{len(result.ids)} rows"
+        return f"{result.method}: {len(result.ids)} rows"
+    if isinstance(result, dict):
+        return ", ".join(str(k) for k in result)[:100]
+    if hasattr(result, "shape"):
+        return f"{result.shape[0]} selections compared"
     return str(result)[:100]
 
 
