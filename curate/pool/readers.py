@@ -108,19 +108,19 @@ def resolve_inputs(
                 )
             add(path)
         elif _GLOB_CHARS & set(text):
-            matches = sorted(glob.glob(text, recursive=True))
-            n_before = len(out)
-            for m in matches:
+            found: list[Path] = []
+            for m in sorted(glob.glob(text, recursive=True)):
                 mp = Path(m)
                 if exclude is not None and _is_within(mp, exclude):
                     continue
                 if mp.is_dir():
-                    for f in _walk(mp, exclude):
-                        add(f)
+                    found.extend(_walk(mp, exclude))
                 elif mp.is_file() and _known(mp):
-                    add(mp)
-            if len(out) == n_before and not any(Path(os.path.abspath(m)) in seen for m in matches):
+                    found.append(mp)
+            if not found:
                 raise IngestError(f"{text}: glob matches no {'/'.join(sorted(FORMATS))} files")
+            for f in found:
+                add(f)
         else:
             raise IngestError(f"{text}: no such file or directory")
     return out
