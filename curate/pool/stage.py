@@ -157,7 +157,12 @@ class _PoolWriter:
             self.in_shard = 0
 
     def close(self) -> None:
+        """Finish the last shard; an empty pool still gets one empty shard, so readers see the schema."""
         self.flush()
+        if self.n_shards == 0 and self._writer is None:
+            import pyarrow.parquet as pq
+
+            self._writer = pq.ParquetWriter(self.folder / shard_name(0, "parquet"), self._schema)
         self._close_shard()
 
 
