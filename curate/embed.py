@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from curate.run import RunDir
 from index.embed import (
@@ -46,10 +47,8 @@ def ids_hash(ids: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _pool_texts(rd: RunDir, fields: Sequence[str]) -> tuple[list[str], list[str]]:
+def _pool_texts(rd: RunDir, fields: Sequence[str]) -> tuple[list[str], pl.Series]:
     """Pool ids and the texts to embed: the chosen fields joined by newlines (null fields skipped)."""
-    import polars as pl
-
     schema = rd.scan_pool().collect_schema()
     missing = [f for f in fields if f not in schema]
     if missing:
@@ -59,7 +58,7 @@ def _pool_texts(rd: RunDir, fields: Sequence[str]) -> tuple[list[str], list[str]
         raise ValueError(f"text field(s) {bad} of the pool of {rd.root} are not strings ({[str(schema[f]) for f in bad]})")
     df = rd.read_pool(["id", *fields])
     text = df.select(pl.concat_str([pl.col(f) for f in fields], separator="\n", ignore_nulls=True).fill_null(""))
-    return df["id"].to_list(), text.to_series().to_list()
+    return df["id"].to_list(), text.to_series()
 
 
 def embed(
@@ -92,7 +91,15 @@ def embed(
         )
         fp = encoder.fingerprint_with(extra)
         meta["fingerprint"] = fp
-        embed_to_shards(texts, rd.embeddings_dir(fp), encoder, shard_size=shard_size, progress=progress, meta=meta)
+        embed_to_shards(
+            lambda start, stop: texts.slice(start, stop - start).to_list(),  # one shard's strings at a time
+            rd.embeddings_dir(fp),
+            encoder,
+            n_rows=len(texts),
+            shard_size=shard_size,
+            progress=progress,
+            meta=meta,
+        )
     write_json(_current_path(rd), {"fingerprint": fp, "fields": list(fields), "model_path": str(model_path), "dtype": dtype})
     return fp
 
