@@ -1,0 +1,185 @@
+"""Every selector on a synthetic 1M-row pool at a 10,000-row budget, against the naive implementation each
+replaces (same run, output equality checked).
+
+Data (seeded): 1M x 384 float32 unit vectors around 2,000 centres (per-centre spread 0.2-0.6, so tight
+clusters hold many rows above cosine 0.9) with 10% near-duplicate rows (a copy of an
+earlier row + small noise, so Deita's filter really drops rows); 2-D coordinates -> grid cells
+(index.grid.assign_cells, ~2,000 cells); synthetic signals (relative depth, quality, complexity, 4 MIW
+indicators, tokens); domains on 1% of rows (DaaR seeds). DaaR runs on the vectors as precomputed features
+(cluster_features = probe_features = "embeddings"), so the k-means, probe training and 1M-row prediction are
+timed, not an LLM.
+
+    flock /tmp/curate-bench.lock .venv/bin/python bench/select_scale.py [--n 1000000] [--budget 10000]
+        [--repeats 3] [--graph] [--only ila,deita,...] [--out bench/select_scale.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_data(n: int, d: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    n_centres = 2000
+    centres = rng.standard_normal((n_centres, d), dtype=np.float32)
+    spread = rng.uniform(0.2, 0.6, n_centres).astype(np.float32)  # tight clusters: many rows above cos 0.9
+    lab = rng.integers(0, n_centres, n)
+    x = np.empty((n, d), dtype=np.float32)
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        noise = rng.standard_normal((e - s, d), dtype=np.float32)
+        x[s:e] = centres[lab[s:e]] + spread[lab[s:e], None] * noise
+    dup = np.flatnonzero(rng.random(n) < 0.1)
+    src = rng.integers(0, n, dup.size)
+    x[dup] = x[src] + 0.02 * rng.standard_normal((dup.size, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    coords = rng.standard_normal((n_centres, 2))[lab] * 4 + rng.standard_normal((n, 2))
+    domains = np.array([None] * n, dtype=object)
+    lab_rows = np.flatnonzero(rng.random(n) < 0.01)
+    domains[lab_rows] = np.array([f"d{c % 4}" for c in lab[lab_rows]], dtype=object)
+    signals = {
+        "relative_depth": rng.random(n),
+        "quality": rng.random(n),
+        "complexity": rng.random(n),
+        "tokens": rng.integers(20, 2000, n).astype(np.float64),
+        **{f"ind{j}": rng.standard_normal(n) for j in range(4)},
+    }
+    return {"vectors": x, "coords": coords, "domains": domains, "signals": signals}
+
+
+def timed(fn, repeats: int) -> tuple[float, list[float], object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--d", type=int, default=384)
+    ap.add_argument("--budget", type=int, default=10_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--graph", action="store_true", help="also build the kNN graph and run facility location")
+    ap.add_argument("--only", default="", help="comma-separated subset of the runs")
+    ap.add_argument("--out", default="bench/select_scale.json")
+    args = ap.parse_args()
+    only = {s for s in args.only.split(",") if s}
+
+    from curate.select import PoolView, make_selector
+    from curate.select.deita import deita_filter, deita_filter_reference, score_order
+    from curate.select.ila import ila_select, ila_select_reference
+    from index.grid import assign_cells
+
+    t = time.perf_counter()
+    data = make_data(args.n, args.d)
+    cells = assign_cells(data["coords"], target_cells=2000).cells
+    gen_s = time.perf_counter() - t
+    n, b = args.n, args.budget
+    print(f"data: {n} x {args.d}, {np.unique(cells).size} cells, generated in {gen_s:.1f}s", flush=True)
+    view = PoolView.from_arrays(
+        [f"{i:032x}" for i in range(n)],
+        domains=data["domains"],
+        vectors=data["vectors"],
+        signals=data["signals"],
+        cells=cells,
+    )
+    results: dict = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "n": n,
+        "d": args.d,
+        "budget": b,
+        "runs": {},
+    }
+
+    def record(name: str, med: float, times: list[float], **extra) -> None:
+        results["runs"][name] = {"median_s": med, "times_s": times, **extra}
+        print(f"{name:28s} median {med:8.3f}s  {[round(x, 3) for x in times]} {extra}", flush=True)
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
+    R = args.repeats
+    # ---- ILA: vectorised core vs naive Python round-robin ------------------------------------------------
+    if want("ila"):
+        depth = data["signals"]["relative_depth"]
+        med, ts, fast = timed(lambda: ila_select(cells, depth, b, seed=0), R)
+        med_ref, ts_ref, ref = timed(lambda: ila_select_reference(cells, depth, b, seed=0), max(1, R - 2))
+        same = bool(np.array_equal(fast.positions, ref.positions))
+        record("ila core (vectorised)", med, ts, equal_to_naive=same, stats=fast.stats)
+        record("ila naive (python loop)", med_ref, ts_ref, ratio=med_ref / med)
+        med, ts, sel = timed(lambda: make_selector("ila").select(view, b, seed=0), R)
+        record("selector ila", med, ts, grid_coverage=sel.stats["grid_coverage"])
+        med, ts, _ = timed(lambda: make_selector("ila", tau=0.5, cell_order="best").select(view, b, seed=0), R)
+        record("selector ila tau=0.5 best", med, ts)
+    # ---- Deita: blocked vs naive sequential ---------------------------------------------------------------
+    if want("deita"):
+        sc = data["signals"]["quality"] * data["signals"]["complexity"]
+        order = score_order(sc)
+        vec = data["vectors"]
+        med, ts, fast = timed(lambda: deita_filter(vec, order, b, threshold=0.9), R)
+        med_ref, ts_ref, ref = timed(lambda: deita_filter_reference(vec, order, b, threshold=0.9), 1)
+        same = bool(np.array_equal(fast, ref))
+        walked = int(np.flatnonzero(order == fast[-1])[0]) + 1
+        record("deita core (blocked)", med, ts, equal_to_naive=same, rows_walked=walked)
+        record("deita naive (per-row dense)", med_ref, ts_ref, ratio=med_ref / med)
+        med, ts, _ = timed(lambda: make_selector("deita", signal="quality,complexity").select(view, b), R)
+        record("selector deita", med, ts)
+    # ---- MIW ------------------------------------------------------------------------------------------------
+    if want("miw"):
+        w = {"ind0": 0.4, "ind1": 0.3, "ind2": 0.2, "ind3": 0.1}
+        med, ts, sel = timed(lambda: make_selector("miw", weights=w).select(view, b), R)
+        from curate.signals import weighted_score
+
+        ref = np.argsort(-weighted_score({k: data["signals"][k] for k in w}, w), kind="stable")[:b]
+        record("selector miw", med, ts, equal_to_argsort=bool(np.array_equal(sel.positions, ref)))
+    # ---- DaaR -----------------------------------------------------------------------------------------------
+    if want("daar"):
+        kw = {"cluster_features": "embeddings", "probe_features": "embeddings", "probe_size": 5000}
+        med, ts, sel = timed(lambda: make_selector("daar", **kw).select(view, b, seed=0), 1)
+        st = sel.stats
+        record(
+            "selector daar (5k probe)",
+            med,
+            ts,
+            oof_accuracy=st["domain_probe"]["oof_accuracy"],
+            div_holdout_r2=st["diversity_probe"].get("holdout_r2"),
+        )
+        med, ts, _ = timed(
+            lambda: make_selector("daar_band", metric="inter", band=[80, 100], descending=False).select(view, b), R
+        )
+        record("selector daar_band", med, ts)
+    # ---- baselines ------------------------------------------------------------------------------------------
+    for name, params in (
+        ("random", {}),
+        ("balanced-random", {}),
+        ("longest", {}),
+        ("top-signal", {"signal": "quality"}),
+        ("k-center", {}),
+    ):
+        if want(name):
+            reps = 1 if name == "k-center" else R
+            med, ts, _ = timed(lambda name=name, params=params: make_selector(name, **params).select(view, b), reps)
+            record(f"selector {name}", med, ts)
+    if args.graph and want("facility-location"):
+        from index.knn import knn_graph
+
+        med, ts, g = timed(lambda: knn_graph(data["vectors"], k=10, progress=True), 1)
+        record("knn graph k=10", med, ts)
+        gview = PoolView.from_arrays([f"{i:032x}" for i in range(n)], knn=g)
+        med, ts, _ = timed(lambda: make_selector("facility-location").select(gview, b), 1)
+        record("selector facility-location", med, ts)
+    Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
