@@ -208,3 +208,40 @@ def test_band_selector_exact_on_hand_built_pool() -> None:
         make_selector("daar_band", metric="inter")
     with pytest.raises(ValueError, match="holds 4 rows"):
         make_selector("daar_band", metric="inter", band=[0, 40], descending=True).select(view, 5)
+
+
+def test_selector_on_a_run_with_lm_features_and_seed_file(tiny_lm, tmp_path) -> None:  # noqa: F811
+    import polars as pl
+    from fixtures_lm import SENTENCES
+
+    from curate.select import select
+
+    n = 48
+    run = tmp_path / "run"
+    (run / "pool").mkdir(parents=True)
+    pl.DataFrame(
+        {
+            "id": [f"{i:032x}" for i in range(n)],
+            "domain": [None] * n,
+            "kind": ["sft"] * n,
+            "prompt": [SENTENCES[i % 12] for i in range(n)],
+            "response": [SENTENCES[(i * 5) % 12] for i in range(n)],
+            "n_duplicates": [0] * n,
+        },
+        schema_overrides={"domain": pl.String},
+    ).write_parquet(run / "pool" / "shard-00000.parquet")
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(
+        "\n".join(
+            json.dumps({"domain": dom, "prompt": SENTENCES[i], "response": SENTENCES[i]})
+            for dom, i in (("math", 0), ("math", 7), ("code", 2), ("code", 3), ("chat", 5), ("chat", 9))
+        )
+        + "\n"
+    )
+    kw = {"model": str(tiny_lm), "layer": 1, "max_length": 64, "seeds": str(seeds), "epochs": 3, "folds": 1}
+    sel = select(run, "daar", 10, seed=0, **kw)
+    assert len(sel) == 10 and sel.stats["daar_domains"] == ["chat", "code", "math"]
+    feats = sorted(p.name for p in (run / "features").iterdir())
+    assert len(feats) == 2 and any("truncated-L1" in f for f in feats)
+    again = select(run, "daar", 10, seed=0, name="again", **kw)  # cached features, same selection
+    assert again.ids == sel.ids

@@ -341,7 +341,8 @@ class DaaRSelector(Selector):
     paper = "DaaR: Ling et al., Diversity as a Reward (arXiv 2502.04380), methods.md 2.4"
     deviations = (
         "probe training Adam lr 1e-3 / batch 64 / 30 epochs on standardised features (paper: lr 1e-5, batch 1, "
-        "1 epoch); masked mean pooling; one text format; probe sample from the pool; no LLM seed generation"
+        "1 epoch); cross-fitted entropy targets (folds=3); masked mean pooling; one text format; probe sample "
+        "from the pool; no LLM seed generation"
     )
 
     def __init__(
