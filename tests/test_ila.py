@@ -110,3 +110,15 @@ def test_selector_reads_cells_and_signal_from_the_view() -> None:
     assert sel.stats["grid_coverage"] == 1.0 and sel.reasons[0].startswith("ila: pass 0")
     again = make_selector("ila", cell_order="random").select(view, "10%", seed=5)
     assert np.array_equal(again.positions, make_selector("ila").select(view, 12, seed=5).positions)
+
+
+def test_selector_shortfall_names_the_rule() -> None:
+    view = PoolView.from_arrays(
+        list("abcd"), cells=np.array([0, 0, 1, 1]), signals={"d": np.array([0.1, 0.9, 0.2, 0.8])}
+    )
+    with pytest.raises(ValueError, match=r"only 2 rows are eligible \(depth >= 0.5"):
+        make_selector("ila", signal="d", threshold=0.5).select(view, 3)
+    assert make_selector("ila", signal="d", threshold=0.5).select(view, 2).positions.tolist() in (
+        [1, 3],
+        [3, 1],
+    )

@@ -232,6 +232,12 @@ class ILASelector(Selector):
             threshold=self.threshold,
             seed=seed,
         )
+        if res.positions.size < min(k, view.n) and budget.kind != "tokens":
+            rule = "finite depth" if self.threshold is None else f"depth >= {self.threshold:g}"
+            raise ValueError(
+                f"ila: only {res.stats['n_eligible']} rows are eligible ({rule} in signal {self.signal!r}), "
+                f"the budget needs {k}"
+            )
         c, d = cells[res.positions], depth[res.positions]
         reasons = [
             f"ila: pass {p}, cell {ci}, {self.signal}={di:.4g}"
