@@ -296,12 +296,13 @@ def embed_to_shards(
     meta_path = out / META_NAME
     if meta_path.exists():
         old = read_json(meta_path)
-        if old.get("job") != job:
+        if {k: old.get(k) for k in job} != job:
             _clear(out)
         elif (out / VECTORS_NAME).exists():
             return out
     out.mkdir(parents=True, exist_ok=True)
-    write_json(meta_path, {**job, "job": job, "complete": False, "device": encoder.device})
+    # meta.json: the job (compared on resume), the caller's meta also at top level, and progress state
+    write_json(meta_path, {**(meta or {}), **job, "complete": False, "device": encoder.device})
 
     done_rows = sum(
         _shard_rows(i, n_rows, shard_size) for i in range(n_shards) if (out / shard_name(i, "npy")).exists()
@@ -331,7 +332,7 @@ def embed_to_shards(
     finally:
         bar.close()
     _consolidate(out, n_rows, dim, n_shards)
-    write_json(meta_path, {**job, "job": job, "complete": True, "device": encoder.device, "finished": time.time()})
+    write_json(meta_path, {**(meta or {}), **job, "complete": True, "device": encoder.device, "finished": time.time()})
     if not keep_shards:
         for i in range(n_shards):
             (out / shard_name(i, "npy")).unlink(missing_ok=True)
