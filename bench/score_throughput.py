@@ -9,6 +9,7 @@ across all tasks, so lengths are mixed), tokens/s = real (non-pad) tokens / wall
 Also bf16 on CPU (ours vs bare), and the ICL proxy's forward tokens per row and rows/s.
 
 Run: flock /tmp/curate-bench.lock .venv/bin/python bench/score_throughput.py [--rows 160 --repeats 3]
+     (--dtypes bfloat16 --repeats 5 for the bf16 comparison alone)
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--icl-rows", type=int, default=8)
     ap.add_argument("--n-val", type=int, default=8)
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32, bfloat16")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "score_throughput.json"))
     args = ap.parse_args()
 
     import torch
@@ -88,7 +91,7 @@ def main() -> None:
     convs = load_rows(args.rows, args.seed)
     report: dict = {"rows": args.rows, "repeats": args.repeats, "batch_tokens": args.batch_tokens,
                     "naive_batch": args.naive_batch, "threads": torch.get_num_threads()}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in args.dtypes.split(","):
         sc = LMScorer(path, dtype=dtype, device="cpu", batch_tokens=args.batch_tokens, max_length=1024)
         seqs = [sc.encode(c) for c in convs]
         n_tok = sum(len(s.ids) for s in seqs)
@@ -128,7 +131,7 @@ def main() -> None:
         report[dtype] = rec
         print(json.dumps({dtype: rec}, indent=1), flush=True)
         del sc
-    out = ROOT / "bench" / "score_throughput.json"
+    out = Path(args.out)
     out.write_text(json.dumps(report, indent=2) + "\n")
 
 

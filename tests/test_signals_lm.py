@@ -208,7 +208,7 @@ def test_cache_skip_and_recompute_on_key_change(tmp_path, tiny_lm, tiny_lm_ref):
 
 def test_missing_signal_error_names_command(tmp_path):
     run = make_pool(tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match=r"curate score .* --signals ifd"):
+    with pytest.raises(FileNotFoundError, match=r"curate score .* --signal ifd"):
         load_signal(run, "ifd")
     with pytest.raises(KeyError, match="unknown signal"):
         score(run, ["nope"])
