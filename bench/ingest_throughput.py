@@ -2,7 +2,7 @@
 
 Data: N synthetic rows mixing alpaca, OpenAI messages, sharegpt, prompt/response and preference layouts,
 ~2% exact duplicates, as one JSON-lines file and the same rows as parquet. Each measurement runs in a fresh
-subprocess (peak RSS from getrusage); repeats are interleaved and medians reported.
+subprocess (peak RSS from /proc VmHWM, which unlike getrusage is not inherited across exec); repeats are interleaved and medians reported.
   curate-jsonl    ingest(jsonl) with defaults (chunk_rows=50_000, shard_rows=100_000)
   curate-parquet  ingest(parquet) with defaults
   polars-floor    pl.read_ndjson(jsonl).write_parquet(...): reading and writing only, no layout
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {root!r})
 what, src, out = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
@@ -38,7 +38,8 @@ else:
     from curate.pool import ingest
     n = ingest(src, out, progress=False).n_unique
 dt = time.perf_counter() - t
-print(json.dumps({{"s": dt, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "unique": n}}))
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]  # peak RSS of this process
+print(json.dumps({{"s": dt, "rss_mb": int(hwm) / 1024, "unique": n}}))
 """
 
 
