@@ -214,6 +214,7 @@ def _jsonl_records(path: Path, max_row_bytes: int, fh=None, first_row: int = 0) 
 
 
 def _record_size(value: Any) -> tuple[int, str]:
+    """(UTF-8 byte size, text) of a record serialised as JSON."""
     text = json.dumps(value, ensure_ascii=False, default=str)
     return len(text.encode("utf-8")), text
 
@@ -255,6 +256,19 @@ def _json_records(path: Path, max_row_bytes: int) -> Iterator[Record]:
             yield Record(row, value, None, None)
 
 
+def _batch_json_sizes(batch) -> list[int] | None:
+    """Byte size of each row as compact JSON, computed by polars in one vectorised pass (None if it cannot)."""
+    import polars as pl
+
+    try:
+        df = pl.from_arrow(batch)
+        if not isinstance(df, pl.DataFrame) or df.width == 0:
+            return None
+        return df.select(pl.struct(pl.all()).struct.json_encode().str.len_bytes())[:, 0].to_list()
+    except Exception:  # an arrow type polars cannot encode: fall back to json.dumps per row
+        return None
+
+
 def _parquet_chunks(path: Path, chunk_rows: int, max_row_bytes: int) -> Iterator[list[Record]]:
     """Parquet by record batches of at most `chunk_rows` rows (pyarrow), never the whole file."""
     import pyarrow.parquet as pq
@@ -266,13 +280,16 @@ def _parquet_chunks(path: Path, chunk_rows: int, max_row_bytes: int) -> Iterator
     row = 0
     try:
         for batch in pf.iter_batches(batch_size=chunk_rows):
+            values = batch.to_pylist()
+            sizes = _batch_json_sizes(batch)
             chunk = []
-            for value in batch.to_pylist():
-                size, text = _record_size(value)
+            for i, value in enumerate(values):
+                size = sizes[i] if sizes is not None else _record_size(value)[0]
                 if size > max_row_bytes:
+                    text = _record_size(value)[1]
                     chunk.append(Record(row, None, _oversize(size, max_row_bytes), text[:RAW_MAX_CHARS]))
                 else:
-                    chunk.append(Record(row, value, None, text))
+                    chunk.append(Record(row, value, None, None))
                 row += 1
             yield chunk
     except IngestError:
