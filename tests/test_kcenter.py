@@ -38,7 +38,7 @@ def test_equals_naive_and_bruteforce(seed):
     rng = np.random.default_rng(seed)
     x = _clustered(rng, 1500, 24, 12)
     budget = 60
-    o, r = k_center_greedy(x, budget, seed=seed, progress=False, n_cells=20)
+    o, r = k_center_greedy(x, budget, seed=seed, progress=False, pool_size=64)
     on, rn = k_center_greedy_naive(x, budget, seed=seed)
     np.testing.assert_array_equal(o, on)
     np.testing.assert_array_equal(r, rn)
@@ -53,8 +53,8 @@ def test_duplicates_and_exhaustion():
     rng = np.random.default_rng(5)
     base = _clustered(rng, 40, 8, 3)
     x = np.concatenate([base, base[:15], base[:5]])  # 60 rows, 40 distinct
-    for n_cells in (1, 5, 9):
-        o, r = k_center_greedy(x, 60, seed=1, progress=False, n_cells=n_cells)
+    for pool_size in (1, 7, 60):
+        o, r = k_center_greedy(x, 60, seed=1, progress=False, pool_size=pool_size, block=16)
         on, rn = k_center_greedy_naive(x, 60, seed=1)
         np.testing.assert_array_equal(o, on)
         np.testing.assert_array_equal(r, rn)
@@ -70,7 +70,7 @@ def test_initial_positions_are_covered_not_returned():
     rng = np.random.default_rng(6)
     x = _clustered(rng, 800, 16, 8)
     init = np.array([5, 100, 400, 5])
-    o, r = k_center_greedy(x, 30, initial=init, progress=False, n_cells=16)
+    o, r = k_center_greedy(x, 30, initial=init, progress=False, pool_size=40)
     on, rn = k_center_greedy_naive(x, 30, initial=init)
     np.testing.assert_array_equal(o, on)
     np.testing.assert_array_equal(r, rn)
@@ -83,7 +83,7 @@ def test_initial_positions_are_covered_not_returned():
 def test_unnormalised_input_still_exact_and_errors():
     rng = np.random.default_rng(7)
     x = _clustered(rng, 500, 8, 4) * rng.uniform(0.5, 1.5, (500, 1)).astype(np.float32)
-    o, r = k_center_greedy(x, 25, progress=False, n_cells=10)
+    o, r = k_center_greedy(x, 25, progress=False, pool_size=30)
     on, rn = k_center_greedy_naive(x, 25)
     np.testing.assert_array_equal(o, on)
     np.testing.assert_array_equal(r, rn)
@@ -92,3 +92,16 @@ def test_unnormalised_input_still_exact_and_errors():
     with pytest.raises(ValueError, match="initial"):
         k_center_greedy(x, 5, initial=[600], progress=False)
     assert k_center_greedy(x, 0, progress=False)[0].shape == (0,)
+
+
+def test_default_pool_and_tiny_blocks_equal_naive():
+    rng = np.random.default_rng(8)
+    x = _clustered(rng, 3000, 32, 30, spread=0.8)
+    x[2500:2600] = x[:100]  # duplicated rows far from each other's cluster positions
+    o, r = k_center_greedy(x, 150, seed=4, progress=False)
+    on, rn = k_center_greedy_naive(x, 150, seed=4)
+    np.testing.assert_array_equal(o, on)
+    np.testing.assert_array_equal(r, rn)
+    o, r = k_center_greedy(x, 150, seed=4, progress=False, pool_size=5, block=100)
+    np.testing.assert_array_equal(o, on)
+    np.testing.assert_array_equal(r, rn)
