@@ -2,11 +2,12 @@
 
 Methods (`kind`):
 - "flat": exact, faiss flat inner-product search in query batches (O(N^2 d); fine up to ~50k rows here).
-- "cells": approximate, for large N. The rows are partitioned by k-means into ~sqrt(N) cells; every cell's rows
-  are scored against all rows of the `probe` cells whose centroids are nearest to that cell's centroid, with one
-  bfloat16 matrix product per cell (AMX/BLAS speed, unlike per-query list scanning); the best k+1+pad candidates
-  are re-scored exactly in float32. `probe` is tuned so that the estimated recall@k on a seeded sample of rows
-  (exact neighbours found inside the probed cells) reaches `target_recall`.
+- "cells": approximate, for large N. Rows are partitioned by k-means into ~max(sqrt(N), N/512) cells, and every
+  row is also listed ("spilled") in its `spill` nearest cells. Every cell's rows are scored against the rows listed
+  in the `probe` cells nearest to it, with one bfloat16 matrix product per cell (AMX/BLAS speed, unlike
+  per-query list scanning); the best k+1+pad candidates are re-scored exactly in float32. (probe, spill) is the
+  cheapest pair whose estimated recall@k on a seeded row sample (exact neighbours listed in a probed cell)
+  reaches `target_recall` (default 0.92).
 - "ivf" / "hnsw": faiss approximate indexes (see index.faiss_index), searched per query.
 - "auto": "flat" up to EXACT_MAX_ROWS rows, "cells" beyond.
 """
@@ -25,7 +26,7 @@ from index.io import atomic_path
 #: knn_graph(kind="auto") is exact up to this many rows (all pairs: 50k x 50k x 384 takes ~15 s here).
 EXACT_MAX_ROWS = 50_000
 #: estimated recall@k the "cells" method tunes its probe count for.
-TARGET_RECALL = 0.95
+TARGET_RECALL = 0.92
 
 
 @dataclass
@@ -208,6 +209,7 @@ def _knn_cells(
     seed: int,
     progress: bool,
     target_recall: float,
+    spill: int | None = None,
     tune_sample: int = 1000,
 ) -> KnnGraph:
     import torch
@@ -216,17 +218,28 @@ def _knn_cells(
     from index.cluster import kmeans
 
     n, d = x.shape
-    nc = int(n_cells) if n_cells is not None else int(max(1, min(round(math.sqrt(n)), n // 32 or 1)))
+    # ~max(sqrt(N), N/512) cells: scoring cost per query ~ spill * cell size, so cells stay ~512 rows at scale
+    nc = int(n_cells) if n_cells is not None else int(max(1, min(round(max(math.sqrt(n), n / 512)), n // 32 or 1)))
     km = kmeans(x, nc, seed=seed, niter=10, max_points_per_centroid=64, spherical=True)
     labels = km.labels
     cent = km.centroids / np.maximum(np.linalg.norm(km.centroids, axis=1, keepdims=True), 1e-12)
-    # probe lists: cells ranked by centroid similarity to each cell's centroid (own cell first)
+    # query side: cells ranked by centroid similarity to each cell's centroid (own cell first)
     csim = cent @ cent.T
     np.fill_diagonal(csim, np.inf)
     rank = np.argsort(-csim, axis=1, kind="stable")
-    if probe is None:
-        probe = _tune_probe(x, labels, rank, k, target_recall, tune_sample, seed)
+    # data side ("spill"): each row is listed in its `spill` nearest cells
+    a_max = min(nc, 16)
+    top = _top_cells(x, cent, labels, a_max)
+    if probe is None or spill is None:
+        probe, spill = _tune(x, labels, rank, top, k, target_recall, tune_sample, seed, probe, spill)
     probe = int(max(1, min(probe, nc)))
+    spill = int(max(1, min(spill, a_max)))
+    flat_cells = top[:, :spill].ravel()
+    flat_rows = np.repeat(np.arange(n, dtype=np.int64), spill)
+    mo = np.argsort(flat_cells, kind="stable")
+    members = flat_rows[mo]
+    mstart = np.zeros(nc + 1, dtype=np.int64)
+    np.cumsum(np.bincount(flat_cells, minlength=nc), out=mstart[1:])
     order = np.argsort(labels, kind="stable")
     starts = np.zeros(nc + 1, dtype=np.int64)
     np.cumsum(np.bincount(labels, minlength=nc), out=starts[1:])
@@ -237,13 +250,15 @@ def _knn_cells(
     neighbors = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)
     max_elems = 1 << 25
-    with torch.inference_mode(), tqdm(total=n, desc=f"kNN graph (cells, probe={probe})", unit="rows",
-                                      disable=not progress) as bar:
+    desc = f"kNN graph (cells={nc}, probe={probe}, spill={spill})"
+    with torch.inference_mode(), tqdm(total=n, desc=desc, unit="rows", disable=not progress) as bar:
         for c in range(nc):
             q_ids = order[starts[c] : starts[c + 1]]
             if q_ids.size == 0:
                 continue
-            cand = np.concatenate([order[starts[j] : starts[j + 1]] for j in rank[c, :probe]])
+            cand = np.concatenate([members[mstart[j] : mstart[j + 1]] for j in rank[c, :probe]])
+            if spill > 1 or probe > 1:
+                cand = np.unique(cand)
             cand_t = torch.from_numpy(cand)
             cb = xb.index_select(0, cand_t)
             kk = min(kc, cand.size)
@@ -252,8 +267,8 @@ def _knn_cells(
                 qi = q_ids[s : s + step]
                 qi_t = torch.from_numpy(qi)
                 sc = xb.index_select(0, qi_t) @ cb.T
-                top = torch.topk(sc, kk, dim=1, sorted=False).indices
-                gid = cand_t[top]  # [q, kk] global positions
+                topi = torch.topk(sc, kk, dim=1, sorted=False).indices
+                gid = cand_t[topi]  # [q, kk] global positions
                 # exact float32 re-scoring of the candidates
                 ex = torch.einsum("qd,qkd->qk", xt.index_select(0, qi_t), xt[gid])
                 ex_np = ex.numpy()
@@ -266,11 +281,34 @@ def _knn_cells(
     return KnnGraph(neighbors=neighbors, sims=sims)
 
 
-def _tune_probe(
-    x: np.ndarray, labels: np.ndarray, rank: np.ndarray, k: int, target: float, sample: int, seed: int
-) -> int:
-    """Smallest probe count whose estimated recall@k reaches `target`: on a seeded row sample, the fraction of
-    exact neighbours lying in one of the first `probe` cells of the query's cell ranking."""
+def _top_cells(x: np.ndarray, cent: np.ndarray, labels: np.ndarray, a: int, block: int = 65536) -> np.ndarray:
+    """The `a` most similar cells of every row, own (k-means) cell first, then by descending similarity."""
+    n = x.shape[0]
+    out = np.empty((n, a), dtype=np.int64)
+    for s in range(0, n, block):
+        sc = x[s : s + block] @ cent.T
+        sc[np.arange(sc.shape[0]), labels[s : s + block]] = np.inf
+        part = np.argpartition(-sc, a - 1, axis=1)[:, :a] if a < sc.shape[1] else np.argsort(-sc, axis=1)
+        srt = np.argsort(-np.take_along_axis(sc, part, axis=1), axis=1, kind="stable")
+        out[s : s + block] = np.take_along_axis(part, srt, axis=1)
+    return out
+
+
+def _tune(
+    x: np.ndarray,
+    labels: np.ndarray,
+    rank: np.ndarray,
+    top: np.ndarray,
+    k: int,
+    target: float,
+    sample: int,
+    seed: int,
+    probe: int | None,
+    spill: int | None,
+) -> tuple[int, int]:
+    """Cheapest (probe, spill) whose estimated recall@k reaches `target`: on a seeded row sample, the fraction of
+    exact neighbours listed (spill) in one of the first `probe` cells of the query cell's ranking; cost = rows
+    scored per query."""
     n = x.shape[0]
     nc = rank.shape[0]
     rng = np.random.default_rng(seed + 7)
@@ -278,10 +316,24 @@ def _tune_probe(
     ex, _ = exact_knn(x, rows, k)
     pos_of = np.empty_like(rank)
     np.put_along_axis(pos_of, rank, np.arange(nc)[None, :].repeat(nc, 0), axis=1)
-    qcell = labels[rows]
     valid = ex >= 0
-    ncell = labels[np.where(valid, ex, 0)]
-    r = pos_of[qcell[:, None], ncell][valid]  # rank of each true neighbour's cell
-    counts = np.bincount(r, minlength=nc).cumsum() / max(r.size, 1)
-    ok = np.flatnonzero(counts >= target)
-    return int(ok[0] + 1) if ok.size else nc
+    nb = ex[valid]
+    qcell = np.repeat(labels[rows], valid.sum(1))
+    # rank of each listed cell of the neighbour within the query cell's ranking: [pairs, a_max]
+    r = pos_of[qcell[:, None], top[nb]]
+    sizes = np.bincount(labels, minlength=nc).astype(np.float64)
+    qc = labels[rows]
+    best = None
+    probes = [p for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if p <= nc] + [nc]
+    spills = [a for a in (1, 2, 3, 4, 6, 8, 12, 16) if a <= top.shape[1]]
+    for a in [spill] if spill is not None else spills:
+        for p in [probe] if probe is not None else probes:
+            rec = (r[:, :a] < p).any(axis=1).mean() if r.size else 1.0
+            if rec >= target or (probe is not None and spill is not None):
+                cost = a * sizes[rank[qc, :p]].sum()  # rows scored for the sampled queries (spill-inflated)
+                if best is None or cost < best[0]:
+                    best = (cost, p, a)
+                break  # larger p only costs more for this a
+    if best is None:
+        return nc, 1
+    return best[1], best[2]
