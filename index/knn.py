@@ -150,12 +150,13 @@ def knn_graph(
     seed: int = 0,
     probe: int | None = None,
     n_cells: int | None = None,
+    spill: int | None = None,
     target_recall: float = TARGET_RECALL,
 ) -> KnnGraph:
     """kNN graph of `vectors` (float32, L2-normalised) with self excluded; see the module doc for `kind`.
 
     `index`: an already built faiss index over the same rows (searched with k+1 per query; overrides kind).
-    `probe`/`n_cells` tune the "cells" method (default: tuned probe, ~sqrt(N) cells).
+    `probe`/`spill`/`n_cells` fix the "cells" method's parameters (default: tuned to `target_recall`).
     """
     x = check_vectors(vectors)
     n = x.shape[0]
@@ -180,7 +181,7 @@ def knn_graph(
         return _knn_from_index(idx, x, k, batch_size, progress)
     if kind == "cells":
         return _knn_cells(x, k, probe=probe, n_cells=n_cells, seed=seed, progress=progress,
-                          target_recall=target_recall)
+                          target_recall=target_recall, spill=spill)
     raise ValueError(f"unknown kNN method {kind!r}; expected auto, flat, cells, ivf or hnsw")
 
 

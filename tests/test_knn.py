@@ -69,6 +69,11 @@ def test_cells_method_recall_and_exact_scores():
     ref = np.einsum("id,ikd->ik", x[rows], x[g.neighbors[rows]])
     np.testing.assert_allclose(g.sims[rows], ref, atol=1e-5)
     assert (np.diff(g.sims, axis=1) <= 1e-6).all()
+    # probing every cell is exact
+    full = knn_graph(x[:2000], k=10, kind="cells", progress=False, n_cells=8, probe=8, spill=1)
+    ref = knn_graph(x[:2000], k=10, kind="flat", progress=False)
+    assert recall_at_k(full, x[:2000], sample=2000) == 1.0
+    np.testing.assert_allclose(full.sims, ref.sims, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
