@@ -134,6 +134,15 @@ def main() -> None:
         "engine_fp32_over_bare_fp32": round(rate["engine-fp32"] / rate["bare-fp32"], 3),
         "engine_bf16_over_bare_bf16": round(rate["engine-bf16"] / rate["bare-bf16"], 3),
         "engine_bf16_over_bare_fp32": round(rate["engine-bf16"] / rate["bare-fp32"], 3),
+        # paired per-repeat ratios resist load drift on a shared machine better than ratios of medians
+        "paired_median_ratios": {
+            name: round(statistics.median(results[b][r] / results[a][r] for r in range(args.repeats)), 3)
+            for name, a, b in (
+                ("engine_fp32_over_bare_fp32", "engine-fp32", "bare-fp32"),
+                ("engine_bf16_over_bare_bf16", "engine-bf16", "bare-bf16"),
+                ("engine_bf16_over_bare_fp32", "engine-bf16", "bare-fp32"),
+            )
+        },
         "cosine_bf16_vs_fp32": {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)},
     }
     shutil.rmtree(tmp, ignore_errors=True)
