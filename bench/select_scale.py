@@ -51,7 +51,7 @@ def make_data(n: int, d: int, seed: int = 0) -> dict:
         "tokens": rng.integers(20, 2000, n).astype(np.float64),
         **{f"ind{j}": rng.standard_normal(n) for j in range(4)},
     }
-    return {"vectors": x, "coords": coords, "domains": domains, "signals": signals}
+    return {"vectors": x, "coords": coords, "domains": domains, "signals": signals, "clusters": lab % 50}
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float], object]:
@@ -92,6 +92,7 @@ def main() -> None:
         vectors=data["vectors"],
         signals=data["signals"],
         cells=cells,
+        clusters=data["clusters"],
     )
     results: dict = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -119,7 +120,9 @@ def main() -> None:
         record("ila naive (python loop)", med_ref, ts_ref, ratio=med_ref / med)
         med, ts, sel = timed(lambda: make_selector("ila").select(view, b, seed=0), R)
         record("selector ila", med, ts, grid_coverage=sel.stats["grid_coverage"])
-        med, ts, _ = timed(lambda: make_selector("ila", tau=0.5, cell_order="best").select(view, b, seed=0), R)
+        med, ts, _ = timed(
+            lambda: make_selector("ila", tau=0.5, cell_order="best").select(view, b, seed=0), R
+        )
         record("selector ila tau=0.5 best", med, ts)
     # ---- Deita: blocked vs naive sequential ---------------------------------------------------------------
     if want("deita"):
@@ -155,7 +158,10 @@ def main() -> None:
             div_holdout_r2=st["diversity_probe"].get("holdout_r2"),
         )
         med, ts, _ = timed(
-            lambda: make_selector("daar_band", metric="inter", band=[80, 100], descending=False).select(view, b), R
+            lambda: make_selector(
+                "daar_band", metric="inter", band=[80, 100], descending=False, labels="cluster"
+            ).select(view, b),
+            R,
         )
         record("selector daar_band", med, ts)
     # ---- baselines ------------------------------------------------------------------------------------------
@@ -168,7 +174,9 @@ def main() -> None:
     ):
         if want(name):
             reps = 1 if name == "k-center" else R
-            med, ts, _ = timed(lambda name=name, params=params: make_selector(name, **params).select(view, b), reps)
+            med, ts, _ = timed(
+                lambda name=name, params=params: make_selector(name, **params).select(view, b), reps
+            )
             record(f"selector {name}", med, ts)
     if args.graph and want("facility-location"):
         from index.knn import knn_graph

@@ -59,19 +59,25 @@ def _exact_conflict(x: np.ndarray, others: np.ndarray, threshold: float) -> bool
 def _block_accept(x: np.ndarray, threshold: float) -> np.ndarray:
     """Sequential acceptance inside one block (rows in order): row j is kept unless an earlier kept row conflicts.
 
-    Rows without any earlier row within reach are decided at once; only the rest go through the loop.
+    Rows without any earlier row within reach are decided at once; only the rest go through the loop, which
+    reads the float32 similarities already computed and recomputes only borderline pairs in float64.
     """
     n = x.shape[0]
     keep = np.ones(n, dtype=bool)
     if n < 2:
         return keep
     g = x @ x.T
-    reach = np.triu(g >= threshold - _EPS, k=1)  # reach[i, j]: earlier i may conflict with later j
-    todo = np.flatnonzero(reach.any(axis=0))
-    for j in todo:
-        prev = np.flatnonzero(reach[:j, j] & keep[:j])
-        if prev.size and _exact_conflict(x[j], x[prev], threshold):
+    reach = np.tril(g >= threshold - _EPS, k=-1)  # reach[j, i]: earlier row i may conflict with later row j
+    for j in np.flatnonzero(reach.any(axis=1)):
+        prev = np.flatnonzero(reach[j, :j] & keep[:j])
+        if not prev.size:
+            continue
+        s = g[j, prev]
+        if (s >= threshold + _EPS).any():
             keep[j] = False
+        else:
+            near = prev[s >= threshold - _EPS]
+            keep[j] = not (x[near].astype(np.float64) @ x[j].astype(np.float64) >= threshold).any()
     return keep
 
 
