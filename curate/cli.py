@@ -104,10 +104,15 @@ def score(
     run: Path = RunOpt,
     signal: list[str] = typer.Option(..., "--signal", "-s", help="Signal names (repeat the option)."),
     model: str = typer.Option(None, help="Causal LM directory or alias (e.g. smollm2)."),
+    base_model: str = typer.Option(None, help="Base LM for ILA depth (loss before fine-tuning)."),
+    ref_model: str = typer.Option(None, help="Reference (fine-tuned) LM for ILA depth."),
+    validation: Path = typer.Option(None, help="Tiny validation set (jsonl) for icl, relevance, miw_score."),
+    dtype: str = typer.Option(None, help="auto (bf16 on GPU, float32 on CPU), float32 or bfloat16."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Extra KEY=VALUE parameters."),
 ) -> None:
     """Compute per-row signals (heuristics, LM losses, IFD, depth, ICL proxy) into signals/<name>.parquet."""
-    paths = _call("score", run, names=signal, model=model, **_parse_params(param))
+    paths = _call("score", run, names=signal, model=model, base_model=base_model, ref_model=ref_model,
+                  validation=validation, dtype=dtype, **_parse_params(param))
     console.print(paths)
 
 
@@ -168,7 +173,19 @@ def models(
 
     if ensure:
         console.print(f"{ensure}: {m.resolve_model(ensure)}")
-    m.print_models(console)
+    for info in m.list_models():
+        state = "ready" if info["cached"] else "not built (curate models --ensure " + info["name"] + ")"
+        console.print(f"{info['name']:<12} {info['path']}  ({state})", markup=False)
+    console.print(f"embedding default: {_default_embedder()}")
+
+
+def _default_embedder() -> str:
+    from index.embed import default_model_path
+
+    try:
+        return str(default_model_path())
+    except (FileNotFoundError, ImportError) as exc:
+        return f"missing ({exc})"
 
 
 @app.command("run")

@@ -68,3 +68,14 @@ def test_cli_help_lists_commands():
     out = CliRunner().invoke(app, ["--help"]).output
     for cmd in ("ingest", "embed", "index", "map", "score", "select", "export", "compare", "run"):
         assert cmd in out
+
+
+def test_cli_models_lists_bundled_models():
+    out = CliRunner().invoke(app, ["models"]).output
+    assert "smollm2" in out and "embedding default" in out
+
+
+def test_cli_reports_missing_pool_clearly(tmp_path):
+    result = CliRunner().invoke(app, ["embed", "--run", str(tmp_path / "empty")])
+    assert result.exit_code == 2
+    assert "curate ingest" in result.output

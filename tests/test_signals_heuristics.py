@@ -59,13 +59,14 @@ def test_registered_heuristics_on_pool(tmp_path, tiny_lm):  # noqa: F811
     from transformers import AutoTokenizer
 
     run = make_pool(tmp_path / "run", system=True)
-    names = ["prompt_tokens", "response_tokens", "turns", "mtld", "ttr", "reasoning_steps", "code_markers", "math_markers"]
+    names = ["tokens", "prompt_tokens", "response_tokens", "turns", "mtld", "ttr", "reasoning_steps", "code_markers", "math_markers"]
     score(run, names, model=str(tiny_lm), progress=False)
     tok = AutoTokenizer.from_pretrained(tiny_lm)
     exp_p = [len(tok(p, add_special_tokens=False).input_ids) for _, p, _, _ in ROWS]
     np.testing.assert_array_equal(load_signal(run, "prompt_tokens"), exp_p)
     exp_r = [len(tok(r, add_special_tokens=False).input_ids) for _, _, r, _ in ROWS]
     np.testing.assert_array_equal(load_signal(run, "response_tokens"), exp_r)
+    np.testing.assert_array_equal(load_signal(run, "tokens"), np.add(exp_p, exp_r))
     np.testing.assert_array_equal(load_signal(run, "turns"), [2] * len(ROWS))
     np.testing.assert_allclose(load_signal(run, "mtld"), [mtld(r) for _, _, r, _ in ROWS])
     np.testing.assert_allclose(load_signal(run, "code_markers"), [code_markers(r) for _, _, r, _ in ROWS])

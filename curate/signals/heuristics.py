@@ -163,6 +163,15 @@ def _response_tokens(ctx: ScoreContext) -> np.ndarray:
     return token_counts(ctx.tokenizer(), [t or "" for t in ctx.pool["response"].to_list()])
 
 
+@signal("tokens", roles=("tokenizer",))
+def _tokens(ctx: ScoreContext) -> np.ndarray:
+    """Prompt + response tokens: the unit of token budgets (`curate select --budget 50000tok`)."""
+    tok = ctx.tokenizer()
+    return token_counts(tok, [t or "" for t in ctx.pool["prompt"].to_list()]) + token_counts(
+        tok, [t or "" for t in ctx.pool["response"].to_list()]
+    )
+
+
 @signal("turns")
 def _turns(ctx: ScoreContext) -> np.ndarray:
     """Number of user and assistant messages in the conversation (system turns not counted)."""
