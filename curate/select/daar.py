@@ -399,17 +399,27 @@ class DaaRSelector(Selector):
         self.device = device
 
     # features -------------------------------------------------------------------------------------------
+    def _model_path(self) -> str:
+        """The LM directory: `model` may be a folder or a bundled alias such as "smollm2"."""
+        from curate.models import resolve_model
+
+        if self.model is None:
+            raise ValueError("daar: LM features need `model` (a causal LM folder or 'smollm2'), "
+                             "or set cluster_features/probe_features='embeddings'")
+        return str(resolve_model(self.model))
+
     def _lm_features(self, view: PoolView, kind: str) -> np.ndarray:
         from index.features import cached_features, feature_fingerprint
 
         if view.run is None:
             raise ValueError("daar: LM features are cached in a run directory; this PoolView is in memory")
         texts = row_texts(view.frame["prompt"].to_list(), view.frame["response"].to_list())
-        fp = feature_fingerprint(self.model, kind=kind, layer=self.layer, max_length=self.max_length)
+        model = self._model_path()
+        fp = feature_fingerprint(model, kind=kind, layer=self.layer, max_length=self.max_length)
         return cached_features(
             texts,
             view.run.root / "features" / fp,
-            self.model,
+            model,
             kind=kind,
             layer=self.layer,
             max_length=self.max_length,
@@ -430,7 +440,7 @@ class DaaRSelector(Selector):
             else:
                 from index.features import load_truncated_lm, masked_mean_features
 
-                tok, base = load_truncated_lm(self.model, 0, device=self.device)
+                tok, base = load_truncated_lm(self._model_path(), 0, device=self.device)
                 feats = masked_mean_features(
                     tok,
                     base,
