@@ -84,11 +84,15 @@ def render(table: pl.DataFrame, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    names = [str(n) for n in table["selection"].to_list()]
+    label_width = max(len(c) for c in table.columns)
+    # wide enough that figure names and selection names are never cut (rich assumes 80 columns off a tty)
+    width = label_width + sum(max(len(n), 8) + 3 for n in names) + 4
+    console = console or Console(width=max(width, 80))
     t = Table(title="selections", show_lines=False)
-    t.add_column("figure", style="bold")
-    for name in table["selection"].to_list():
-        t.add_column(str(name), justify="right")
+    t.add_column("figure", style="bold", no_wrap=True, min_width=label_width)
+    for name in names:
+        t.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for col in table.columns:
         if col == "selection":
             continue
