@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
+mkdir -p bench/out
 run() { echo "=== $*"; flock /tmp/curate-bench.lock "$PY" "$@"; }
 run bench/ingest_throughput.py --n 200000
 run bench/embed_throughput.py --n 2000 --repeats 3 --json bench/out/embed_throughput.json
