@@ -6,12 +6,13 @@ budget, seed)`. This module imports every selector module so they register thems
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 from typing import Any
 
 from curate.run import RunDir
+
+# importing the selector modules registers them in SELECTORS
+from curate.select import baselines, daar, deita, ila, miw  # noqa: E402, F401
 from curate.select.base import (
     SELECTORS,
     Budget,
@@ -22,13 +23,6 @@ from curate.select.base import (
     list_selections,
     register_selector,
 )
-
-# Selector modules registered on import. The paper selectors are written alongside the baselines; a module
-# that is not present yet is skipped, but one that is present and fails to import raises.
-_SELECTOR_MODULES = ["baselines", "ila", "daar", "miw", "deita"]
-for _mod in _SELECTOR_MODULES:
-    if importlib.util.find_spec(f"{__name__}.{_mod}") is not None:
-        importlib.import_module(f"{__name__}.{_mod}")
 
 __all__ = [
     "SELECTORS",
