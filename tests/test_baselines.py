@@ -163,8 +163,8 @@ def _farthest_first_ok(vectors: np.ndarray, order: np.ndarray) -> bool:
 
 
 def test_k_center_is_farthest_first(view):
-    pytest.importorskip("index.kcenter")
     sel = make_selector("k-center").select(view, "8", seed=1)
+    assert sel.positions.tolist() == [11, 16, 18, 13, 19, 15, 5, 1]  # golden, fixture pool, seed 1
     assert len(sel) == 8 and len(set(sel.ids)) == 8
     vec = np.asarray(view.vectors(), dtype=np.float64)
     assert _farthest_first_ok(vec, sel.positions)
@@ -175,10 +175,10 @@ def test_k_center_is_farthest_first(view):
 
 
 def test_facility_location_greedy_gains(tmp_path):
-    pytest.importorskip("index.facility")
     run = make_run(tmp_path, n=24, knn=5)
     v = PoolView.from_run(run)
     sel = make_selector("facility-location").select(v, "6", seed=0)
+    assert sel.positions.tolist() == [14, 0, 5, 3, 13, 8]  # golden, fixture pool with a 5-NN graph
     assert len(sel) == 6 and len(set(sel.ids)) == 6
     gains = [float(r.split()[-1]) for r in sel.reasons]
     assert all(g >= 0 for g in gains)
