@@ -23,7 +23,10 @@ Deviations (documented, deliberate):
   train on it; reported accuracy is out-of-fold), fixing the optimistic in-sample targets of the released code
   (methods.md 2.5): a converged probe memorises its own training rows, so in-sample entropies collapse to ~0.
   `folds=1` gives the paper's in-sample targets.
-- LLM generation of seeds is not offered: centroids come from labelled pool rows or user seed files.
+- LLM generation of seeds is optional and off by default (`generate_seeds=True` with `domain_descriptions`;
+  `curate.select.daar_seeds`): one pair per request, cosine rejection on the pool's sentence encoder (else the
+  LM's input-embedding mean) instead of the instruct model's embedding layer. Otherwise centroids come from
+  labelled pool rows or user seed files.
 - The pool's sentence embeddings may replace the LM features (`cluster_features` / `probe_features`
   = "embeddings"): cheaper, documented alternative.
 """
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,13 +331,17 @@ class DaaRSelector(Selector):
 
     paper: Ling et al., Diversity as a Reward (arXiv 2502.04380, NeurIPS 2025), methods.md 2.4.
     deviations: see `curate.select.daar` (practical probe training defaults, masked pooling, one text format,
-    probe sample drawn from the pool, no LLM seed generation, optional sentence-embedding features).
+    probe sample drawn from the pool, optional LLM seed generation, optional sentence-embedding features).
 
     Parameters: `model` a local HF causal LM directory (needed for "truncated"/"input_embeddings" features);
     `cluster_features` ("input_embeddings" = paper's e(x), or "embeddings" = the pool's sentence vectors);
     `probe_features` ("truncated" = layer-`layer` features, or "embeddings"); `seeds`: jsonl seed files (else the
     pool rows that have a `domain` are the seeds); `probe_size` rows sampled (seeded) for pseudo-labels and
     probe training; probe training `epochs`, `lr`, `batch_size`, `holdout`; `kmeans_seed` (42, as the paper).
+    `generate_seeds` (off by default): an instruct LM (`generator_model`, default `model`) writes
+    `seeds_per_domain` seeds per domain of `domain_descriptions` (a dict, or a JSON/YAML file, domain ->
+    one-sentence description), kept by cosine rejection at `seed_threshold` (a float or {domain: float});
+    cached as <run>/features/daar_seeds-<hash>.jsonl and used like a seed file.
     """
 
     name = "daar"
@@ -342,7 +349,8 @@ class DaaRSelector(Selector):
     deviations = (
         "probe training Adam lr 1e-3 / batch 64 / 30 epochs on standardised features (paper: lr 1e-5, batch 1, "
         "1 epoch); cross-fitted entropy targets (folds=3); masked mean pooling; one text format; probe sample "
-        "from the pool; no LLM seed generation"
+        "from the pool; optional LLM seed generation (one pair per request, rejection on the pool's sentence "
+        "encoder)"
     )
 
     def __init__(
@@ -363,7 +371,23 @@ class DaaRSelector(Selector):
         kmeans_iter: int = 20,
         lm_batch_size: int = 16,
         device: str = "cpu",
+        generate_seeds: bool = False,
+        domain_descriptions: str | dict | None = None,
+        seeds_per_domain: int = 10,
+        seed_threshold: float | dict = 0.85,
+        generator_model: str | None = None,
     ) -> None:
+        if generate_seeds and seeds:
+            raise ValueError("daar: give either seeds=PATH.jsonl or generate_seeds=True, not both")
+        if generate_seeds and not domain_descriptions:
+            raise ValueError(
+                "daar: generate_seeds=True needs domain_descriptions (a dict or a JSON/YAML file mapping each "
+                "domain to a one-sentence description)"
+            )
+        if generate_seeds and model is None and generator_model is None:
+            raise ValueError(
+                "daar: generate_seeds=True needs generator_model (or model): a causal LM folder or 'smollm2'"
+            )
         if cluster_features not in ("input_embeddings", "embeddings"):
             raise ValueError(
                 f"daar: cluster_features must be 'input_embeddings' or 'embeddings', got {cluster_features!r}"
@@ -397,6 +421,11 @@ class DaaRSelector(Selector):
         self.kmeans_iter = int(kmeans_iter)
         self.lm_batch_size = int(lm_batch_size)
         self.device = device
+        self.generate_seeds = bool(generate_seeds)
+        self.domain_descriptions = domain_descriptions
+        self.seeds_per_domain = int(seeds_per_domain)
+        self.seed_threshold = seed_threshold
+        self.generator_model = generator_model
 
     # features -------------------------------------------------------------------------------------------
     def _model_path(self) -> str:
@@ -431,9 +460,81 @@ class DaaRSelector(Selector):
     def _features(self, view: PoolView, kind: str) -> np.ndarray:
         return view.vectors() if kind == "embeddings" else self._lm_features(view, kind)
 
-    def _seed_centroids(self, view: PoolView, cluster: np.ndarray) -> tuple[list[str], np.ndarray, str]:
-        if self.seeds:
-            paths = [self.seeds] if isinstance(self.seeds, str) else list(self.seeds)
+    def _generated_seed_file(self, view: PoolView, seed: int) -> Path:
+        """Generate seeds with the LM (once: cached under <run>/features/ by a hash of every input)."""
+        import hashlib
+
+        from curate.models import model_fingerprint, resolve_model
+        from curate.select import daar_seeds
+        from index.io import atomic_path, write_json
+
+        if view.run is None:
+            raise ValueError("daar: generate_seeds caches its seeds in a run directory; this PoolView is in memory")
+        descriptions = load_domain_descriptions(self.domain_descriptions)
+        if len(descriptions) < 2:
+            raise ValueError(f"daar: generate_seeds needs at least 2 domains, got {sorted(descriptions)}")
+        gen = resolve_model(self.generator_model or self.model)
+        embed, embed_key = self._seed_embedder(view)
+        key = {
+            "generator": model_fingerprint(gen, "float32"),
+            "domains": descriptions,
+            "n_per_domain": self.seeds_per_domain,
+            "threshold": self.seed_threshold,
+            "seed": int(seed),
+            "embed": embed_key,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        out = view.run.root / "features" / f"daar_seeds-{digest}.jsonl"
+        if out.exists():
+            return out
+        rows = daar_seeds.generate_seeds(
+            str(gen),
+            descriptions,
+            n_per_domain=self.seeds_per_domain,
+            threshold=self.seed_threshold,
+            seed=int(seed),
+            embed=embed,
+            complete=daar_seeds.LMCompleter(gen, device=self.device),
+            progress=True,
+        )
+        write_json(out.with_suffix(".json"), {"key": key, "stats": rows.stats, "n": len(rows)})
+        with atomic_path(out) as tmp:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return out
+
+    def _seed_embedder(self, view: PoolView):
+        """(embed, identity) for seed rejection: the pool's sentence encoder when the run has embeddings,
+        else the input-embedding mean of `model` (the paper's e(x)), L2-normalised."""
+        from curate.embed import current_fingerprint
+
+        assert view.run is not None
+        try:
+            fp = current_fingerprint(view.run.root)
+        except FileNotFoundError:
+            fp = None
+        if fp is not None:
+            enc = _pool_encoder(view)
+            return enc.encode, f"pool-embeddings:{fp}"
+        from curate.models import model_fingerprint
+        from index.features import load_truncated_lm, masked_mean_features
+
+        path = self._model_path()
+        tok, base = load_truncated_lm(path, 0, device=self.device)
+
+        def embed(texts: list[str]) -> np.ndarray:
+            v = masked_mean_features(tok, base, texts, kind="input_embeddings", max_length=self.max_length)
+            return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+        return embed, f"input_embeddings:{model_fingerprint(path, 'float32')}:{self.max_length}"
+
+    def _seed_centroids(
+        self, view: PoolView, cluster: np.ndarray, seed: int = 0
+    ) -> tuple[list[str], np.ndarray, str]:
+        if self.seeds or self.generate_seeds:
+            if self.generate_seeds:
+                paths = [str(self._generated_seed_file(view, seed))]
+            else:
+                paths = [self.seeds] if isinstance(self.seeds, str) else list(self.seeds)
             domains, texts = read_seed_files(paths)
             if self.cluster_features == "embeddings":
                 feats = _encode_like_pool(view, texts)
@@ -450,7 +551,8 @@ class DaaRSelector(Selector):
                     batch_size=self.lm_batch_size,
                 )
             names, c = _centroids(feats, domains)
-            return names, c, f"{len(texts)} seeds from {len(paths)} file(s)"
+            src = f"generated ({Path(paths[0]).name})" if self.generate_seeds else f"from {len(paths)} file(s)"
+            return names, c, f"{len(texts)} seeds {src}"
         dom = view.domains()
         have = np.flatnonzero(np.array([d is not None for d in dom], dtype=bool))
         if have.size == 0:
@@ -464,7 +566,7 @@ class DaaRSelector(Selector):
 
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         cluster = self._features(view, self.cluster_features)
-        names, centroids, seed_note = self._seed_centroids(view, cluster)
+        names, centroids, seed_note = self._seed_centroids(view, cluster, seed)
         probe = (
             self._features(view, self.probe_features)
             if self.probe_features != self.cluster_features
@@ -504,16 +606,50 @@ class DaaRSelector(Selector):
         return Ranking(order, reasons=reasons, stats=stats)
 
 
-def _encode_like_pool(view: PoolView, texts: list[str]) -> np.ndarray:
-    """Embed seed texts with the model (and settings) that embedded the pool."""
+def _pool_encoder(view: PoolView):
+    """The sentence encoder (and settings) that embedded the pool."""
     from curate.embed import embedding_meta
     from index.embed import Encoder
 
     if view.run is None:
         raise ValueError("daar: embedding seed files needs a run directory")
     meta = embedding_meta(view.run.root)
-    enc = Encoder.load(meta.get("model_path"), dtype=meta.get("dtype", "float32"), device="cpu")
-    return enc.encode(texts)
+    return Encoder.load(meta.get("model_path"), dtype=meta.get("dtype", "float32"), device="cpu")
+
+
+def _encode_like_pool(view: PoolView, texts: list[str]) -> np.ndarray:
+    """Embed seed texts with the model (and settings) that embedded the pool."""
+    return _pool_encoder(view).encode(texts)
+
+
+def load_domain_descriptions(spec: str | os.PathLike | Mapping[str, str] | None) -> dict[str, str]:
+    """Domain -> one-sentence description, from a dict or a JSON/YAML file holding such a mapping."""
+    if spec is None:
+        raise ValueError("daar: domain_descriptions is required to generate seeds")
+    if isinstance(spec, Mapping):
+        data: Any = dict(spec)
+        where = "domain_descriptions"
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise FileNotFoundError(f"daar: domain descriptions file {path} does not exist")
+        where = str(path)
+        text = path.read_text()
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as e:  # noqa: BLE001  (json and yaml raise different types)
+            raise ValueError(f"{path}: cannot read domain descriptions ({e})") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{where}: expected a non-empty mapping domain -> description")
+    for d, desc in data.items():
+        if not isinstance(desc, str) or not desc.strip():
+            raise ValueError(f"{where}: domain {d!r} needs a non-empty description string, got {desc!r}")
+    return {str(d): str(desc) for d, desc in data.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
