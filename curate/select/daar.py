@@ -504,24 +504,34 @@ class DaaRSelector(Selector):
 
     def _seed_embedder(self, view: PoolView):
         """(embed, identity) for seed rejection: the pool's sentence encoder when the run has embeddings,
-        else the input-embedding mean of `model` (the paper's e(x)), L2-normalised."""
+        else the input-embedding mean of `model` (the paper's e(x)), L2-normalised. The model loads on the
+        first call only, so a cached seed file costs no model load."""
         from curate.embed import current_fingerprint
+        from curate.models import model_fingerprint
 
         assert view.run is not None
         try:
             fp = current_fingerprint(view.run.root)
         except FileNotFoundError:
             fp = None
-        if fp is not None:
-            enc = _pool_encoder(view)
-            return enc.encode, f"pool-embeddings:{fp}"
-        from curate.models import model_fingerprint
-        from index.features import load_truncated_lm, masked_mean_features
+        loaded: list[Any] = []
 
+        if fp is not None:
+
+            def embed(texts: list[str]) -> np.ndarray:
+                if not loaded:
+                    loaded.append(_pool_encoder(view))
+                return loaded[0].encode(texts)
+
+            return embed, f"pool-embeddings:{fp}"
         path = self._model_path()
-        tok, base = load_truncated_lm(path, 0, device=self.device)
 
         def embed(texts: list[str]) -> np.ndarray:
+            from index.features import load_truncated_lm, masked_mean_features
+
+            if not loaded:
+                loaded.extend(load_truncated_lm(path, 0, device=self.device))
+            tok, base = loaded
             v = masked_mean_features(tok, base, texts, kind="input_embeddings", max_length=self.max_length)
             return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
