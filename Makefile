@@ -30,7 +30,7 @@ lint: $(STAMP)
 	.venv/bin/ruff check curate index tests bench scripts
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	bash bench/run_all.sh
 
 clean-demo:
 	rm -rf runs/demo
