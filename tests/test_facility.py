@@ -79,3 +79,24 @@ def test_csr_input_and_errors():
         facility_location(w, 4, progress=False)
     with pytest.raises(TypeError):
         facility_location(np.eye(3), 1, progress=False)
+
+
+def test_lazy_equals_naive_with_exact_ties_and_empty_rows():
+    """Quantised similarities (many exact ties) and an empty last row: lazy greedy still equals naive greedy."""
+    import scipy.sparse as sp
+
+    from index.facility import facility_location, facility_location_naive
+
+    rng = np.random.default_rng(0)
+    for t in range(20):
+        n = int(rng.integers(5, 60))
+        m = sp.random(n, n, density=0.2, random_state=t, format="lil")
+        m[n - 1, :] = 0
+        m = m.tocsr()
+        m.data = np.round(m.data * 4) / 4
+        m.eliminate_zeros()
+        b = int(rng.integers(1, n))
+        o1, g1 = facility_location(m, b, progress=False)
+        o2, g2 = facility_location_naive(m, b)
+        assert o1.tolist() == o2.tolist()
+        np.testing.assert_array_equal(g1, g2)
