@@ -2,26 +2,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from vectors import clustered, unit_rows
 
 from index.faiss_index import build_index, load_index, save_index, search
 
 
-def _unit(rng, n, d):
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def _clustered(rng, n, d, n_clusters, spread=0.3):
-    c = _unit(rng, n_clusters, d)
-    lab = rng.integers(0, n_clusters, n)
-    x = c[lab] + spread / np.sqrt(d) * rng.standard_normal((n, d)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return clustered(rng, n, d, n_clusters, spread)
 
 
 def test_flat_search_equals_numpy_bruteforce():
     rng = np.random.default_rng(0)
-    x = _unit(rng, 500, 32)
-    q = _unit(rng, 20, 32)
+    x = unit_rows(rng, 500, 32)
+    q = unit_rows(rng, 20, 32)
     idx = build_index(x, "flat")
     sims, ids = search(idx, q, 5)
     full = q @ x.T
@@ -34,7 +27,7 @@ def test_flat_search_equals_numpy_bruteforce():
 def test_auto_is_flat_for_small_pools():
     import faiss
 
-    x = _unit(np.random.default_rng(1), 100, 8)
+    x = unit_rows(np.random.default_rng(1), 100, 8)
     assert isinstance(build_index(x), faiss.IndexFlatIP)
 
 

@@ -2,16 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from vectors import clustered
 
 from index.kcenter import k_center_greedy, k_center_greedy_naive
-
-
-def _clustered(rng, n, d, n_clusters, spread=0.5):
-    c = rng.standard_normal((n_clusters, d)).astype(np.float32)
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    lab = rng.integers(0, n_clusters, n)
-    x = c[lab] + spread / np.sqrt(d) * rng.standard_normal((n, d)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _bruteforce(x, budget, first=None, initial=()):
@@ -36,7 +29,7 @@ def _bruteforce(x, budget, first=None, initial=()):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_equals_naive_and_bruteforce(seed):
     rng = np.random.default_rng(seed)
-    x = _clustered(rng, 1500, 24, 12)
+    x = clustered(rng, 1500, 24, 12)
     budget = 60
     o, r = k_center_greedy(x, budget, seed=seed, progress=False, pool_size=64)
     on, rn = k_center_greedy_naive(x, budget, seed=seed)
@@ -51,7 +44,7 @@ def test_equals_naive_and_bruteforce(seed):
 
 def test_duplicates_and_exhaustion():
     rng = np.random.default_rng(5)
-    base = _clustered(rng, 40, 8, 3)
+    base = clustered(rng, 40, 8, 3)
     x = np.concatenate([base, base[:15], base[:5]])  # 60 rows, 40 distinct
     for pool_size in (1, 7, 60):
         o, r = k_center_greedy(x, 60, seed=1, progress=False, pool_size=pool_size, block=16)
@@ -68,7 +61,7 @@ def test_duplicates_and_exhaustion():
 
 def test_initial_positions_are_covered_not_returned():
     rng = np.random.default_rng(6)
-    x = _clustered(rng, 800, 16, 8)
+    x = clustered(rng, 800, 16, 8)
     init = np.array([5, 100, 400, 5])
     o, r = k_center_greedy(x, 30, initial=init, progress=False, pool_size=40)
     on, rn = k_center_greedy_naive(x, 30, initial=init)
@@ -82,7 +75,7 @@ def test_initial_positions_are_covered_not_returned():
 
 def test_unnormalised_input_still_exact_and_errors():
     rng = np.random.default_rng(7)
-    x = _clustered(rng, 500, 8, 4) * rng.uniform(0.5, 1.5, (500, 1)).astype(np.float32)
+    x = clustered(rng, 500, 8, 4) * rng.uniform(0.5, 1.5, (500, 1)).astype(np.float32)
     o, r = k_center_greedy(x, 25, progress=False, pool_size=30)
     on, rn = k_center_greedy_naive(x, 25)
     np.testing.assert_array_equal(o, on)
@@ -96,7 +89,7 @@ def test_unnormalised_input_still_exact_and_errors():
 
 def test_default_pool_and_tiny_blocks_equal_naive():
     rng = np.random.default_rng(8)
-    x = _clustered(rng, 3000, 32, 30, spread=0.8)
+    x = clustered(rng, 3000, 32, 30, spread=0.8)
     x[2500:2600] = x[:100]  # duplicated rows far from each other's cluster positions
     o, r = k_center_greedy(x, 150, seed=4, progress=False)
     on, rn = k_center_greedy_naive(x, 150, seed=4)

@@ -2,20 +2,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from vectors import clustered, unit_rows
 
 from index.knn import KnnGraph, exact_knn, knn_graph, recall_at_k
 
 
-def _unit(rng, n, d):
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def _clustered(rng, n, d, n_clusters, spread=0.5):
-    c = _unit(rng, n_clusters, d)
-    lab = rng.integers(0, n_clusters, n)
-    x = c[lab] + spread / np.sqrt(d) * rng.standard_normal((n, d)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return clustered(rng, n, d, n_clusters, spread)
 
 
 def _numpy_knn(x, k):
@@ -26,7 +19,7 @@ def _numpy_knn(x, k):
 
 
 def test_flat_graph_equals_numpy_and_excludes_self():
-    x = _unit(np.random.default_rng(0), 300, 16)
+    x = unit_rows(np.random.default_rng(0), 300, 16)
     g = knn_graph(x, k=5, kind="flat", progress=False)
     nb, sims = _numpy_knn(x, 5)
     assert g.neighbors.dtype == np.int64 and g.sims.dtype == np.float32 and g.k == 5
@@ -38,7 +31,7 @@ def test_flat_graph_equals_numpy_and_excludes_self():
 
 def test_duplicates_keep_each_other_and_drop_self():
     rng = np.random.default_rng(1)
-    x = _unit(rng, 50, 8)
+    x = unit_rows(rng, 50, 8)
     x[10] = x[20] = x[30] = x[5]  # four identical rows
     for kind in ("flat", "cells"):
         g = knn_graph(x, k=4, kind=kind, progress=False, n_cells=4, probe=4)
@@ -50,7 +43,7 @@ def test_duplicates_keep_each_other_and_drop_self():
 
 
 def test_tiny_pool_pads_missing_neighbours():
-    x = _unit(np.random.default_rng(2), 3, 4)
+    x = unit_rows(np.random.default_rng(2), 3, 4)
     g = knn_graph(x, k=4, kind="flat", progress=False)
     assert (g.neighbors[:, 2:] == -1).all() and (g.sims[:, 2:] == 0).all()
     assert (g.neighbors[:, :2] >= 0).all()
@@ -85,7 +78,7 @@ def test_faiss_approximate_kinds(kind):
 
 
 def test_exact_knn_and_recall_of_perfect_graph():
-    x = _unit(np.random.default_rng(5), 200, 8)
+    x = unit_rows(np.random.default_rng(5), 200, 8)
     nb, sims = exact_knn(x, np.array([0, 7, 199]), 3)
     ref_nb, ref_s = _numpy_knn(x, 3)
     np.testing.assert_array_equal(nb, ref_nb[[0, 7, 199]])
@@ -96,7 +89,7 @@ def test_exact_knn_and_recall_of_perfect_graph():
 
 
 def test_save_load_and_csr(tmp_path):
-    x = _unit(np.random.default_rng(6), 40, 8)
+    x = unit_rows(np.random.default_rng(6), 40, 8)
     g = knn_graph(x, k=3, progress=False)
     p = tmp_path / "knn.npz"
     g.save(p)
