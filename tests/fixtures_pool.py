@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from curate.run import RunDir
+from curate.select.base import Ranking, Selector
 from index.io import save_npy, write_json
 
 DOMAINS = ("code", "math", "chat", None)
@@ -234,3 +235,15 @@ def write_knn(run: RunDir, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.
 def _mk(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class Fixed(Selector):
+    """Test selector (not registered): ranks the given positions in the given order."""
+
+    name = "fixed"
+
+    def __init__(self, order: tuple = ()) -> None:
+        self.order = order
+
+    def rank(self, view, k, *, seed, budget):
+        return Ranking(np.asarray(self.order))

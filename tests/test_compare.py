@@ -6,21 +6,11 @@ import io
 
 import numpy as np
 import pytest
-from fixtures_pool import make_run
+from fixtures_pool import Fixed, make_run
 from rich.console import Console
 
 from curate.compare import compare, jaccard, render
-from curate.select import PoolView, Ranking, Selector
-
-
-class Fixed(Selector):
-    name = "fixed"
-
-    def __init__(self, order: tuple = ()) -> None:
-        self.order = order
-
-    def rank(self, view, k, *, seed, budget):
-        return Ranking(np.asarray(self.order))
+from curate.select import PoolView
 
 
 def test_jaccard():

@@ -9,11 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 from fixtures_lm import CHAT_TEMPLATE
-from fixtures_pool import make_run
+from fixtures_pool import Fixed, make_run
 
 from curate.export import export
-from curate.select import PoolView, Selection, Selector, make_selector, select
-from curate.select.base import Ranking
+from curate.select import PoolView, Selection, make_selector, select
 from index.io import read_json, write_json
 
 
@@ -112,15 +111,6 @@ def test_preference_layout(tmp_path):
         export(r, "x", layout="nope")
     prefs = [p for p in range(12) if p % 2 == 0][:3]
     view = PoolView.from_run(r)
-
-    class Fixed(Selector):
-        name = "fixed"
-
-        def __init__(self, order: tuple = ()) -> None:
-            self.order = order
-
-        def rank(self, view, k, *, seed, budget):
-            return Ranking(np.asarray(self.order))
 
     Fixed(order=tuple(prefs)).select(view, "3").save(r, "pref")
     out = export(r, "pref", layout="preference", formats=("parquet",))
