@@ -88,3 +88,22 @@ def tiny_lm_ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_lm_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny LM whose tokenizer has no chat template (exercises the plain fallback)."""
     return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm_plain") / "model", with_template=False, seed=2)
+
+
+def sentence_pool_run(run: Path, n: int = 48) -> Path:
+    """A run directory holding only a one-shard pool of n unlabelled rows built from SENTENCES."""
+    import polars as pl
+
+    (run / "pool").mkdir(parents=True)
+    pl.DataFrame(
+        {
+            "id": [f"{i:032x}" for i in range(n)],
+            "domain": [None] * n,
+            "kind": ["sft"] * n,
+            "prompt": [SENTENCES[i % 12] for i in range(n)],
+            "response": [SENTENCES[(i * 5) % 12] for i in range(n)],
+            "n_duplicates": [0] * n,
+        },
+        schema_overrides={"domain": pl.String},
+    ).write_parquet(run / "pool" / "shard-00000.parquet")
+    return run

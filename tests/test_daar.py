@@ -211,25 +211,12 @@ def test_band_selector_exact_on_hand_built_pool() -> None:
 
 
 def test_selector_on_a_run_with_lm_features_and_seed_file(tiny_lm, tmp_path) -> None:  # noqa: F811
-    import polars as pl
-    from fixtures_lm import SENTENCES
+    from fixtures_lm import SENTENCES, sentence_pool_run
 
     from curate.select import select
 
     n = 48
-    run = tmp_path / "run"
-    (run / "pool").mkdir(parents=True)
-    pl.DataFrame(
-        {
-            "id": [f"{i:032x}" for i in range(n)],
-            "domain": [None] * n,
-            "kind": ["sft"] * n,
-            "prompt": [SENTENCES[i % 12] for i in range(n)],
-            "response": [SENTENCES[(i * 5) % 12] for i in range(n)],
-            "n_duplicates": [0] * n,
-        },
-        schema_overrides={"domain": pl.String},
-    ).write_parquet(run / "pool" / "shard-00000.parquet")
+    run = sentence_pool_run(tmp_path / "run", n)
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text(
         "\n".join(

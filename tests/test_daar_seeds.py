@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from fixtures_lm import SENTENCES, tiny_lm  # noqa: F401  (fixture)
+from fixtures_lm import SENTENCES, sentence_pool_run, tiny_lm  # noqa: F401  (fixture)
 
 from curate.select import daar_seeds
 from curate.select.daar import load_domain_descriptions, read_seed_files
@@ -218,25 +218,6 @@ def test_lm_completer_on_a_tiny_model_is_seeded_and_junk_is_a_failed_attempt(tin
 # selector wiring
 
 
-def _run(tmp_path, n: int = 48):
-    import polars as pl
-
-    run = tmp_path / "run"
-    (run / "pool").mkdir(parents=True)
-    pl.DataFrame(
-        {
-            "id": [f"{i:032x}" for i in range(n)],
-            "domain": [None] * n,
-            "kind": ["sft"] * n,
-            "prompt": [SENTENCES[i % 12] for i in range(n)],
-            "response": [SENTENCES[(i * 5) % 12] for i in range(n)],
-            "n_duplicates": [0] * n,
-        },
-        schema_overrides={"domain": pl.String},
-    ).write_parquet(run / "pool" / "shard-00000.parquet")
-    return run
-
-
 class DomainFake:
     """Completer writing fixture sentences as pairs: per domain its own sentences, with one repeat."""
 
@@ -255,7 +236,7 @@ class DomainFake:
 def test_selector_generates_caches_and_reuses_seeds(tiny_lm, tmp_path, monkeypatch) -> None:  # noqa: F811
     from curate.select import make_selector, select
 
-    run = _run(tmp_path)
+    run = sentence_pool_run(tmp_path / "run")
     desc = tmp_path / "domains.yaml"
     desc.write_text("math: Arithmetic word problems.\ncode: Small Python functions.\n")
     kw = {
