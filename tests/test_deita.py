@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from curate.select import PoolView, make_selector
-from curate.select.deita import deita_filter, deita_filter_reference, score_order
+from curate.select.deita import _BF16_MARGIN, deita_filter, deita_filter_reference, score_order
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -28,15 +30,16 @@ def test_hand_example() -> None:
     assert deita_filter(v, score_order(score), 2, threshold=0.9).tolist() == [0, 2]
 
 
+@pytest.mark.parametrize("screen", ["bf16", "fp32", "faiss"])
 @pytest.mark.parametrize("threshold", [0.5, 0.8, 0.9, 0.97])
 @pytest.mark.parametrize("block", [1, 7, 64, 4096])
-def test_blocked_equals_naive_and_respects_threshold(threshold: float, block: int) -> None:
+def test_blocked_equals_naive_and_respects_threshold(threshold: float, block: int, screen: str) -> None:
     for seed in range(4):
         v = _clustered(500, 8, seed)
         score = np.round(np.random.default_rng(seed).random(500), 2)  # ties
         order = score_order(score)
         budget = [None, 60, 10_000, 0][seed]
-        fast = deita_filter(v, order, budget, threshold=threshold, block=block)
+        fast = deita_filter(v, order, budget, threshold=threshold, block=block, screen=screen)
         slow = deita_filter_reference(v, order, budget, threshold=threshold)
         assert np.array_equal(fast, slow)
         if fast.size > 1:
@@ -53,13 +56,46 @@ def test_borderline_pairs_decided_exactly() -> None:
     b = np.array([0.9, np.sqrt(1 - 0.81)])
     v = np.array([a, b], dtype=np.float32)
     cos = float(v[0].astype(np.float64) @ v[1].astype(np.float64))
-    for block in (1, 2):
-        kept = deita_filter(v, np.array([0, 1]), None, threshold=cos, block=block)
+    assert deita_filter_reference(v, np.array([0, 1]), None, threshold=cos).tolist() == [0]
+    for block, screen in itertools.product((1, 2), ("bf16", "fp32", "faiss")):
+        kept = deita_filter(v, np.array([0, 1]), None, threshold=cos, block=block, screen=screen)
         assert kept.tolist() == [0]
-        assert deita_filter_reference(v, np.array([0, 1]), None, threshold=cos).tolist() == [0]
-        assert deita_filter(
-            v, np.array([0, 1]), None, threshold=np.nextafter(cos, 2), block=block
-        ).tolist() == [0, 1]
+        above = np.nextafter(cos, 2)
+        assert deita_filter(v, np.array([0, 1]), None, threshold=above, block=block, screen=screen).tolist() == [0, 1]
+
+
+def _pairs_near(threshold: float, n_pairs: int, d: int, seed: int) -> np.ndarray:
+    """Unit rows in pairs whose cosines are spread within +-0.015 of the threshold, shuffled."""
+    rng = np.random.default_rng(seed)
+    a = _unit(rng.standard_normal((n_pairs, d)))
+    u = rng.standard_normal((n_pairs, d))
+    u -= (u * a).sum(axis=1, keepdims=True) * a
+    u = _unit(u)
+    cos = threshold + rng.uniform(-0.015, 0.015, (n_pairs, 1))
+    b = _unit(cos * a + np.sqrt(1 - cos**2) * u)
+    return np.concatenate([a, b])[rng.permutation(2 * n_pairs)]
+
+
+@pytest.mark.parametrize("screen", ["bf16", "fp32", "faiss"])
+def test_every_screen_decides_near_threshold_pairs_like_the_naive_loop(screen: str) -> None:
+    # 384-d rows at cosines inside the bf16 screen's margin: every such pair goes to the float64 recheck
+    v = _pairs_near(0.9, 600, 384, seed=3)
+    order = np.arange(len(v))
+    kept = deita_filter(v, order, None, threshold=0.9, block=128, screen=screen)
+    assert np.array_equal(kept, deita_filter_reference(v, order, None, threshold=0.9))
+    assert 600 < kept.size < 1200  # both outcomes happen: some partners kept, some dropped
+
+
+def test_bf16_products_stay_inside_the_screen_margin() -> None:
+    # the bf16 screen's exactness rests on |bf16 product - float64 product| < 0.0118 for unit rows (see
+    # _Bf16Screen); check it on the matmul torch actually runs here, on near-threshold and aligned rows
+    import torch
+
+    v = np.concatenate([_pairs_near(0.9, 500, 384, seed=4), _unit(np.ones((4, 384)) + np.eye(4, 384))])
+    exact = v.astype(np.float64) @ v.T.astype(np.float64)
+    vb = torch.from_numpy(v).bfloat16()
+    screened = (vb @ vb.T).float().numpy()
+    assert np.abs(screened - exact).max() < 0.0118 < _BF16_MARGIN
 
 
 def test_nan_scores_are_skipped_and_bad_input_raises() -> None:
@@ -68,6 +104,17 @@ def test_nan_scores_are_skipped_and_bad_input_raises() -> None:
         deita_filter(np.eye(2, dtype=np.float32), np.array([0, 1]), None, threshold=1.5)
     with pytest.raises(ValueError, match="positions"):
         deita_filter(np.eye(2, dtype=np.float32), np.array([0, 5]), None)
+    with pytest.raises(ValueError, match="screen must be"):
+        deita_filter(np.eye(2, dtype=np.float32), np.array([0, 1]), None, screen="gpu")
+
+
+def test_low_thresholds_fall_back_from_the_bf16_screen() -> None:
+    # the bf16 row maximum needs a positive lower bound; at threshold <= margin the fp32 screen is used
+    v = _clustered(300, 8, 5)
+    order = np.arange(300)
+    for threshold in (0.0, 0.01, -0.3):
+        fast = deita_filter(v, order, None, threshold=threshold, screen="bf16")
+        assert np.array_equal(fast, deita_filter_reference(v, order, None, threshold=threshold))
 
 
 def test_selector_product_of_signals() -> None:
