@@ -137,7 +137,7 @@ def main() -> None:
         runs = {}
         for screen in ("bf16", "fp32", "faiss"):
             runs[screen] = timed(lambda s=screen: deita_filter(vec, order, b, threshold=0.9, screen=s), R)
-        med_ref, ts_ref, ref = timed(lambda: deita_filter_reference(vec, order, b, threshold=0.9), 1)
+        med_ref, ts_ref, ref = timed(lambda: deita_filter_reference(vec, order, b, threshold=0.9), R)
         walked = int(np.flatnonzero(order == ref[-1])[0]) + 1
         for screen, (med, ts, out) in runs.items():
             extra = {"rows_walked": walked, "bf16_units": bf16_screen_available(), "first_call_s": first}
