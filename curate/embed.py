@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curate.run import RunDir
+from curate.run import RunDir, locked
 from index.embed import (
     DEFAULT_SHARD_SIZE,
     META_NAME,
@@ -61,6 +61,7 @@ def _pool_texts(rd: RunDir, fields: Sequence[str]) -> tuple[list[str], pl.Series
     return df["id"].to_list(), text.to_series()
 
 
+@locked("embed")
 def embed(
     run: str | os.PathLike,
     *,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curate.run import RunDir
+from curate.run import RunDir, locked
 from index.io import atomic_path, read_json, save_npy, write_json
 
 INDEX_FILE = "faiss.index"
@@ -56,6 +56,7 @@ def _index_key(fp: str, kind: str, k: int, seed: int) -> dict:
     return {"fingerprint": fp, "kind": kind, "k": int(k), "seed": int(seed)}
 
 
+@locked("index")
 def build_index(
     run: str | os.PathLike, *, kind: str = "auto", k: int = 10, seed: int = 0, recall_sample: int = 2_000,
     progress: bool = True,
@@ -139,6 +140,7 @@ def _domain_labels(rd: RunDir) -> np.ndarray | None:
     return dom.fill_null(NO_DOMAIN).cast(pl.Utf8).to_numpy().astype(str)
 
 
+@locked("map")
 def map_pool(
     run: str | os.PathLike,
     *,

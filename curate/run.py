@@ -15,10 +15,34 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
+
+F = TypeVar("F", bound=Callable)
+
+
+class RunBusyError(RuntimeError):
+    """Another process is running the same stage on this run directory."""
+
+
+def locked(stage: str) -> Callable[[F], F]:
+    """Decorate a stage function `fn(run, ...)` so it holds the run directory's `stage` lock while it runs."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run_locked(run, *args, **kwargs):
+            with RunDir(run).lock(stage):
+                return fn(run, *args, **kwargs)
+
+        return run_locked  # type: ignore[return-value]
+
+    return wrap
 
 
 class RunDir:
@@ -32,6 +56,28 @@ class RunDir:
 
     def __fspath__(self) -> str:
         return str(self.root)
+
+    @contextmanager
+    def lock(self, stage: str, error: type[Exception] = RunBusyError) -> Iterator[None]:
+        """Hold `<run>/.<stage>.lock` (an advisory flock): a second process running `stage` on this run
+        directory fails at once with `error` instead of writing the same artefacts beside the first."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking
+            yield
+            return
+        if not self.root.is_dir():  # nothing to protect; the stage itself reports the missing run
+            yield
+            return
+        with open(self.root / f".{stage}.lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise error(f"{self.root}: another {stage} is writing this run directory") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # layout -----------------------------------------------------------------------------------
     @property

@@ -15,8 +15,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,25 +203,6 @@ def _finalise_pool(staged: Path, final: Path, n_shards: int, dup_counts: dict[st
         os.replace(src, final / name)
 
 
-@contextmanager
-def _run_lock(run: RunDir) -> Iterator[None]:
-    """Hold `<run>/.ingest.lock` (an advisory flock) so two ingests never write one run directory at once."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    with open(run.root / ".ingest.lock", "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise IngestError(f"{run.root}: another ingest is writing this run directory") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _clean_stale(run: RunDir) -> None:
     """Remove work folders of ingests that were killed (safe: the run lock is held)."""
     for p in run.root.glob(".ingest-*"):
@@ -260,7 +240,7 @@ def ingest(
     given = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(i) for i in inputs]
     files = resolve_inputs(inputs, exclude=run.root)
     run.root.mkdir(parents=True, exist_ok=True)
-    with _run_lock(run):
+    with run.lock("ingest", IngestError):
         _clean_stale(run)
 
         report = IngestReport(run=run.root, inputs=[str(p) for p, _ in files])

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from curate.run import locked
 from curate.signals.base import SIGNALS, ScoreContext, short_hash
 from curate.signals.store import load_signal, stored_key, write_signal
 
@@ -46,6 +47,7 @@ def _roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+@locked("score")
 def score(
     run: str | os.PathLike,
     names: Sequence[str],
