@@ -104,6 +104,10 @@ def test_nan_scores_are_skipped_and_bad_input_raises() -> None:
         deita_filter(np.eye(2, dtype=np.float32), np.array([0, 1]), None, threshold=1.5)
     with pytest.raises(ValueError, match="positions"):
         deita_filter(np.eye(2, dtype=np.float32), np.array([0, 5]), None)
+    raw = np.array([[1.0, 0.0], [3.0, 4.0]], dtype=np.float32)
+    for filt in (deita_filter, deita_filter_reference):
+        with pytest.raises(ValueError, match="L2-normalised.*row 1 has norm 5"):
+            filt(raw, np.array([0, 1]), None)
     with pytest.raises(ValueError, match="screen must be"):
         deita_filter(np.eye(2, dtype=np.float32), np.array([0, 1]), None, screen="gpu")
 

@@ -45,6 +45,18 @@ def _check(vectors: np.ndarray, order: np.ndarray, threshold: float) -> tuple[np
     return vectors, order
 
 
+def _require_unit(x: np.ndarray, positions: np.ndarray) -> None:
+    """Raise unless every row is L2-normalised: cosine = dot product, and the screens' error bounds assume it."""
+    sq = np.einsum("ij,ij->i", x, x)
+    dev = np.abs(sq - 1.0)
+    if dev.size and dev.max() > 1e-3:
+        i = int(np.argmax(dev))
+        raise ValueError(
+            f"vectors must be L2-normalised (cosine = dot product): row {int(positions[i])} has norm "
+            f"{float(np.sqrt(sq[i])):.4g}"
+        )
+
+
 def score_order(score: np.ndarray) -> np.ndarray:
     """Positions sorted by score, highest first; ties by position; non-finite scores are dropped."""
     score = np.asarray(score, dtype=np.float64)
@@ -244,6 +256,7 @@ def deita_filter(
             break
         cand = order[start : start + block]
         x = vectors[cand]
+        _require_unit(x, cand)
         sc.load(x)
         hit = np.zeros(cand.size, dtype=bool)
         if sc.n:  # against the rows kept in earlier blocks: the screen decides, float64 settles the rest
@@ -281,6 +294,8 @@ def deita_filter_reference(
         if len(kept) >= budget:
             break
         x = vectors[p]
+        if abs(float(x @ x) - 1.0) > 1e-3:
+            _require_unit(x[None], np.array([p]))  # raises, naming the row
         if kept:
             s = float((sel[: len(kept)] @ x).max())
             if s >= threshold + _EPS or (
