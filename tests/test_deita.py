@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from curate.select import PoolView, make_selector
-from curate.select.deita import _BF16_MARGIN, deita_filter, deita_filter_reference, score_order
+from curate.select.deita import bf16_margin, deita_filter, deita_filter_reference, score_order
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -76,26 +76,28 @@ def _pairs_near(threshold: float, n_pairs: int, d: int, seed: int) -> np.ndarray
     return np.concatenate([a, b])[rng.permutation(2 * n_pairs)]
 
 
+@pytest.mark.parametrize("d", [384, 2048])
 @pytest.mark.parametrize("screen", ["bf16", "fp32", "faiss"])
-def test_every_screen_decides_near_threshold_pairs_like_the_naive_loop(screen: str) -> None:
-    # 384-d rows at cosines inside the bf16 screen's margin: every such pair goes to the float64 recheck
-    v = _pairs_near(0.9, 600, 384, seed=3)
+def test_every_screen_decides_near_threshold_pairs_like_the_naive_loop(screen: str, d: int) -> None:
+    # rows at cosines inside the bf16 screen's margin: every such pair goes to the float64 recheck
+    n_pairs = 600 if d == 384 else 200
+    v = _pairs_near(0.9, n_pairs, d, seed=3)
     order = np.arange(len(v))
     kept = deita_filter(v, order, None, threshold=0.9, block=128, screen=screen)
     assert np.array_equal(kept, deita_filter_reference(v, order, None, threshold=0.9))
-    assert 600 < kept.size < 1200  # both outcomes happen: some partners kept, some dropped
+    assert n_pairs < kept.size < 2 * n_pairs  # both outcomes happen: some partners kept, some dropped
 
 
 def test_bf16_products_stay_inside_the_screen_margin() -> None:
     # the bf16 screen's exactness rests on |bf16 product - float64 product| < 0.0118 for unit rows (see
-    # _Bf16Screen); check it on the matmul torch actually runs here, on near-threshold and aligned rows
+    # bf16_margin); check it on the matmul torch actually runs here, on near-threshold and aligned rows
     import torch
 
     v = np.concatenate([_pairs_near(0.9, 500, 384, seed=4), _unit(np.ones((4, 384)) + np.eye(4, 384))])
     exact = v.astype(np.float64) @ v.T.astype(np.float64)
     vb = torch.from_numpy(v).bfloat16()
     screened = (vb @ vb.T).float().numpy()
-    assert np.abs(screened - exact).max() < 0.0118 < _BF16_MARGIN
+    assert np.abs(screened - exact).max() < 0.0118 < bf16_margin(384)
 
 
 def test_nan_scores_are_skipped_and_bad_input_raises() -> None:

@@ -11,7 +11,7 @@ broken by pool position.
 
 Exactness: a candidate conflicts with a kept row iff their cosine, computed in float64, is >= τ. The naive loop
 (`deita_filter_reference`) and every fast path take exactly those decisions: products are first computed by a
-cheaper "screen" whose error is bounded (float32: 1e-4; bf16: 0.0125), pairs farther than that from τ are
+cheaper "screen" whose error is bounded (`fp32_margin`, `bf16_margin`: 1.5e-4 and 0.0125 at d = 384), pairs farther than that from τ are
 decided by the screen, and only the rest are recomputed in float64.
 
 Scale: candidates are walked in blocks of 512. Each block is screened against the kept rows with one matrix
@@ -29,8 +29,17 @@ import numpy as np
 
 from curate.select.base import Budget, PoolView, Ranking, Selector, register_selector
 
-_EPS = 1e-4  # float32 products of unit vectors err by < 3e-5 at d = 384
-_BF16_MARGIN = 0.0125  # see _KeptRows
+
+def fp32_margin(d: int) -> float:
+    """Bound on |float32 product - float64 product| for rows of norm within 0.05% of 1: d * 2^-24 from the
+    float32 sums (any order), doubled, plus 1e-4 to spare (1.5e-4 at d = 384)."""
+    return 1e-4 + d * 2.0**-23
+
+
+def bf16_margin(d: int) -> float:
+    """The same bound for bf16 products: inputs rounded (2u + u^2, u = 2^-8), output rounded (u), float32
+    sums as above; 0.0118 + d * 6.1e-8 with the norms' slack, rounded up to 0.0125 + d * 2^-23."""
+    return 0.0125 + d * 2.0**-23
 
 
 def _check(vectors: np.ndarray, order: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -73,10 +82,11 @@ def _exact_conflict(x: np.ndarray, others: np.ndarray, threshold: float) -> bool
     """Whether any row of `others` has cosine >= threshold with `x`, deciding borderline pairs in float64."""
     if not others.size:
         return False
+    eps = fp32_margin(x.size)
     s32 = others @ x
-    if (s32 >= threshold + _EPS).any():
+    if (s32 >= threshold + eps).any():
         return True
-    near = others[s32 >= threshold - _EPS]
+    near = others[s32 >= threshold - eps]
     return bool(near.size and (_cos64(near, np.broadcast_to(x, near.shape)) >= threshold).any())
 
 
@@ -115,13 +125,13 @@ def bf16_screen_available() -> bool:
 class _Fp32Screen:
     """Accepted rows and the float32 (BLAS) products of a block against them and against itself.
 
-    Float32 products of unit vectors are within _EPS of float64, so only pairs within _EPS of the threshold
-    need the float64 recheck. Each block is `load`ed once, then screened, then its accepted rows `add`ed.
+    Float32 products of unit vectors are within `fp32_margin(d)` of float64, so only pairs that close to the
+    threshold need the float64 recheck. Each block is `load`ed once, then screened, then its accepted rows
+    `add`ed.
     """
 
-    margin = _EPS
-
     def __init__(self, capacity: int, d: int) -> None:
+        self.margin = fp32_margin(d)
         self.kept = np.empty((capacity, d), dtype=np.float32)
         self.n = 0
 
@@ -174,19 +184,18 @@ class _FaissScreen(_Fp32Screen):
 class _Bf16Screen(_Fp32Screen):
     """The same, with products in bf16 (fp32 accumulate; AMX where present), about 8x float32 BLAS here.
 
-    Error on unit vectors: at most 2u + u^2 (inputs rounded, u = 2^-8) + d * 2^-24 (fp32 sums) + u (output
-    rounded) < 0.0118, so pairs more than the margin 0.0125 from the threshold are decided by the screen and
-    only the rest are recomputed. Kept rows are padded to multiples of 2,048 so oneDNN reuses a few matmul
-    shapes instead of building one per block.
+    Pairs more than `bf16_margin(d)` (0.0125 at d = 384) from the threshold are decided by the screen and only
+    the rest are recomputed. Kept rows are padded to multiples of 2,048 so oneDNN reuses a few matmul shapes
+    instead of building one per block.
     """
 
-    margin = _BF16_MARGIN
     _PAD = 2048
 
     def __init__(self, capacity: int, d: int) -> None:
         import torch
 
         super().__init__(capacity, d)
+        self.margin = bf16_margin(d)
         self.torch = torch
         self.kept_bf = torch.zeros((-(-capacity // self._PAD) * self._PAD, d), dtype=torch.bfloat16)
 
@@ -241,7 +250,7 @@ def deita_filter(
     if screen not in _SCREENS:
         raise ValueError(f"screen must be 'auto' or one of {sorted(_SCREENS)}, got {screen!r}")
     budget = max(0, order.size if budget is None else int(budget))
-    if screen == "bf16" and threshold - _BF16_MARGIN <= 0:
+    if screen == "bf16" and threshold - bf16_margin(vectors.shape[1]) <= 0:
         screen = "fp32"  # row_max's int16 trick needs a positive lower bound; such thresholds are unusual
     sc = _SCREENS[screen](budget, vectors.shape[1])
     lo, hi = threshold - sc.margin, threshold + sc.margin
@@ -289,6 +298,7 @@ def deita_filter_reference(
     vectors, order = _check(vectors, order, threshold)
     budget = order.size if budget is None else int(budget)
     sel = np.empty((max(budget, 0), vectors.shape[1]), dtype=np.float32)
+    eps = fp32_margin(vectors.shape[1])
     kept: list[int] = []
     for p in order:
         if len(kept) >= budget:
@@ -298,8 +308,8 @@ def deita_filter_reference(
             _require_unit(x[None], np.array([p]))  # raises, naming the row
         if kept:
             s = float((sel[: len(kept)] @ x).max())
-            if s >= threshold + _EPS or (
-                s >= threshold - _EPS and _exact_conflict(x, sel[: len(kept)], threshold)
+            if s >= threshold + eps or (
+                s >= threshold - eps and _exact_conflict(x, sel[: len(kept)], threshold)
             ):
                 continue
         sel[len(kept)] = x
