@@ -13,3 +13,6 @@ for n in 10000 100000 1000000; do run bench/index_scale.py --n "$n"; done
 run bench/index_scale.py --n 20000 --steps apricot
 run bench/index_scale.py --n 100000 --steps umap_compare
 run bench/select_scale.py --n 1000000 --budget 10000 --graph
+POOL=${BIGBENCH_POOL:-/tmp/curate-bench/bigbench_pool}
+[ -d "$POOL" ] || run scripts/build_bigbench_pool.py "$POOL"
+run bench/deita_real.py --pool "$POOL"
