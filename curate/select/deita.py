@@ -22,6 +22,7 @@ order, which reproduces the sequential loop exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def _block_accept(x: np.ndarray, g: np.ndarray, threshold: float, margin: float)
     return keep
 
 
+@functools.cache
 def bf16_screen_available() -> bool:
     """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16), which makes the bf16 screen pay off."""
     try:
