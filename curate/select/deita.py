@@ -75,20 +75,9 @@ def score_order(score: np.ndarray) -> np.ndarray:
 
 
 def _cos64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosines of unit rows in float64: the one arithmetic that decides every borderline pair."""
+    """Row-wise cosines of unit rows `a` [k, d] with `b` ([k, d], or one row [d]) in float64: the one
+    arithmetic that decides every borderline pair."""
     return (a.astype(np.float64) * b.astype(np.float64)).sum(axis=1)
-
-
-def _exact_conflict(x: np.ndarray, others: np.ndarray, threshold: float) -> bool:
-    """Whether any row of `others` has cosine >= threshold with `x`, deciding borderline pairs in float64."""
-    if not others.size:
-        return False
-    eps = fp32_margin(x.size)
-    s32 = others @ x
-    if (s32 >= threshold + eps).any():
-        return True
-    near = others[s32 >= threshold - eps]
-    return bool(near.size and (_cos64(near, np.broadcast_to(x, near.shape)) >= threshold).any())
 
 
 def _block_accept(x: np.ndarray, g: np.ndarray, threshold: float, margin: float) -> np.ndarray:
@@ -110,7 +99,7 @@ def _block_accept(x: np.ndarray, g: np.ndarray, threshold: float, margin: float)
         if (g[j, prev] >= threshold + margin).any():
             keep[j] = False
         else:
-            keep[j] = not (_cos64(x[prev], np.broadcast_to(x[j], (prev.size, x.shape[1]))) >= threshold).any()
+            keep[j] = not (_cos64(x[prev], x[j]) >= threshold).any()
     return keep
 
 
@@ -309,9 +298,10 @@ def deita_filter_reference(
         if abs(float(x @ x) - 1.0) > 1e-3:
             _require_unit(x[None], np.array([p]))  # raises, naming the row
         if kept:
-            s = float((sel[: len(kept)] @ x).max())
-            if s >= threshold + eps or (
-                s >= threshold - eps and _exact_conflict(x, sel[: len(kept)], threshold)
+            s32 = sel[: len(kept)] @ x
+            top = float(s32.max())
+            if top >= threshold + eps or (
+                top >= threshold - eps and (_cos64(sel[: len(kept)][s32 >= threshold - eps], x) >= threshold).any()
             ):
                 continue
         sel[len(kept)] = x
