@@ -43,6 +43,23 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def iter_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) per non-blank line of a JSON-lines file. A missing file or a line that is not
+    JSON raises, naming `what`, the file and the line (for small inputs that must be whole, unlike the pool)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    with path.open() as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            yield i, value
+
+
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Save a numpy array atomically."""
     with atomic_path(path, suffix=".npy") as tmp:

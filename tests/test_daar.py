@@ -160,6 +160,12 @@ def test_selector_parameters_are_checked(tmp_path) -> None:
     bad.write_text('{"domain": "math", "text": "1+1"}\n{"text": "no domain"}\n')
     with pytest.raises(ValueError, match="seeds.jsonl:2"):
         read_seed_files([bad])
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"domain": "math", "text": "1+1"}\n\n{"domain": \n')
+    with pytest.raises(ValueError, match=r"broken.jsonl:3: not valid JSON"):
+        read_seed_files([broken])
+    with pytest.raises(FileNotFoundError, match="DaaR seed file .*missing.jsonl does not exist"):
+        read_seed_files([tmp_path / "missing.jsonl"])
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps({"domain": "code", "prompt": "p", "response": "r"}) + "\n")
     assert read_seed_files([good]) == (["code"], ["Instruction: p\nOutput: r"])

@@ -35,3 +35,16 @@ def test_relevance_signal_uses_run_encoder(tmp_path):
     got = load_signal(run, "relevance")
     np.testing.assert_allclose(got, expect, atol=1e-5)
     assert got[3] > got[8] and got[0] > got[8]  # sorting / arithmetic rows beat the cat-and-dog row
+
+
+def test_validation_file_errors_name_the_file_and_line(tmp_path):
+    from curate.signals.validation import read_validation
+
+    path = write_validation(tmp_path / "val.jsonl")
+    assert len(read_validation(path)) > 0
+    path.write_text(path.read_text() + '{"prompt": "q", \n')
+    n_lines = len(path.read_text().splitlines())
+    with pytest.raises(ValueError, match=rf"val.jsonl:{n_lines}: not valid JSON"):
+        read_validation(path)
+    with pytest.raises(FileNotFoundError, match="validation file .*nope.jsonl does not exist"):
+        read_validation(tmp_path / "nope.jsonl")

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from curate.select.base import Budget, PoolView, Ranking, Selector, register_selector
+from index.io import iter_jsonl
 
 TEMPLATE = "Instruction: {prompt}\nOutput: {response}"
 FEATURE_KINDS = ("truncated", "input_embeddings", "embeddings")
@@ -292,27 +293,17 @@ def read_seed_files(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list
     domains: list[str] = []
     texts: list[str] = []
     for path in paths:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"DaaR seed file {path} does not exist")
-        with path.open() as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or not obj.get("domain"):
-                    raise ValueError(f"{path}:{i}: a seed needs a non-empty 'domain'")
-                if "text" in obj:
-                    text = str(obj["text"])
-                elif "prompt" in obj or "response" in obj:
-                    text = row_texts([obj.get("prompt")], [obj.get("response")])[0]
-                else:
-                    raise ValueError(f"{path}:{i}: a seed needs 'text' or 'prompt'/'response'")
-                domains.append(str(obj["domain"]))
-                texts.append(text)
+        for i, obj in iter_jsonl(path, "DaaR seed file"):
+            if not isinstance(obj, dict) or not obj.get("domain"):
+                raise ValueError(f"{path}:{i}: a seed needs a non-empty 'domain'")
+            if "text" in obj:
+                text = str(obj["text"])
+            elif "prompt" in obj or "response" in obj:
+                text = row_texts([obj.get("prompt")], [obj.get("response")])[0]
+            else:
+                raise ValueError(f"{path}:{i}: a seed needs 'text' or 'prompt'/'response'")
+            domains.append(str(obj["domain"]))
+            texts.append(text)
     if not texts:
         raise ValueError(f"no seeds in {', '.join(map(str, paths))}")
     return domains, texts

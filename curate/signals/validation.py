@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from index.io import iter_jsonl
+
 _Q = ("prompt", "question", "inputs")
 _A = ("response", "output", "answer", "target", "targets", "completion", "chosen")
 
@@ -67,20 +69,11 @@ def read_validation(path: str | os.PathLike, n_val: int | None = None, seed: int
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"validation file {path} does not exist")
-    text = path.read_text()
     if path.suffix == ".json":
-        records = json.loads(text)
+        records = json.loads(path.read_text())
         items = [_record(r, f"{path} item {i}") for i, r in enumerate(records)]
     else:
-        items = []
-        for i, line in enumerate(text.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} line {i + 1}: not JSON ({exc})") from None
-            items.append(_record(rec, f"{path} line {i + 1}"))
+        items = [_record(rec, f"{path} line {i}") for i, rec in iter_jsonl(path, "validation file")]
     if not items:
         raise ValueError(f"validation file {path} holds no rows")
     if n_val is not None and len(items) > n_val:
