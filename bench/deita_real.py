@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from select_scale import timed
+from common import timed
 
 
 def sample_texts(pool: Path, n: int, seed: int) -> list[str]:

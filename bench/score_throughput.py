@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from common import timed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,14 +56,6 @@ def bare_loop(model, batches, pad_id):
                 out.append(-tok[b, s.n_prompt - 1 : len(s.ids) - 1].double().sum().item())
     return np.array(out)
 
-
-def timed(fn, repeats):
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, result
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+from common import timed
 
 
 def make_data(n: int, d: int, seed: int = 0) -> dict:
@@ -53,14 +53,6 @@ def make_data(n: int, d: int, seed: int = 0) -> dict:
     }
     return {"vectors": x, "coords": coords, "domains": domains, "signals": signals, "clusters": lab % 50}
 
-
-def timed(fn, repeats: int) -> tuple[float, list[float], object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), times, out
 
 
 def main() -> None:
