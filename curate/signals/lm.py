@@ -87,11 +87,34 @@ class LMScorer:
             self.path, dtype=getattr(torch, self.dtype), trust_remote_code=False, use_safetensors=True
         ).to(self.device)
         self.model.eval()
+        self._setup(max_length, batch_tokens, model_fingerprint(self.path, self.dtype))
+
+    @classmethod
+    def from_model(
+        cls,
+        model,
+        tokenizer,
+        *,
+        path: str | os.PathLike,
+        dtype: str,
+        device: str,
+        fingerprint: str,
+        max_length: int = 2048,
+        batch_tokens: int = 8192,
+    ) -> LMScorer:
+        """A scorer over a model already in memory (the training module's), with the same encoder."""
+        self = cls.__new__(cls)
+        self.path, self.device, self.dtype = Path(path), device, dtype
+        self.tokenizer, self.model = tokenizer, model
+        self._setup(max_length, batch_tokens, fingerprint)
+        return self
+
+    def _setup(self, max_length: int, batch_tokens: int, fingerprint: str) -> None:
         limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.max_length = int(min(max_length, limit))
         self.batch_tokens = int(batch_tokens)
         self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        self.fingerprint = model_fingerprint(self.path, self.dtype)
+        self.fingerprint = fingerprint
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0

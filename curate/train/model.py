@@ -1,0 +1,98 @@
+"""Loading the model to train (full or LoRA through peft) and saving what training made, atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from curate.models import model_fingerprint, resolve_model
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be trained from (no config, no safetensors weights)."""
+
+
+def check_model_dir(model: str | os.PathLike) -> Path:
+    """Resolve an alias or folder to a local HF causal-LM directory holding safetensors weights."""
+    try:
+        path = resolve_model(model)
+    except FileNotFoundError as exc:
+        raise ModelDirError(str(exc)) from None
+    if not any(path.glob("*.safetensors")):
+        raise ModelDirError(
+            f"{path} has no *.safetensors weights (pickle .bin checkpoints are not loaded): "
+            "convert it with `model.save_pretrained(dir, safe_serialization=True)`"
+        )
+    return path
+
+
+def load_for_training(path: Path, *, lora: dict | None):
+    """(model, tokenizer, fingerprint) in float32 weights (bf16 runs under autocast); LoRA-wrapped if asked."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+    )
+    model.config.use_cache = False
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=int(lora["r"]),
+                lora_alpha=float(lora["alpha"]),
+                lora_dropout=float(lora["dropout"]),
+                target_modules=lora["targets"],
+                task_type="CAUSAL_LM",
+            ),
+        )
+    return model, tok, model_fingerprint(path, "float32")
+
+
+def unwrap(model):
+    """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def save_model_dir(model, tokenizer, final: Path, *, merge: bool) -> Path:
+    """Write a full model directory (merging LoRA weights when `merge`) or a LoRA adapter folder.
+
+    Built in a temporary sibling and renamed into place, so `final` is either absent or complete.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        if merge and hasattr(model, "merge_and_unload"):
+            import copy
+
+            full = copy.deepcopy(model).merge_and_unload()
+            full.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return final
+
+
+def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Merge a saved LoRA adapter folder into its base model; write a full model directory `out`."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").exists():
+        raise ModelDirError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
+    return save_model_dir(model, AutoTokenizer.from_pretrained(adapter), Path(out), merge=True)

@@ -1,0 +1,429 @@
+"""The `train` stage: fine-tune a local causal LM on a selection (SFT or DPO), evaluate per domain, save.
+
+    <out>/config.json          every parameter, the data and model fingerprints (the stage's key)
+    <out>/train_ids.parquet    id, domain, weight of the training rows
+    <out>/heldout_ids.parquet  id, domain of the held-out rows (a seeded split of the pool, or a file's)
+    <out>/log.jsonl            training loss (overall and per domain) every `log_every` steps; evaluations
+    <out>/checkpoints/         Trainer checkpoints (safetensors), each marked COMPLETE when whole
+    <out>/model/               the trained model (full fine-tuning, or LoRA merged with `merge`)
+    <out>/adapter/             the LoRA adapter (LoRA runs)
+    <out>/metrics.json         held-out NLL per domain, macro and micro; tokens/s; peak memory
+
+`<out>` is `<run>/train/<name>/` for a run, or `out`. A finished run with the same key is not redone; a killed
+one resumes from its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curate.run import RunDir
+from curate.signals.lm import default_device, resolve_dtype
+from curate.train import data as tdata
+from index.io import read_json, write_json
+
+OBJECTIVES = ("auto", "sft", "dpo")
+
+
+@dataclass
+class TrainResult:
+    """Where a training run wrote its artefacts, and its final metrics."""
+
+    out: Path
+    metrics: dict[str, Any]
+
+    @property
+    def model_dir(self) -> Path | None:
+        return self.out / "model" if (self.out / "model").exists() else None
+
+    def summary(self) -> str:
+        h = self.metrics.get("heldout") or {}
+        macro = f"held-out NLL macro {h['macro']:.4f}" if "macro" in h else "no held-out rows"
+        return f"trained {self.metrics['steps']} steps on {self.metrics['n_rows']} rows, {macro}: {self.out}"
+
+
+def _objective(rows: tdata.TrainRows, objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    kinds = rows.kinds
+    if len(kinds) > 1:
+        raise tdata.TrainDataError(f"{rows.source}: mixes SFT and preference rows; train them separately")
+    kind = kinds.pop()
+    if objective == "auto":
+        return "dpo" if kind == "preference" else "sft"
+    if objective == "sft" and kind == "preference":
+        raise tdata.TrainDataError(
+            f"{rows.source}: preference rows in an SFT run; use objective 'dpo' (or 'auto')"
+        )
+    if objective == "dpo" and kind != "preference":
+        raise tdata.TrainDataError(f"{rows.source}: SFT rows in a DPO run; DPO needs prompt/chosen/rejected rows")
+    return objective
+
+
+def _data_key(rows: tdata.TrainRows) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for i, w in zip(rows.frame["id"].to_list(), rows.frame["weight"].to_list(), strict=True):
+        h.update(f"{i}:{w!r};".encode())
+    return h.hexdigest()
+
+
+def train(
+    run: RunDir | str | os.PathLike | None = None,
+    selection: str | None = None,
+    *,
+    data: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    model: str = "smollm2",
+    name: str | None = None,
+    out: str | os.PathLike | None = None,
+    objective: str = "auto",
+    lora: bool = False,
+    lora_r: int = 16,
+    lora_alpha: float = 32.0,
+    lora_dropout: float = 0.0,
+    lora_targets: str | list[str] = "all-linear",
+    merge: bool = False,
+    epochs: float = 1.0,
+    max_steps: int = -1,
+    lr: float | None = None,
+    schedule: str = "cosine",
+    warmup: float = 0.05,
+    batch_tokens: int = 4096,
+    grad_accum: int = 1,
+    max_grad_norm: float = 1.0,
+    weight_decay: float = 0.0,
+    max_length: int = 1024,
+    dtype: str = "auto",
+    device: str | None = None,
+    beta: float = 0.1,
+    mixture: str | None = None,
+    heldout: str | os.PathLike | None = None,
+    heldout_split: int | float | None = None,
+    eval_every: int = 0,
+    log_every: int = 10,
+    save_every: int = 50,
+    keep_checkpoints: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    callbacks: Sequence[Any] = (),
+    mixture_hook: Callable[[int, dict[str, float]], Any] | None = None,
+) -> TrainResult:
+    """Fine-tune `model` on a run's `selection` (or on `data` files), SFT or DPO, full or LoRA.
+
+    Per-row weights follow the convention of `curate.train.loss`. `mixture` names `<run>/mixtures/<name>.json`
+    (or a path): rows are then drawn by its domain proportions (with the importance correction when the file
+    has `objective` weights), and `mixture_hook(step, domain_losses)` may return new proportions during
+    training. Held-out rows come from `heldout` (a file) or a seeded `heldout_split` of the pool (rows or a
+    fraction); they are evaluated every `eval_every` steps and at the end.
+    """
+    rd = RunDir(run) if run is not None else None
+    if (selection is None) == (data is None):
+        raise ValueError("give either a run and a selection, or `data` files (an export folder or a file)")
+    if selection is not None and rd is None:
+        raise ValueError("a selection needs its run directory (--run)")
+    rows = tdata.from_selection(rd, selection) if selection is not None else tdata.from_files(data)
+    objective = _objective(rows, objective)
+    name = name or selection or "data"
+    if out is None:
+        if rd is None:
+            raise ValueError("training on files without a run directory needs `out` (the output folder)")
+        out = rd.root / "train" / name
+    out = Path(out)
+
+    held = None
+    if heldout is not None:
+        held = tdata.from_files(heldout)
+    elif heldout_split:
+        if rd is None:
+            raise ValueError("heldout_split draws from a run's pool: give --run (or a held-out file)")
+        held = tdata.heldout_split(rd, rows.frame["id"].to_list(), heldout_split, seed)
+    if held is not None:
+        tdata.check_disjoint(rows, held)
+        held = tdata.TrainRows(held.frame.filter(pl.col("kind") == "sft") if objective == "sft" else held.frame,
+                               held.source)
+
+    from curate.train.model import check_model_dir
+
+    model_path = check_model_dir(model)
+    device = device or default_device()
+    dtype = resolve_dtype(dtype, device)
+    params = {
+        "model": str(model_path), "objective": objective, "lora": lora, "lora_r": lora_r,
+        "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "lora_targets": lora_targets,
+        "epochs": epochs, "max_steps": max_steps, "lr": lr, "schedule": schedule, "warmup": warmup,
+        "batch_tokens": batch_tokens, "grad_accum": grad_accum, "max_grad_norm": max_grad_norm,
+        "weight_decay": weight_decay, "max_length": max_length, "dtype": dtype, "beta": beta,
+        "mixture": mixture, "seed": seed, "merge": merge,
+    }  # fmt: skip
+    key = {
+        "params": params,
+        "data": _data_key(rows),
+        "heldout": _data_key(held) if held is not None else None,
+    }
+    ctx = rd.lock(f"train-{name}") if rd is not None else _null()
+    with ctx:
+        done = _finished(out, key)
+        if done is not None:
+            return done
+        return _train(
+            out=out, key=key, rows=rows, held=held, rd=rd, model_path=model_path, objective=objective,
+            lora=lora, merge=merge, params=params, device=device, dtype=dtype, lr=lr,
+            eval_every=eval_every, log_every=log_every, save_every=save_every,
+            keep_checkpoints=keep_checkpoints, progress=progress, callbacks=callbacks,
+            mixture_hook=mixture_hook,
+        )  # fmt: skip
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _finished(out: Path, key: dict) -> TrainResult | None:
+    """The stored result when `out` holds a finished run of the same key; an error when it holds another."""
+    cfg = out / "config.json"
+    if not cfg.exists():
+        return None
+    stored = read_json(cfg).get("key")
+    if stored != _jsonable(key):
+        raise ValueError(
+            f"{out} holds a training run with other data or parameters; choose another --name or delete it"
+        )
+    if (out / "metrics.json").exists():
+        return TrainResult(out, read_json(out / "metrics.json"))
+    return None
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _domain_codes(names: list[str], rows: tdata.TrainRows) -> np.ndarray:
+    lookup = {n: i for i, n in enumerate(names)}
+    return np.array([lookup[d] for d in rows.domains()], dtype=np.int64)
+
+
+def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, params, device, dtype, lr,
+           eval_every, log_every, save_every, keep_checkpoints, progress, callbacks, mixture_hook) -> TrainResult:
+    import torch
+    from transformers import TrainingArguments, set_seed
+
+    from curate.signals.lm import LMScorer, _split_head
+    from curate.train.model import load_for_training, save_model_dir, unwrap
+    from curate.train.sampler import MixtureBatchSampler, TokenBudgetBatchSampler
+    from curate.train.trainer import (
+        SAMPLER_STATE,
+        Collator,
+        CurateTrainer,
+        EncodedRows,
+        StepHooks,
+        append_jsonl,
+        last_complete_checkpoint,
+    )  # fmt: skip
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {"key": _jsonable(key), "source": rows.source,
+                                     "heldout_source": held.source if held is not None else None})
+    rows.frame.select("id", "domain", "weight").write_parquet(out / "train_ids.parquet")
+    if held is not None:
+        held.frame.select("id", "domain").write_parquet(out / "heldout_ids.parquet")
+
+    set_seed(int(params["seed"]))
+    lora_cfg = None
+    if lora:
+        lora_cfg = {"r": params["lora_r"], "alpha": params["lora_alpha"], "dropout": params["lora_dropout"],
+                    "targets": params["lora_targets"]}
+    net, tok, fingerprint = load_for_training(model_path, lora=lora_cfg)
+    net.to(device)
+    base = unwrap(net)
+    scorer = LMScorer.from_model(base, tok, path=model_path, dtype="float32", device=device,
+                                 fingerprint=fingerprint, max_length=params["max_length"],
+                                 batch_tokens=params["batch_tokens"])
+    preference = objective == "dpo"
+    feats = tdata.encode_rows(scorer, rows, preference=preference)
+    names = sorted(set(rows.domains()) | (set(held.domains()) if held is not None else set()))
+    codes = _domain_codes(names, rows)
+    ref = _reference_logps(scorer, rows, feats, rd, out, fingerprint, params) if preference else None
+    held_seqs = _held_sequences(scorer, held) if held is not None else None
+
+    if params["mixture"]:
+        from curate.train.sampler import load_mixture
+
+        mix_path = Path(params["mixture"])
+        if not mix_path.suffix and rd is not None:
+            mix_path = rd.mixture_path(params["mixture"])
+        mix = load_mixture(mix_path)
+        unknown = set(mix["weights"]) - set(names)
+        if unknown:
+            raise ValueError(f"mixture {mix_path} names domains with no training rows: {sorted(unknown)}")
+        sampler = MixtureBatchSampler(
+            feats.lengths, codes, [mix["weights"].get(n, 0.0) for n in names], params["batch_tokens"],
+            seed=params["seed"], domain_names=names,
+            objective=[mix["objective"].get(n, 0.0) for n in names] if mix["objective"] else None,
+        )
+    else:
+        sampler = TokenBudgetBatchSampler(feats.lengths, params["batch_tokens"], seed=params["seed"])
+
+    bf16 = dtype == "bfloat16"
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=int(params["grad_accum"]),
+        learning_rate=float(lr if lr is not None else (2e-4 if lora else 2e-5)),
+        num_train_epochs=float(params["epochs"]),
+        max_steps=int(params["max_steps"]),
+        lr_scheduler_type=params["schedule"],
+        warmup_steps=float(params["warmup"]),
+        max_grad_norm=float(params["max_grad_norm"]),
+        weight_decay=float(params["weight_decay"]),
+        logging_steps=max(1, int(log_every)),
+        save_strategy="steps",
+        save_steps=max(1, int(save_every)),
+        save_total_limit=2,
+        seed=int(params["seed"]),
+        data_seed=int(params["seed"]),
+        bf16=bf16,
+        use_cpu=device == "cpu",
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+    )
+    trainer = CurateTrainer(
+        model=net, args=args, train_dataset=EncodedRows(feats, rows.frame["weight"].to_numpy(), codes, ref),
+        data_collator=Collator(scorer.pad_id), batch_sampler=sampler, objective=objective,
+        domain_names=names, log_path=out / "log.jsonl", beta=params["beta"],
+        split=_split_head(base), callbacks=list(callbacks),
+    )  # fmt: skip
+    evaluate, done_evals = None, {}
+    if held_seqs is not None:
+        def evaluate(step: int) -> dict:
+            if step not in done_evals:
+                done_evals[step] = _evaluate(scorer, held_seqs, held.domains())
+                if trainer.is_world_process_zero():
+                    append_jsonl(out / "log.jsonl", {"step": step, "eval": done_evals[step]})
+            return done_evals[step]
+    trainer.add_callback(StepHooks(trainer, mixture_hook=mixture_hook, evaluate=evaluate, eval_every=eval_every))
+
+    resume = last_complete_checkpoint(out / "checkpoints")
+    if resume is not None and (resume / SAMPLER_STATE).exists():
+        sampler.load_state_dict(read_json(resume / SAMPLER_STATE))
+    t0 = time.perf_counter()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    state = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    wall = time.perf_counter() - t0
+
+    if not trainer.is_world_process_zero():
+        return TrainResult(out, {})
+    final = evaluate(trainer.state.global_step) if evaluate is not None else None
+    if lora:
+        save_model_dir(net, tok, out / "adapter", merge=False)
+    if merge or not lora:
+        save_model_dir(net, tok, out / "model", merge=True)
+    metrics = {
+        "objective": objective,
+        "n_rows": rows.frame.height,
+        "steps": int(trainer.state.global_step),
+        "train_loss": float(state.training_loss),
+        "train_tokens": int(trainer.tokens_seen),
+        "tokens_per_s": float(trainer.tokens_seen / max(wall, 1e-9)) if resume is None else None,
+        "wall_s": wall,
+        "resumed_from": resume.name if resume is not None else None,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "domains": names,
+        "heldout": final,
+        "device": device,
+        "dtype": dtype,
+    }
+    write_json(out / "metrics.json", metrics)
+    if not keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return TrainResult(out, metrics)
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _held_sequences(scorer, held: tdata.TrainRows) -> list:
+    """Held-out rows encoded once, with the scorer's encoder (as the training rows)."""
+    ids = held.frame["id"].to_list()
+    return [scorer.encode(m, where=f"{held.source}: row {i} (id {ids[i]})") for i, m in enumerate(held.messages())]
+
+
+def _evaluate(scorer, seqs: list, domains: list[str]) -> dict[str, Any]:
+    """Response NLL per token on held-out rows: per domain (token-weighted), macro over domains, micro."""
+    model = scorer.model
+    was_training = model.training
+    model.eval()
+    try:
+        sums, counts = scorer.nll(seqs)
+    finally:
+        model.train(was_training)
+    dom = np.asarray(domains)
+    per = {}
+    for d in sorted(set(domains)):
+        m = dom == d
+        per[d] = float(sums[m].sum() / max(counts[m].sum(), 1))
+    return {
+        "per_domain": per,
+        "macro": float(np.mean(list(per.values()))),
+        "micro": float(sums.sum() / max(counts.sum(), 1)),
+        "n_rows": len(seqs),
+        "n_tokens": int(counts.sum()),
+    }
+
+
+def _reference_logps(scorer, rows, feats, rd, out, fingerprint, params) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-probs of chosen and rejected responses under the reference (initial) model, computed once
+    per (model, max_length) and cached: `<run>/train/_ref_logps/<key>.parquet` (or `<out>/` without a run)."""
+    from curate.signals.lm import Encoded
+
+    folder = (rd.root / "train" / "_ref_logps") if rd is not None else out
+    path = folder / f"{fingerprint}-{params['max_length']}.parquet"
+    ids = rows.frame["id"].to_list()
+    cache = pl.read_parquet(path) if path.exists() else pl.DataFrame(
+        schema={"id": pl.String, "chosen": pl.Float64, "rejected": pl.Float64}
+    )
+    have = dict(zip(cache["id"].to_list(), zip(cache["chosen"].to_list(), cache["rejected"].to_list(),
+                                                strict=True), strict=True))
+    todo = [i for i, x in enumerate(ids) if x not in have]
+    if todo:
+        model = scorer.model
+        model.eval()
+        seqs = [Encoded(feats.ids[i], int(feats.n_prompt[i])) for i in todo]
+        rej = [Encoded(feats.rejected_ids[i], int(feats.rejected_n_prompt[i])) for i in todo]
+        c_sum, _ = scorer.nll(seqs)
+        r_sum, _ = scorer.nll(rej)
+        model.train()
+        new = pl.DataFrame({"id": [ids[i] for i in todo], "chosen": -c_sum, "rejected": -r_sum})
+        cache = pl.concat([cache, new])
+        from index.io import atomic_path
+
+        with atomic_path(path, suffix=".parquet") as tmp:
+            cache.write_parquet(tmp)
+        have.update({ids[i]: (float(-c_sum[k]), float(-r_sum[k])) for k, i in enumerate(todo)})
+    chosen = np.array([have[x][0] for x in ids], dtype=np.float64)
+    rejected = np.array([have[x][1] for x in ids], dtype=np.float64)
+    return chosen, rejected
+
