@@ -42,7 +42,7 @@ def _call(stage: str, run: Path, **kwargs: Any) -> Any:
 
     params = {k: v for k, v in kwargs.items() if v is not None}
     try:
-        return call_stage(stage, RunDir(run), params)
+        return call_stage(stage, RunDir(run) if run is not None else None, params)
     except (RecipeError, FileNotFoundError, KeyError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -140,6 +140,69 @@ def export(
     """Export a selection as a weighted training subset with manifest.json."""
     out = _call("export", run, selection=selection, layout=layout, formats=tuple(fmt) if fmt else None)
     console.print(f"exported: {out}")
+
+
+@app.command()
+def train(
+    run: Path = typer.Option(None, "--run", "-r", help="Run directory holding the selection (and the pool)."),
+    selection: str = typer.Option(None, "--selection", "-s", help="Selection to train on."),
+    data: list[str] = typer.Option(None, "--data", help="Or: an export folder or files in an export layout."),
+    model: str = typer.Option(None, help="Causal LM directory or alias (default smollm2)."),
+    name: str = typer.Option(None, help="Name of the training run (default: the selection)."),
+    out: Path = typer.Option(None, help="Output folder (default <run>/train/<name>)."),
+    objective: str = typer.Option(None, help="auto (from the rows), sft or dpo."),
+    lora: bool = typer.Option(None, "--lora/--full", help="LoRA adapters (peft) or full fine-tuning."),
+    merge: bool = typer.Option(None, help="Also write LoRA merged into a full model directory (model/)."),
+    epochs: float = typer.Option(None),
+    max_steps: int = typer.Option(None, help="Optimiser steps (overrides epochs)."),
+    lr: float = typer.Option(None, help="Peak learning rate (default 2e-4 LoRA, 2e-5 full)."),
+    batch_tokens: int = typer.Option(None, help="Padded tokens per micro-batch (length-grouped)."),
+    grad_accum: int = typer.Option(None, help="Micro-batches per optimiser step."),
+    dtype: str = typer.Option(None, help="auto (bf16 on GPU, float32 on CPU), float32 or bfloat16 (autocast)."),
+    mixture: str = typer.Option(None, help="Sample by the domain proportions of mixtures/<NAME>.json (or a path)."),
+    heldout: Path = typer.Option(None, help="Held-out rows (a file with a domain column)."),
+    heldout_split: float = typer.Option(None, help="Or: held-out rows drawn from the pool (count, or fraction < 1)."),
+    eval_every: int = typer.Option(None, help="Evaluate held-out rows every N steps (and at the end)."),
+    reference: int = typer.Option(None, help="Train ILA's reference model on N balanced-random pool rows."),
+    seed: int = typer.Option(None),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Other train() parameters KEY=VALUE."),
+) -> None:
+    """Fine-tune a causal LM on a selection (SFT or DPO, per-row weights), report held-out NLL per domain."""
+    if heldout_split is not None and heldout_split >= 1:
+        heldout_split = int(heldout_split)
+    opts = dict(model=model, name=name, out=out, objective=objective, lora=lora, merge=merge, epochs=epochs,
+                max_steps=max_steps, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum, dtype=dtype,
+                mixture=mixture, heldout=heldout, heldout_split=heldout_split, eval_every=eval_every, seed=seed,
+                **_parse_params(param))
+    if reference is not None:
+        if run is None:
+            raise typer.BadParameter("--reference needs --run")
+        opts.pop("merge")
+        res = _call("reference", run, n=reference, **{k: v for k, v in opts.items() if k not in ("name", "out")})
+        console.print(res.summary())
+        console.print(f"reference model: {res.out / 'model'}  (use it as --ref-model for depth)")
+        return
+    res = _call("train", run, selection=selection, data=data or None, **opts)
+    console.print(res.summary())
+    h = res.metrics.get("heldout")
+    if h:
+        for dom, v in h["per_domain"].items():
+            console.print(f"  {dom:<32} {v:.4f}", markup=False)
+
+
+@app.command()
+def merge(
+    adapter: Path = typer.Argument(..., help="A LoRA adapter folder written by `curate train --lora`."),
+    out: Path = typer.Argument(..., help="Where to write the merged full model directory."),
+) -> None:
+    """Merge a LoRA adapter into its base model: a full model directory `curate score --model` loads."""
+    from curate.train.model import ModelDirError, merge_adapter
+
+    try:
+        console.print(f"merged model: {merge_adapter(adapter, out)}")
+    except ModelDirError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -38,6 +38,8 @@ STAGES: dict[str, str] = {
     "select": "curate.select:select",
     "export": "curate.export:export",
     "compare": "curate.compare:compare",
+    "train": "curate.train:train",
+    "reference": "curate.train.reference:train_reference",
 }
 
 

@@ -11,6 +11,8 @@
     <run>/selections/<name>.parquet   id, weight, rank, reason (+ <name>.json with method and params)
     <run>/mixtures/<name>.json        domain weights per round
     <run>/export/                     the exported subset and manifest.json
+    <run>/train/<name>/               training runs (curate.train): config, logs, metrics, model
+    <run>/reference.json              ILA's reference model: its folder and the selection it was trained on
 """
 
 from __future__ import annotations
@@ -123,6 +125,25 @@ class RunDir:
     @property
     def export_dir(self) -> Path:
         return self.root / "export"
+
+    def train_dir(self, name: str) -> Path:
+        return self.root / "train" / name
+
+    @property
+    def reference_path(self) -> Path:
+        return self.root / "reference.json"
+
+    def reference_ids(self) -> set[str] | None:
+        """Ids of the rows ILA's reference model was trained on (None when the run has no reference)."""
+        if not self.reference_path.exists():
+            return None
+        import json
+
+        ref = json.loads(self.reference_path.read_text())
+        path = self.selection_path(ref["selection"])
+        if not path.exists():
+            raise FileNotFoundError(f"{self.reference_path} names selection {ref['selection']!r}, but {path} is missing")
+        return set(pl.read_parquet(path, columns=["id"])["id"].to_list())
 
     # readers ----------------------------------------------------------------------------------
     def require(self, path: Path, stage: str) -> Path:

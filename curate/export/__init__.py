@@ -160,4 +160,19 @@ def _manifest(
         "fingerprints": fingerprints(run),
         "packages": package_versions(),
         "coverage": coverage(run, order),
+        "reference": _reference(run, rows),
+    }
+
+
+def _reference(run: RunDir, rows: pl.DataFrame) -> dict[str, Any] | None:
+    """ILA's reference rows (trained on by the reference model): how many, and how many were exported."""
+    ids = run.reference_ids()
+    if ids is None:
+        return None
+    ref = read_json(run.reference_path)
+    return {
+        "selection": ref["selection"],
+        "model": ref.get("model"),
+        "n_rows": len(ids),
+        "exported_reference_rows": int(rows["id"].is_in(list(ids)).sum()),
     }

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 from curate.run import RunDir
 
 # importing the selector modules registers them in SELECTORS
@@ -55,20 +57,34 @@ def select(
     *,
     seed: int = 0,
     name: str | None = None,
+    exclude_reference: bool = True,
     **params: Any,
 ) -> Selection:
     """Run selector `method` on the pool of `run` within `budget`; save and return the selection.
 
     `budget`: a `Budget`, a row count, a fraction, or a string ("1000", "20%", "50000tok").
     The selection is saved as selections/<name>.parquet (+ .json); `name` defaults to `method`.
+    With `exclude_reference` (default), the rows ILA's reference model was trained on (`reference.json`,
+    written by `curate train --reference`) cannot be selected: their depth is measured on training data.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     selector = make_selector(method, **params)
     view = PoolView.from_run(run)
-    selection = selector.select(view, Budget.parse(budget), seed=seed)
+    exclude = reference_positions(run, view.ids) if exclude_reference else None
+    selection = selector.select(view, Budget.parse(budget), seed=seed, exclude=exclude)
+    if exclude is not None:
+        selection.stats["excluded_reference_rows"] = int(len(exclude))
     selection.stats.update(_coverage_stats(run, selection))
     selection.save(run, name or method)
     return selection
+
+
+def reference_positions(run: RunDir, ids) -> np.ndarray | None:
+    """Pool positions of the rows the run's ILA reference model was trained on (None without one)."""
+    ref = run.reference_ids()
+    if ref is None:
+        return None
+    return np.flatnonzero(np.isin(np.asarray(ids), np.asarray(list(ref))))
 
 
 def load_selection(run: RunDir | str | os.PathLike, name: str) -> Selection:

@@ -532,18 +532,42 @@ class Selector:
         """Return at least `k` pool positions (when available) in the order this method picks them."""
         raise TypeError(f"{type(self).__name__} must implement rank(view, k, *, seed, budget)")
 
-    def select(self, view: PoolView, budget: Budget | int | float | str, seed: int = 0) -> Selection:
-        """Rank the pool and take rows within `budget`; the same inputs and seed give the same selection."""
+    def select(
+        self,
+        view: PoolView,
+        budget: Budget | int | float | str,
+        seed: int = 0,
+        exclude: np.ndarray | None = None,
+    ) -> Selection:
+        """Rank the pool and take rows within `budget`; the same inputs and seed give the same selection.
+
+        `exclude`: pool positions that may not be chosen (e.g. the rows a reference model was trained on);
+        the selector ranks k + len(exclude) rows and those positions are dropped from its ranking.
+        """
         budget = Budget.parse(budget)
         n = view.n
         tokens = view.tokens() if budget.kind == "tokens" else None
         k = budget.resolve(n, tokens)
-        ranking = self.rank(view, k, seed=int(seed), budget=budget)
+        excluded = np.zeros(n, dtype=bool)
+        if exclude is not None and len(exclude):
+            excluded[np.asarray(exclude, dtype=np.int64)] = True
+        ranking = self.rank(view, min(n, k + int(excluded.sum())), seed=int(seed), budget=budget)
         pos = np.asarray(ranking.positions, dtype=np.int64).ravel()
         if pos.size and (pos.min() < 0 or pos.max() >= n):
             raise ValueError(f"{self.name}: ranked position out of range 0..{n - 1}")
         if np.unique(pos).size != pos.size:
             raise ValueError(f"{self.name}: ranking repeats a position")
+        if excluded.any():
+            keep = ~excluded[pos]
+            ranking = Ranking(
+                positions=pos[keep],
+                weights=None if ranking.weights is None else np.asarray(ranking.weights)[keep],
+                reasons=ranking.reasons if isinstance(ranking.reasons, str)
+                else [r for r, ok in zip(ranking.reasons, keep, strict=True) if ok],
+                stats={**ranking.stats, "excluded_rows": int(excluded.sum())},
+            )
+            pos = ranking.positions
+            n = int((~excluded).sum())
         if pos.size < k and pos.size < n and budget.kind != "tokens":
             raise ValueError(f"{self.name}: ranked {pos.size} rows, the budget needs {k}")
         weights = (

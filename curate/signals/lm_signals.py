@@ -108,9 +108,27 @@ def _depth(ctx: ScoreContext) -> np.ndarray:
     number of distinct skill tags: from meta[tags_field] (a list or comma string; rows without the field
     count 1; if no row has it the multiplier is 1 everywhere) or from a stored signal `tags_signal`.
     """
+    check_depth_models(ctx)
     base = mean_nll(*lm_stats(ctx, "base_model", "cond"))
     ref = mean_nll(*lm_stats(ctx, "ref_model", "cond"))
     return (base - ref) * tag_counts(ctx)
+
+
+def check_depth_models(ctx: ScoreContext) -> None:
+    """Depth compares two models on the same text: they must differ, and render conversations alike."""
+    if ctx.fingerprint("base_model") == ctx.fingerprint("ref_model"):
+        raise ValueError(
+            f"depth needs two different models, but base_model and ref_model are the same weights "
+            f"({ctx.model_path('base_model')} and {ctx.model_path('ref_model')}); make a reference model "
+            "with `curate train --run RUN --reference N` and pass its model folder as --ref-model"
+        )
+    probe = [{"role": "user", "content": "2 + 2 ?"}, {"role": "assistant", "content": "4"}]
+    base, ref = ctx.scorer("base_model"), ctx.scorer("ref_model")
+    if base.render(probe, generation_prompt=False) != ref.render(probe, generation_prompt=False):
+        raise ValueError(
+            f"depth: {ctx.model_path('base_model')} and {ctx.model_path('ref_model')} format conversations "
+            "differently (chat templates differ), so their losses are not comparable"
+        )
 
 
 def group_labels(ctx: ScoreContext, group: str | None) -> list | None:

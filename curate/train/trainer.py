@@ -142,7 +142,7 @@ class CurateTrainer(Trainer):
         w = inputs["weight"]
         if self.objective == "dpo":
             B = w.shape[0]
-            losses = dpo_losses(-sums[:B], -sums[B:], -inputs["ref_chosen"], -inputs["ref_rejected"], self.beta)
+            losses = dpo_losses(-sums[:B], -sums[B:], inputs["ref_chosen"], inputs["ref_rejected"], self.beta)
             numerator = (w.to(losses.dtype) * losses).sum()
             local = w.sum()
             self._track(inputs["domain"], losses.detach(), torch.ones_like(losses))
