@@ -86,8 +86,9 @@ class MixtureBatchSampler:
     `num_batches` batches (default: as many as one pass over all rows takes).
 
     `set_proportions(q)` is the hook an online mixture optimiser (AMA-S, DoReMi) calls: the change is
-    recorded with the sampler's position and applies from the next megabatch; the record is part of
-    `state_dict()`, so a resumed run replays the same changes at the same places.
+    recorded with the sampler's position and applies from the next batch (the rest of the megabatch is
+    dropped and a new one drawn); the record is part of `state_dict()`, so a resumed run replays the same
+    changes at the same places.
 
     With `objective` weights w (per domain), each row's loss weight is multiplied by w_d / q_d: training on
     proportions q then estimates the loss of the w-weighted mixture (importance correction).
@@ -147,13 +148,13 @@ class MixtureBatchSampler:
         q = self._check(proportions)
         self.schedule.append((self.sampler.epoch, self._yielded, q.tolist()))
 
-    def proportions_at(self, epoch: int, position: int) -> np.ndarray:
-        """The proportions in force at batch `position` of `epoch` (the last recorded change at or before)."""
-        q = self.initial
+    def proportions_at(self, epoch: int, position: int) -> tuple[int, np.ndarray]:
+        """(number of changes applied, proportions) in force at batch `position` of `epoch`."""
+        q, k = self.initial, 0
         for e, b, p in self.schedule:
             if (e, b) <= (epoch, position):
-                q = np.asarray(p)
-        return q
+                q, k = np.asarray(p), k + 1
+        return k, q
 
     def __len__(self) -> int:
         return self.num_batches
@@ -165,7 +166,7 @@ class MixtureBatchSampler:
         cursor = [0] * len(self.members)
         self._yielded = 0
         while self._yielded < self.num_batches:
-            q = self.proportions_at(epoch, self._yielded)
+            version, q = self.proportions_at(epoch, self._yielded)
             factor = np.ones_like(q) if self.objective is None else np.divide(
                 self.objective, q, out=np.zeros_like(q), where=q > 0
             )
@@ -182,6 +183,8 @@ class MixtureBatchSampler:
             for b in rng.permutation(len(batches)):
                 if self._yielded >= self.num_batches:
                     return
+                if self.proportions_at(epoch, self._yielded)[0] != version:
+                    break  # proportions changed: drop the rest of this megabatch, draw with the new ones
                 self._yielded += 1
                 yield [(int(i), float(factor[self.domains[i]])) for i in batches[b]]
 
