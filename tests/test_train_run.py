@@ -193,3 +193,41 @@ def test_training_on_an_export_folder_uses_its_weights(tiny_lm, tmp_path):  # no
     assert got.frame["weight"].to_list() == [0.0, 1.0, 2.0, 3.0] and got.frame["id"].to_list() == rows["id"].to_list()
     res = train(data=folder, model=str(tiny_lm), out=tmp_path / "out", max_steps=2, **FAST)
     assert res.metrics["n_rows"] == 4 and (tmp_path / "out" / "model" / "model.safetensors").exists()
+
+
+def test_ila_reference_model_gives_real_depth_and_its_rows_are_not_selected(tiny_lm, tmp_path):  # noqa: F811
+    from curate.select import select
+    from curate.signals import load_signal, score
+    from curate.train.reference import train_reference
+
+    run = train_pool_run(tmp_path / "run", 32)
+    res = train_reference(run, 8, model=str(tiny_lm), max_steps=4, **FAST)
+    ref = json.loads((run / "reference.json").read_text())
+    ref_ids = set(pl.read_parquet(run / "selections" / "reference.parquet")["id"])
+    assert ref["model"] == str(res.out / "model") and ref["n_rows"] == len(ref_ids) == 8
+
+    score(run, ["depth"], base_model=str(tiny_lm), ref_model=ref["model"], dtype="float32")
+    depth = load_signal(run, "depth")
+    assert np.isfinite(depth).all() and np.abs(depth).max() > 0
+    with pytest.raises(ValueError, match="two different models"):
+        score(run, ["depth"], base_model=str(tiny_lm), ref_model=str(tiny_lm), dtype="float32")
+
+    sel = select(run, "random", 24, seed=0)
+    assert not set(sel.ids) & ref_ids and len(sel.ids) == 24 and sel.stats["excluded_reference_rows"] == 8
+    sel_all = select(run, "random", 24, seed=0, name="with_ref", exclude_reference=False)
+    assert set(sel_all.ids) & ref_ids
+
+
+def test_cli_train_prints_held_out_loss_per_domain(tiny_lm, tmp_path):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    run = train_pool_run(tmp_path / "run", 24)
+    args = ["train", "--run", str(run), "--selection", "sel", "--model", str(tiny_lm), "--max-steps", "2",
+            "--heldout-split", "6", "--batch-tokens", "128", "-p", "progress=false"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "held-out NLL macro" in result.output and "math" in result.output and "text" in result.output
+    bad = CliRunner().invoke(app, ["train", "--run", str(run), "--selection", "nope", "--model", str(tiny_lm)])
+    assert bad.exit_code == 2 and "nope" in bad.output and "Traceback" not in bad.output
