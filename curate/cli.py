@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from curate.errors import CurateError
 
 app = typer.Typer(
     add_completion=False,
@@ -20,6 +23,26 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 RunOpt = typer.Option(..., "--run", "-r", help="Run directory (created if missing).")
+
+# User errors: printed as one `error:` line, exit code 2 (tracebacks only with --debug). CurateError is the
+# root of the project's own; the built-in ones stay for errors raised by libraries on bad user input.
+USER_ERRORS: tuple[type[Exception], ...] = (CurateError, FileNotFoundError, KeyError, ValueError)
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks of errors.")) -> None:
+    """Curate LLM fine-tuning pools: ingest, embed, index, map, score, select, export."""
+    _DEBUG["on"] = debug
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    """Print a user error as one `error:` line (with its hint) and exit with code 2; re-raise under --debug."""
+    if _DEBUG["on"]:
+        raise exc
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    console.print(f"[red]error:[/red] {escape(text)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2) from None
 
 
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -43,9 +66,8 @@ def _call(stage: str, run: Path, **kwargs: Any) -> Any:
     params = {k: v for k, v in kwargs.items() if v is not None}
     try:
         return call_stage(stage, RunDir(run) if run is not None else None, params)
-    except (RecipeError, FileNotFoundError, KeyError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    except (RecipeError, *USER_ERRORS) as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -262,9 +284,8 @@ def run_cmd(
     try:
         rec = Recipe.load(recipe, run=run)
         results = run_recipe(rec, log=lambda s: console.print(f"[bold cyan]{s}[/bold cyan]"))
-    except (RecipeError, FileNotFoundError, KeyError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    except (RecipeError, *USER_ERRORS) as exc:
+        _fail(exc)
     console.print("\n[bold]done[/bold]")
     for name, result, seconds in results:
         console.print(f"  {name:<8} {seconds:7.1f} s  {_describe(name, result)}")

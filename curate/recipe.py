@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from curate.errors import CurateError
 from curate.run import RunDir
 
 # stage name -> "module:function"; imported lazily so a recipe pays only for the stages it uses.
@@ -43,7 +44,7 @@ STAGES: dict[str, str] = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(CurateError):
     """A recipe file that cannot be run as written."""
 
 

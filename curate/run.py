@@ -26,10 +26,12 @@ from typing import TypeVar
 
 import polars as pl
 
+from curate.errors import CurateError, MissingArtefactError
+
 F = TypeVar("F", bound=Callable)
 
 
-class RunBusyError(RuntimeError):
+class RunBusyError(CurateError, RuntimeError):
     """Another process is running the same stage on this run directory."""
 
 
@@ -75,7 +77,10 @@ class RunDir:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise error(f"{self.root}: another {stage} is writing this run directory") from None
+                raise error(
+                    f"{self.root}: another {stage} is writing this run directory",
+                    "wait for it to finish, or use another --run",
+                ) from None
             try:
                 yield
             finally:
@@ -149,7 +154,7 @@ class RunDir:
     def require(self, path: Path, stage: str) -> Path:
         """Return `path`, or raise a clear error saying which stage produces it."""
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `curate {stage}` on {self.root} first")
+            raise MissingArtefactError(f"{path} is missing: run `curate {stage}` on {self.root} first")
         return path
 
     def scan_pool(self) -> pl.LazyFrame:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from curate.errors import CurateError
 
-class IngestError(ValueError):
+
+class IngestError(CurateError):
     """An input that cannot be read at all (missing, unknown extension, corrupt, matching nothing)."""
 
 

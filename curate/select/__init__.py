@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from curate.errors import ParameterError
 from curate.run import RunDir
 
 # importing the selector modules registers them in SELECTORS
@@ -46,8 +47,10 @@ def make_selector(method: str, **params: Any) -> Selector:
     cls = SELECTORS.get(method)
     try:
         return cls(**params)
+    except ParameterError:
+        raise
     except TypeError as e:
-        raise TypeError(f"selector {method!r}: bad parameters {sorted(params)}: {e}") from None
+        raise ParameterError(f"selector {method!r}: bad parameters {sorted(params)}: {e}") from None
 
 
 def select(

@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
+from curate.errors import ParameterError
 from curate.registry import Registry
 from curate.run import RunDir
 from index.io import atomic_path, read_json, write_json
@@ -89,7 +90,7 @@ class Budget:
         if isinstance(spec, Budget):
             return spec
         if isinstance(spec, bool):
-            raise TypeError(f"not a budget: {spec!r}")
+            raise ParameterError(f"not a budget: {spec!r}", "give rows (1000), a fraction (20%) or tokens (50000tok)")
         if isinstance(spec, (int, np.integer)):
             return cls(rows=int(spec))
         if isinstance(spec, (float, np.floating)):
@@ -113,7 +114,9 @@ class Budget:
             if unit in ("tok", "tokens"):
                 return cls(tokens=int(num))
             return cls(rows=int(num))
-        raise TypeError(f"not a budget: {spec!r} ({type(spec).__name__})")
+        raise ParameterError(
+            f"not a budget: {spec!r} ({type(spec).__name__})", "give rows (1000), a fraction (20%) or tokens (50000tok)"
+        )
 
     def resolve(self, n: int, tokens: np.ndarray | None = None) -> int:
         """Rows to rank for a pool of `n` rows: exact for rows/fraction, an upper bound for tokens."""

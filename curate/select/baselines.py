@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate.errors import ParameterError
 from curate.select.base import TOKENS_SIGNAL, Budget, PoolView, Ranking, Selector, register_selector
 
 NO_DOMAIN = "(none)"
@@ -127,7 +128,9 @@ class TopSignalSelector(Selector):
 
     def __init__(self, signal: str = "", descending: bool = True) -> None:
         if not signal:
-            raise TypeError("top-signal needs signal=NAME (a stored signal)")
+            raise ParameterError(
+                "top-signal needs signal=NAME (a stored signal)", "e.g. `curate score --run RUN --signal mtld`, then `-p signal=mtld`"
+            )
         self.signal = signal
         self.descending = bool(descending)
 

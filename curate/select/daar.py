@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from curate.errors import ParameterError
 from curate.select.base import Budget, PoolView, Ranking, Selector, register_selector
 from index.io import iter_jsonl
 
@@ -715,7 +716,7 @@ class DaaRBandSelector(Selector):
         if metric not in ("inter", "intra"):
             raise ValueError(f"daar_band: metric must be 'inter' or 'intra', got {metric!r}")
         if descending is None:
-            raise TypeError(
+            raise ParameterError(
                 "daar_band needs descending=True or False (the sort direction is explicit; DaaR's code "
                 "sorts inter ascending and intra descending)"
             )

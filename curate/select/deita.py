@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.errors import ParameterError
 from curate.select.base import Budget, PoolView, Ranking, Selector, register_selector
 
 
@@ -342,7 +343,10 @@ class DeitaSelector(Selector):
     ) -> None:
         names = _names(signal)
         if not names:
-            raise TypeError("deita needs signal=NAME (or a comma-separated list, multiplied together)")
+            raise ParameterError(
+                "deita needs signal=NAME (a stored signal, or a comma-separated list multiplied together)",
+                "e.g. `curate score --run RUN --signal ifd --model smollm2`, then `-p signal=ifd`",
+            )
         if not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"deita: threshold is a cosine in [-1, 1], got {threshold}")
         if int(block) < 1:
