@@ -240,6 +240,35 @@ def compare(
 
 
 @app.command()
+def report(
+    run: Path = RunOpt,
+    out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default: RUN/report.html)."),
+    signal: str = typer.Option(None, help="Signal to colour the map by (default: ifd, else the first stored)."),
+    atlas: bool = typer.Option(False, "--atlas", help="Also write the Embedding Atlas parquet (RUN/atlas.parquet)."),
+) -> None:
+    """Write one self-contained HTML report of the run: pool, quarantine, map, signals, selections, mixtures."""
+    path = _call("report", run, out=out, signal=signal, atlas=atlas)
+    console.print(f"report: {path}")
+
+
+@app.command("export-map")
+def export_map_cmd(
+    run: Path = RunOpt,
+    out: Path = typer.Option(None, "--out", "-o", help="Parquet file to write (default: RUN/atlas.parquet)."),
+) -> None:
+    """Write the Embedding Atlas parquet: x, y, text, domain, cluster, signals, selection flags, neighbors."""
+    from curate.viz.atlas import export_map
+
+    try:
+        path = export_map(run, out)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"atlas: {path}")
+    console.print(f"open it with: embedding-atlas {path} --text text --x x --y y --neighbors neighbors")
+
+
+@app.command()
 def methods() -> None:
     """List the registered selectors and signals."""
     from curate.select import SELECTORS
@@ -298,6 +327,8 @@ def run_cmd(
     for out in exports:
         console.print(f"[green]subset:[/green]   {out}")
         console.print(f"[green]manifest:[/green] {Path(out) / 'manifest.json'}")
+    for out in [r for n, r, _ in results if n == "report"]:
+        console.print(f"[green]report:[/green]   {out}")
 
 
 def _describe(stage: str, result: Any) -> str:

@@ -39,6 +39,7 @@ STAGES: dict[str, str] = {
     "select": "curate.select:select",
     "export": "curate.export:export",
     "compare": "curate.compare:compare",
+    "report": "curate.report:write_report",
     "train": "curate.train:train",
     "reference": "curate.train.reference:train_reference",
 }

@@ -61,6 +61,6 @@ def domain_counts_plot(frame: pl.DataFrame, names: Sequence[str], *, ax: Any = N
     ax.invert_yaxis()
     ax.set_xlabel("% of rows")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set_title("rows per domain: the pool against each selection", fontsize=10)
     return fig
