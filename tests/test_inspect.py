@@ -44,18 +44,3 @@ def test_coverage_curves_follow_rank_order(tmp_path):
     assert curve["coverage"].to_list() == [0.25, 0.5, 1.0, 1.0]
     assert curve.schema["budget"] == pl.Int64
 
-
-def test_notebook_code_cells_compile_and_use_public_helpers():
-    """The inspection notebook parses and calls only helpers that exist."""
-    import json
-    from pathlib import Path
-
-    import curate.inspect as ins
-
-    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "inspect_run.ipynb").read_text())
-    sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-    for src in sources:
-        compile(src, "notebook", "exec")
-    text = "\n".join(sources)
-    for helper in ("pool_overview", "quarantine_reasons", "map_frame", "coverage_curves"):
-        assert helper in text and hasattr(ins, helper)
