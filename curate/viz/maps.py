@@ -137,7 +137,7 @@ def signal_distributions(
     rows = ["(all)", *groups]
     masks = [np.ones(frame.height, dtype=bool)] + [labels == g for g in groups]
     height = 0.9 + 0.22 * len(rows)
-    fig, axes = axes_grid(len(signals), ncols, (4.2, height), sharey=True)
+    fig, axes = axes_grid(len(signals), ncols, (4.6, height))
     for ax, name in zip(axes, signals, strict=True):
         vals = frame[name].cast(pl.Float64).to_numpy()
         data = [vals[m & ~np.isnan(vals)] for m in masks]
@@ -150,5 +150,5 @@ def signal_distributions(
         ax.set_title(name, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
         ax.tick_params(axis="x", labelsize=7)
-    axes[0].invert_yaxis()  # shared: "(all)" on top in every panel
+        ax.invert_yaxis()  # "(all)" on top
     return fig
