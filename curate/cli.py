@@ -58,6 +58,17 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
     return params
 
 
+def _parse_pairs(items: list[str] | None, option: str) -> dict[str, str]:
+    """Turn ['a=b', ...] into {'a': 'b'} (values kept as text), naming the option on a malformed item."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            _fail(CurateError(f"{option}: expected FROM=TO, got {item!r}"))
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _call(stage: str, run: Path, **kwargs: Any) -> Any:
     """Call a stage with the options the user gave (None means: the stage's default)."""
     from curate.recipe import RecipeError, call_stage
@@ -75,11 +86,17 @@ def ingest(
     inputs: list[str] = typer.Argument(..., help="Files, directories or globs (jsonl, json, parquet, csv)."),
     run: Path = RunOpt,
     map_: list[str] = typer.Option(None, "--map", help="Column mapping FIELD=COLUMN, e.g. prompt=question."),
+    records: str = typer.Option(None, help="Key path of the records in .json documents, e.g. data or data.train."),
+    layout: str = typer.Option(None, help="Force one layout (messages, sharegpt, alpaca, prompt_response, ...)."),
+    role_map: list[str] = typer.Option(None, "--role-map", help="Rename a role FROM=TO, e.g. usr=user (repeat)."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file."),
     chunk_rows: int = typer.Option(None, help="Rows read per chunk when streaming."),
 ) -> None:
     """Read a pool into the run directory: normalise layouts, hash ids, mark duplicates, quarantine bad rows."""
-    columns = {k: str(v) for k, v in _parse_params(map_).items()} or None
-    report = _call("ingest", run, inputs=inputs, columns=columns, chunk_rows=chunk_rows)
+    columns = {k: str(v) for k, v in _parse_pairs(map_, "--map").items()} or None
+    roles = _parse_pairs(role_map, "--role-map") or None
+    report = _call("ingest", run, inputs=inputs, columns=columns, records=records, layout=layout,
+                   role_map=roles, strict=strict or None, chunk_rows=chunk_rows)
     console.print(report.summary() if hasattr(report, "summary") else report)
 
 

@@ -194,10 +194,10 @@ def test_unreadable_inputs_are_clear_errors(tmp_path):
         ingest(tmp_path / "empty", run, progress=False)
     with pytest.raises(IngestError, match=r"\*.parquet: glob matches no"):
         ingest(str(tmp_path / "empty" / "*.parquet"), run, progress=False)
-    broken = tmp_path / "broken.json"
-    broken.write_text('[{"prompt": "a", "response": "b"},')
-    with pytest.raises(IngestError, match="broken.json: cannot parse JSON array"):
-        ingest(broken, run, progress=False)
+    notjson = tmp_path / "notjson.json"
+    notjson.write_text("hello")
+    with pytest.raises(IngestError, match="no input could be read: .*notjson.json: a .json file must hold"):
+        ingest(notjson, run, progress=False)
     assert issubclass(IngestError, ValueError)
     assert not (run / "pool").exists()  # nothing half-written
     assert not list(run.glob(".ingest-*"))
@@ -309,6 +309,7 @@ def test_duplicates_across_files_kept_once_and_ids_stable(tmp_path):
         "unique": 1,
         "duplicate": 1,
         "quarantined": 0,
+        "status": "ok",
     }
     # same content -> same ids in another run, other file order
     ingest([b, a], tmp_path / "run2", progress=False)
@@ -404,7 +405,7 @@ def test_failure_mid_ingest_keeps_previous_pool_and_no_temp_files(tmp_path):
     many = write_jsonl(tmp_path / "d" / "0.jsonl", [{"prompt": f"p{i}", "response": "r"} for i in range(50)])
     (tmp_path / "d" / "1.parquet").write_bytes(b"PAR1 corrupt")
     with pytest.raises(IngestError, match="1.parquet"):
-        ingest([many, tmp_path / "d" / "1.parquet"], run, shard_rows=10, progress=False)
+        ingest([many, tmp_path / "d" / "1.parquet"], run, shard_rows=10, strict=True, progress=False)
     after = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before
     assert sorted(p.name for p in run.iterdir() if p.name != ".ingest.lock") == [

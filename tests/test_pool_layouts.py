@@ -133,7 +133,7 @@ def test_message_list_stored_as_json_text():
     ("record", "expected"),
     [
         ({"a": 1, "b": 2}, "missing_fields: no known layout (keys: a, b)"),
-        ({"instruction": "x"}, "missing_fields: no known layout (keys: instruction)"),
+        ({"question": "x"}, "missing_fields: no known layout (keys: question)"),
         ({"instruction": "x", "output": 5}, "wrong_type: output is int"),
         ({"prompt": "x", "response": ["a"]}, "wrong_type: response is list"),
         ({"messages": "hello"}, "wrong_type: messages is str, expected a list of messages"),
@@ -142,7 +142,10 @@ def test_message_list_stored_as_json_text():
             {"messages": [U("q"), {"role": "assistant", "content": None}]},
             "wrong_type: messages[1].content is null",
         ),
-        ({"messages": [U("q"), U("again")]}, "missing_fields: messages ends with a user turn, not assistant"),
+        (
+            {"messages": [U("q"), A("a"), {"role": "tool", "content": "42"}]},
+            "missing_fields: messages ends with a tool turn, not assistant",
+        ),
         ({"messages": [A("a")]}, "empty_text: prompt"),
         ({"prompt": "  ", "response": "r"}, "empty_text: prompt"),
         ({"prompt": "p", "response": "\n"}, "empty_text: response"),

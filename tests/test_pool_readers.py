@@ -71,13 +71,21 @@ def test_csv_quoted_newlines_oversize_field_and_header_only(tmp_path):
 
 def test_json_that_is_neither_array_nor_lines(tmp_path):
     f = tmp_path / "obj.json"
-    f.write_text('{\n  "data": [1, 2]\n}\n')
-    with pytest.raises(IngestError, match="obj.json: a .json file must hold a JSON array"):
+    f.write_text('{\n  "data": [1, 2],\n  "meta": {}\n}\n')
+    with pytest.raises(IngestError, match=r"obj.json: holds one JSON object.*its keys: data, meta.*--records KEY"):
         list(iter_chunks(f, "json", 10, 1000))
+    s = tmp_path / "scalar.json"
+    s.write_text('"just text"')
+    with pytest.raises(IngestError, match="scalar.json: a .json file must hold a JSON array"):
+        list(iter_chunks(s, "json", 10, 1000))
     g = tmp_path / "bytes.json"
-    g.write_bytes(b'[{"prompt": "caf\xe9"}]')
-    with pytest.raises(IngestError, match="bytes.json: not UTF-8"):
-        list(iter_chunks(g, "json", 10, 1000))
+    g.write_bytes(b'[{"prompt": "ok"}, {"prompt": "caf\xe9"}]')
+    recs = [r for c in iter_chunks(g, "json", 10, 1000) for r in c]
+    assert recs[0].value == {"prompt": "ok"} and recs[1].row == 1 and recs[1].value is None
+    assert recs[1].error == (
+        "truncated_json: record 1 starts at byte 19 and is incomplete "
+        "(undecodable_bytes: invalid continuation byte at byte 34)"
+    )
 
 
 def test_resolve_inputs_order_and_errors(tmp_path):

@@ -145,6 +145,8 @@ def _manifest(
         "shard_rows": shard_rows,
         "files": files,
         "inputs": accounting["inputs"],
+        "input_files": accounting["files"],
+        "input_file_errors": accounting["file_errors"],
         "counts": accounting["counts"],
         "counts_note": (
             "selected + not_selected + duplicate + quarantined = read; duplicates of a selected row count as "

@@ -5,6 +5,8 @@ Accounting (each input row read by ingest falls in exactly one class):
 `selected` / `not_selected` count unique pool rows; `duplicate` counts every exact duplicate folded into a
 pool row at ingest, *including duplicates of a selected row* (they are not exported a second time; their
 number is also given as `duplicates_of_selected`); `quarantined` counts unreadable input rows (by reason).
+Files are counted too (`files`: total, ok, partial, failed); a file that could not be read, or failed part
+way, is listed in `file_errors` with its reason (its quarantine entry has no row number).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def row_accounting(run: RunDir, selected_ids: pl.Series) -> dict[str, Any]:
     dup = pl.read_parquet(run.duplicates_path) if run.duplicates_path.exists() else None
     quar = pl.read_parquet(run.quarantine_path) if run.quarantine_path.exists() else None
     n_dup = 0 if dup is None else dup.height
+    files = quar.filter(pl.col("row").is_null()) if quar is not None else None  # file-level entries
+    quar = quar.filter(pl.col("row").is_not_null()) if quar is not None else None
     n_quar = 0 if quar is None else quar.height
     n_sel = int(selected_ids.len())
     counts = {
@@ -73,7 +77,13 @@ def row_accounting(run: RunDir, selected_ids: pl.Series) -> dict[str, Any]:
     if quar is not None and quar.height:
         vc = quar["reason"].value_counts().sort("reason")
         reasons = {str(r): int(c) for r, c in zip(vc["reason"], vc["count"], strict=True)}
-    return {"counts": counts, "quarantine_reasons": reasons, "inputs": ingest.get("inputs", [])}
+    return {
+        "counts": counts,
+        "quarantine_reasons": reasons,
+        "inputs": ingest.get("inputs", []),
+        "files": ingest.get("files", {"total": len(ingest.get("inputs", []))}),
+        "file_errors": {} if files is None else dict(zip(files["source"], files["reason"], strict=True)),
+    }
 
 
 def domain_counts(domains: pl.Series) -> dict[str, int]:

@@ -7,13 +7,21 @@ Layouts, detected per record (a file may mix them):
   sharegpt    `conversations`: [{from: human/gpt/system, value}, ...]
   alpaca      `instruction`, optional `input`, `output`
   prompt/response  `prompt` + `response` (or `completion`)
-An optional `system` field adds a system turn; `domain` is kept. `columns` maps these canonical names to the
-input's own column names. Every other non-null field goes to `meta` as JSON.
+  turns       `turns`: a list of user turns (strings, as evaluation question sets ship them) or of messages
+  prompt      `prompt` (or `instruction` + optional `input`) with no response: a prompt-only row
+A messages / sharegpt / turns conversation that ends with a user turn is a prompt-only row too (kind `prompt`,
+response null); a layout is prompt-only only when no response field is present at all (an empty response is
+quarantined). An optional `system` field adds a system turn; `domain` is kept. `columns` maps these canonical
+names to the input's own column names, and layouts whose fields are all mapped explicitly are tried first;
+`layout` forces one layout. Roles are checked (`role_map` renames others, e.g. {"usr": "user"}); text made
+only of whitespace and invisible characters (zero-width spaces, BOMs, soft hyphens) counts as empty. Every
+other non-null field goes to `meta` as JSON.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -21,7 +29,7 @@ from curate.pool.errors import RowError
 
 CANONICAL = (
     "prompt", "response", "completion", "instruction", "input", "output",
-    "messages", "conversations", "chosen", "rejected", "domain", "system",
+    "messages", "conversations", "chosen", "rejected", "domain", "system", "turns",
 )  # fmt: skip
 
 # (layout, signature fields), in detection order: preference before prompt/response (both have `prompt`).
@@ -32,13 +40,27 @@ LAYOUTS = (
     ("alpaca", ("instruction", "output")),
     ("prompt_response", ("prompt", "response")),
     ("prompt_response", ("prompt", "completion")),
+    ("turns", ("turns",)),
+    ("prompt", ("prompt",)),
+    ("prompt", ("instruction",)),
 )
+LAYOUT_NAMES = tuple(dict.fromkeys(name for name, _ in LAYOUTS))
+# layouts with no response field: tried only when no layout with one is present, even blank
+PROMPT_ONLY = ("prompt",)
 
 ROLE_ALIASES = {
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bot": "assistant", "model": "assistant",
-    "system": "system",
+    "system": "system", "tool": "tool",
 }  # fmt: skip
+ROLES = ("system", "user", "assistant", "tool")
+# whitespace and characters that render as nothing (zero-width, joiners, BOM, soft hyphen, Hangul fillers)
+_INVISIBLE = re.compile(r"[\s\u00ad\u034f\u115f\u1160\u180e\u200b-\u200f\u2028-\u202f\u205f-\u206f\u3164\ufeff\uffa0]*")
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` holds nothing visible: only whitespace and invisible characters such as U+200B."""
+    return _INVISIBLE.fullmatch(text) is not None
 
 
 _IDENTITY = {c: c for c in CANONICAL}
@@ -52,7 +74,7 @@ class Normalised(NamedTuple):
     domain: str | None
     messages: list[dict[str, str]]
     prompt: str
-    response: str
+    response: str | None  # None for a prompt-only row (kind "prompt")
     rejected: str | None
     meta: str
 
@@ -77,13 +99,36 @@ def _tname(v: Any) -> str:
 
 def _blank(v: Any) -> bool:
     if isinstance(v, str):
-        return not v.strip()
+        return is_blank(v)
     return isinstance(v, (list, tuple)) and len(v) == 0
 
 
-def _detect(value: dict, key) -> tuple[str, tuple[str, ...]]:
+def check_layout_name(layout: str | None) -> str | None:
+    """Validate a forced layout name (None: detect per record)."""
+    if layout is not None and layout not in LAYOUT_NAMES:
+        raise ValueError(f"layout: unknown layout {layout!r} (known: {', '.join(LAYOUT_NAMES)})")
+    return layout
+
+
+def check_role_map(role_map: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate a role renaming {input role: pool role}; the targets must be known roles."""
+    out: dict[str, str] = {}
+    for src, dst in dict(role_map or {}).items():
+        dst_n = ROLE_ALIASES.get(str(dst).strip().lower(), str(dst).strip().lower())
+        if dst_n not in ROLES:
+            raise ValueError(f"role_map: {src}={dst}: the target must be one of {', '.join(ROLES)}")
+        out[str(src).strip().lower()] = dst_n
+    return out
+
+
+def _detect(value: dict, key, mapped: frozenset = frozenset(), layout: str | None = None) -> tuple[str, tuple[str, ...]]:
     fallback = None
-    for layout, sig in LAYOUTS:
+    candidates = [ls for ls in LAYOUTS if layout is None or ls[0] == layout]
+    if mapped:  # layouts the user mapped every field of win over detection
+        candidates.sort(key=lambda ls: not all(f in mapped for f in ls[1]))
+    for name, sig in candidates:
+        if name in PROMPT_ONLY and fallback is not None and layout is None:
+            break
         blank = False
         for f in sig:
             v = value.get(key(f))
@@ -92,13 +137,16 @@ def _detect(value: dict, key) -> tuple[str, tuple[str, ...]]:
             blank = blank or _blank(v)
         else:
             if not blank:
-                return layout, sig
+                return name, sig
             if fallback is None:
-                fallback = (layout, sig)
+                fallback = (name, sig)
     if fallback is not None:
         return fallback
     keys = [str(k) for k, v in value.items() if v is not None]
     shown = ", ".join(keys[:12]) + (", ..." if len(keys) > 12 else "")
+    if layout is not None:
+        needs = " or ".join("+".join(key(f) for f in sig) for name, sig in LAYOUTS if name == layout)
+        raise RowError(f"missing_fields: layout {layout} needs {needs} (keys: {shown})")
     raise RowError(f"missing_fields: no known layout (keys: {shown})")
 
 
@@ -128,7 +176,7 @@ def _maybe_json_list(v: Any) -> Any:
     return v
 
 
-def _turns(v: Any, field: str) -> list[dict[str, str]]:
+def _turns(v: Any, field: str, role_map: Mapping[str, str] | None = None) -> list[dict[str, str]]:
     """Parse a list of {role, content} (or sharegpt {from, value}) turns; empty system turns are dropped."""
     v = _maybe_json_list(v)
     if not isinstance(v, list):
@@ -152,9 +200,15 @@ def _turns(v: Any, field: str) -> list[dict[str, str]]:
         if not isinstance(role, str):
             raise RowError(f"wrong_type: {where}.role is {_tname(role)}")
         role = role.strip().lower()
+        role = (role_map or {}).get(role, role)
         role = ROLE_ALIASES.get(role, role)
+        if role not in ROLES:
+            raise RowError(
+                f"unknown_role: {where} has role {role!r} (known: {', '.join(ROLES)}; "
+                f"rename it with --role-map {role}=user)"
+            )
         content = _content(content, f"{where}.content")
-        if role == "system" and not content.strip():
+        if role == "system" and is_blank(content):
             continue
         out.append({"role": role, "content": content})
     return out
@@ -167,7 +221,7 @@ def _system(value: dict, key, used: set) -> list[dict[str, str]]:
         return []
     used.add(k)
     v = _text(v, k)
-    return [{"role": "system", "content": v}] if v.strip() else []
+    return [{"role": "system", "content": v}] if not is_blank(v) else []
 
 
 def _with_system(system: list, turns: list) -> list:
@@ -184,26 +238,30 @@ def render_prompt(before: list[dict[str, str]]) -> str:
     return "\n\n".join(f"{t['role']}: {t['content']}" for t in before)
 
 
-def _finish(messages: list, field: str | None) -> tuple[str, str]:
-    """Check the conversation ends with a non-empty assistant turn after a non-empty prompt; render the prompt.
+def _finish(messages: list, field: str | None, prompt_only: bool = False) -> tuple[str, str | None]:
+    """Check the conversation ends with a non-empty assistant turn after a non-empty prompt (or, when
+    `prompt_only`, with a user turn: response None); render the prompt.
 
     `field` names the input list for messages/sharegpt/preference-list rows; None for rows built from text
     fields (alpaca, prompt/response), whose empty turns are reported as the prompt."""
     if not messages:
         raise RowError(f"missing_fields: {field or 'messages'} is empty")
     last = messages[-1]["role"]
-    if last != "assistant":
-        raise RowError(f"missing_fields: {field} ends with a {last} turn, not assistant")
-    response = messages[-1]["content"]
-    if not response.strip():
-        raise RowError("empty_text: response")
-    before = messages[:-1]
+    if prompt_only and last == "user":
+        before, response = messages, None
+    else:
+        if last != "assistant":
+            raise RowError(f"missing_fields: {field} ends with a {last} turn, not assistant")
+        response = messages[-1]["content"]
+        if is_blank(response):
+            raise RowError("empty_text: response")
+        before = messages[:-1]
     if not before:
         raise RowError("empty_text: prompt")
-    if len(before) == 1 and before[0]["role"] == "user" and not before[0]["content"].strip():
+    if len(before) == 1 and before[0]["role"] == "user" and is_blank(before[0]["content"]):
         raise RowError("empty_text: prompt")
     for i, t in enumerate(before):
-        if not t["content"].strip():
+        if is_blank(t["content"]):
             raise RowError(f"empty_text: {field}[{i}].content" if field else "empty_text: prompt")
     return render_prompt(before), response
 
@@ -214,7 +272,7 @@ def _same(a: list, b: list) -> bool:
     )
 
 
-def _preference(value: dict, key, used: set, system: list) -> tuple[list, str]:
+def _preference(value: dict, key, used: set, system: list, role_map: Mapping[str, str]) -> tuple[list, str]:
     pk, ck, rk = key("prompt"), key("chosen"), key("rejected")
     used.update((ck, rk))
     prompt_v = value.get(pk)
@@ -224,11 +282,11 @@ def _preference(value: dict, key, used: set, system: list) -> tuple[list, str]:
         used.add(pk)
         prompt_v = _maybe_json_list(prompt_v)
         if isinstance(prompt_v, str):
-            if not prompt_v.strip():
+            if is_blank(prompt_v):
                 raise RowError("empty_text: prompt")
             prompt_msgs = [{"role": "user", "content": prompt_v}]
         elif isinstance(prompt_v, list):
-            prompt_msgs = _turns(prompt_v, pk)
+            prompt_msgs = _turns(prompt_v, pk, role_map)
         else:
             raise RowError(f"wrong_type: {pk} is {_tname(prompt_v)}")
 
@@ -239,7 +297,7 @@ def _preference(value: dict, key, used: set, system: list) -> tuple[list, str]:
                 raise RowError(f"missing_fields: preference row has a text {field} but no prompt")
             conv = prompt_msgs + [{"role": "assistant", "content": v}]
         elif isinstance(v, list):
-            turns = _turns(v, field)
+            turns = _turns(v, field, role_map)
             # chosen/rejected may repeat the prompt turns (whole conversations) or hold only the answer
             if prompt_msgs and _same(turns[: len(prompt_msgs)], prompt_msgs):
                 conv = turns
@@ -254,46 +312,81 @@ def _preference(value: dict, key, used: set, system: list) -> tuple[list, str]:
     if not rejected or rejected[-1]["role"] != "assistant":
         last = rejected[-1]["role"] if rejected else "nothing"
         raise RowError(f"missing_fields: {rk} ends with {last}, not an assistant turn")
-    if not rejected[-1]["content"].strip():
+    if is_blank(rejected[-1]["content"]):
         raise RowError("empty_text: rejected")
     if chosen and not _same(rejected[:-1], chosen[:-1]):
         raise RowError("mismatched_pair: chosen and rejected continue different conversations")
     return chosen, rejected[-1]["content"]
 
 
-def normalise(value: Any, columns: Mapping[str, str] | None = None) -> Normalised:
-    """Normalise one input record; raise RowError with a short stable reason when it cannot be used."""
+def _alpaca_user(value: dict, key, used: set) -> str:
+    ik, nk = key("instruction"), key("input")
+    used.add(ik)
+    instruction = _text(value[ik], ik)
+    inp = value.get(nk)
+    if inp is not None:
+        used.add(nk)
+        inp = _text(inp, nk)
+    return "\n\n".join(p for p in (instruction, inp) if p and not is_blank(p)) or instruction
+
+
+def _user_turns(v: Any, field: str, role_map: Mapping[str, str]) -> list[dict[str, str]]:
+    """`turns`: a list of user turns as strings, or a list of messages."""
+    v = _maybe_json_list(v)
+    if isinstance(v, list) and v and all(isinstance(t, str) for t in v):
+        return [{"role": "user", "content": t} for t in v]
+    return _turns(v, field, role_map)
+
+
+def normalise(
+    value: Any,
+    columns: Mapping[str, str] | None = None,
+    *,
+    layout: str | None = None,
+    role_map: Mapping[str, str] | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> Normalised:
+    """Normalise one input record; raise RowError with a short stable reason when it cannot be used.
+
+    `layout` forces a layout (else detected per record), `role_map` renames roles before they are checked,
+    and `extra_meta` is added to `meta` (e.g. the record's key in a JSON object of records, as source_id).
+    """
     if not isinstance(value, dict):
         raise RowError(f"wrong_type: record is {_tname(value)}, expected an object")
     key = _IDENTITY.__getitem__ if not columns else {c: columns.get(c, c) for c in CANONICAL}.__getitem__
+    role_map = role_map or {}
 
-    layout, sig = _detect(value, key)
+    name, sig = _detect(value, key, frozenset(columns or ()), layout)
     used: set = set()
     system = _system(value, key, used)
     rejected = None
     kind = "sft"
-    if layout == "preference":
+    field: str | None = None
+    if name == "preference":
         kind = "preference"
-        messages, rejected = _preference(value, key, used, system)
+        messages, rejected = _preference(value, key, used, system, role_map)
         field = key("chosen")
-    elif layout in ("messages", "sharegpt"):
+    elif name in ("messages", "sharegpt", "turns"):
         field = key(sig[0])
         used.add(field)
-        messages = _with_system(system, _turns(value[field], field))
-    elif layout == "alpaca":
-        ik, nk, ok = key("instruction"), key("input"), key("output")
-        used.update((ik, ok))
-        instruction = _text(value[ik], ik)
-        inp = value.get(nk)
-        if inp is not None:
-            used.add(nk)
-            inp = _text(inp, nk)
-        user = "\n\n".join(p for p in (instruction, inp) if p and p.strip()) or instruction
+        parse = _user_turns if name == "turns" else _turns
+        messages = _with_system(system, parse(value[field], field, role_map))
+    elif name == "alpaca":
+        ok = key("output")
+        used.add(ok)
+        user = _alpaca_user(value, key, used)
         messages = system + [
             {"role": "user", "content": user},
             {"role": "assistant", "content": _text(value[ok], ok)},
         ]
-        field = None
+    elif name == "prompt":
+        if sig[0] == "instruction":
+            user = _alpaca_user(value, key, used)
+        else:
+            pk = key("prompt")
+            used.add(pk)
+            user = _text(value[pk], pk)
+        messages = system + [{"role": "user", "content": user}]
     else:  # prompt_response
         pk, rk = key(sig[0]), key(sig[1])
         used.update((pk, rk))
@@ -302,8 +395,9 @@ def normalise(value: Any, columns: Mapping[str, str] | None = None) -> Normalise
             {"role": "user", "content": prompt},
             {"role": "assistant", "content": _text(value[rk], rk)},
         ]
-        field = None
-    prompt, response = _finish(messages, field)
+    prompt, response = _finish(messages, field, prompt_only=name != "preference")
+    if response is None:
+        kind = "prompt"
 
     dk = key("domain")
     domain = value.get(dk)
@@ -312,7 +406,9 @@ def normalise(value: Any, columns: Mapping[str, str] | None = None) -> Normalise
         if isinstance(domain, bool) or not isinstance(domain, (str, int, float)):
             raise RowError(f"wrong_type: {dk} is {_tname(domain)}")
         domain = str(domain) if not isinstance(domain, str) else domain
-        domain = domain if domain.strip() else None
+        domain = domain if not is_blank(domain) else None
     meta = {str(k): v for k, v in value.items() if k not in used and v is not None}
+    if extra_meta:
+        meta.update(extra_meta)
     meta_text = _META_ENCODER.encode(meta) if meta else "{}"
     return Normalised(kind, domain, messages, prompt, response, rejected, meta_text)

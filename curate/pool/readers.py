@@ -1,25 +1,39 @@
 """Find input files and stream their records in bounded chunks.
 
-Formats: JSON lines (`.jsonl`, `.ndjson`), JSON (`.json`: an array of records, loaded whole, or JSON lines),
-parquet (`.parquet`, read by row-group batches with pyarrow) and CSV (`.csv`, header row, read line by line).
-JSON lines and CSV are read as bytes and decoded line by line, so one bad line (invalid UTF-8, broken JSON,
-a row over the size limit) becomes one quarantined record and the rest of the file is still read.
+Formats: JSON lines (`.jsonl`, `.ndjson`), JSON (`.json`: an array of records, the records at a key path
+`records`, or JSON lines), parquet (`.parquet`, read by row-group batches with pyarrow) and CSV (`.csv`, header
+row, read line by line). Any of them may be compressed: `.gz`, `.bz2`, `.xz`, `.zst` after the format's
+extension (`train.jsonl.gz`) are decompressed as they are read (a compressed parquet is spooled to a temporary
+file first, as parquet needs random access). JSON lines and CSV are read as bytes and decoded line by line, so
+one bad line (invalid UTF-8, broken JSON, a row over the size limit) becomes one quarantined record and the
+rest of the file is still read; a JSON array is streamed record by record (curate.pool.jsonstream), so a file
+cut off mid-record keeps every complete record and reports the tail.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
 import glob
+import gzip
+import io
 import json
+import lzma
 import os
+import shutil
+import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from curate.pool.errors import IngestError
+from curate.pool.jsonstream import json_records, top_level_keys
 from curate.pool.schema import RAW_MAX_CHARS
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
+_READ_BUFFER = 1 << 16  # decompressed bytes buffered: small, so a cut compressed file keeps what came before
 _GLOB_CHARS = set("*?[")
 
 
@@ -30,6 +44,7 @@ class Record(NamedTuple):
     value: Any  # the parsed record (normally a dict); None when `error` is set
     error: str | None  # quarantine reason when the record could not be read
     raw: str | None  # raw text for quarantine (None: serialise `value` when needed)
+    key: str | None = None  # the record's key when the records are a JSON object {key: record}
 
 
 def format_bytes(n: int) -> str:
@@ -46,8 +61,23 @@ def _oversize(n: int, limit: int) -> str:
 
 
 # input discovery ----------------------------------------------------------------------------------
+def file_format(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(format, compression) of a file name: 'a.jsonl.gz' -> ('jsonl', 'gzip'); (None, ...) when unknown."""
+    name = Path(path).name.lower()
+    compression = None
+    for ext, comp in COMPRESSIONS.items():
+        if name.endswith(ext):
+            compression, name = comp, name[: -len(ext)]
+            break
+    return FORMATS.get(Path(name).suffix), compression
+
+
 def _known(path: Path) -> bool:
-    return path.suffix.lower() in FORMATS
+    return file_format(path)[0] is not None
+
+
+def _expected() -> str:
+    return f"one of {', '.join(sorted(FORMATS))}, optionally + {'/'.join(COMPRESSIONS)}"
 
 
 def _walk(directory: Path, exclude: Path | None) -> list[Path]:
@@ -90,7 +120,7 @@ def resolve_inputs(
         path = Path(os.path.abspath(path))
         if path not in seen:
             seen.add(path)
-            out.append((path, FORMATS[path.suffix.lower()]))
+            out.append((path, str(file_format(path)[0])))
 
     for item in items:
         text = os.fspath(item)
@@ -103,9 +133,7 @@ def resolve_inputs(
                 add(f)
         elif path.is_file():
             if not _known(path):
-                raise IngestError(
-                    f"{text}: unknown extension {path.suffix!r} (expected one of {', '.join(sorted(FORMATS))})"
-                )
+                raise IngestError(f"{text}: unknown extension {path.suffix!r} (expected {_expected()})")
             add(path)
         elif _GLOB_CHARS & set(text):
             found: list[Path] = []
@@ -127,34 +155,87 @@ def resolve_inputs(
 
 
 # record streams -----------------------------------------------------------------------------------
-def iter_chunks(path: Path, fmt: str, chunk_rows: int, max_row_bytes: int) -> Iterator[list[Record]]:
-    """Yield the records of one file in lists of at most `chunk_rows` (a `.json` array is loaded whole)."""
+_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError)
+
+
+def iter_chunks(
+    path: Path, fmt: str, chunk_rows: int, max_row_bytes: int, records: Sequence[str] = ()
+) -> Iterator[list[Record]]:
+    """Yield the records of one file in lists of at most `chunk_rows`, decompressing by extension.
+
+    `records` is a key path to the records inside a `.json` document. A file that fails part way (a cut
+    compressed stream, a damaged parquet) raises IngestError after the records read before the damage.
+    """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    if fmt == "parquet":
-        yield from _parquet_chunks(path, chunk_rows, max_row_bytes)
-        return
-    if fmt == "jsonl":
-        records = _jsonl_records(path, max_row_bytes)
-    elif fmt == "json":
-        records = _json_records(path, max_row_bytes)
-    elif fmt == "csv":
-        records = _csv_records(path, max_row_bytes)
-    else:
-        raise IngestError(f"{path}: unknown format {fmt!r}")
-    chunk: list[Record] = []
-    for rec in records:
-        chunk.append(rec)
-        if len(chunk) >= chunk_rows:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _open(path: Path):
+    if records and fmt != "json":
+        raise IngestError(f"{path}: --records applies to .json documents, not {fmt}")
+    n = 0
     try:
-        return open(path, "rb")
+        if fmt == "parquet":
+            for chunk in _parquet_chunks(path, chunk_rows, max_row_bytes):
+                n += len(chunk)
+                yield chunk
+            return
+        with _open(path) as fh:
+            if fmt == "jsonl":
+                stream = _jsonl_records(path, max_row_bytes, fh=fh)
+            elif fmt == "json":
+                stream = _json_records(path, fh, max_row_bytes, records)
+            elif fmt == "csv":
+                stream = _csv_records(path, fh, max_row_bytes)
+            else:
+                raise IngestError(f"{path}: unknown format {fmt!r}")
+            chunk: list[Record] = []
+            failure: BaseException | None = None
+            try:
+                for rec in stream:
+                    chunk.append(rec)
+                    if len(chunk) >= chunk_rows:
+                        n += len(chunk)
+                        yield chunk
+                        chunk = []
+            except (IngestError, *_READ_ERRORS) as e:  # keep the records read before the damage
+                failure = e
+            if chunk:
+                n += len(chunk)
+                yield chunk
+            if failure is not None:
+                raise failure
+    except IngestError:
+        raise
+    except _READ_ERRORS as e:
+        if isinstance(e, ValueError) and not _is_codec_error(e):
+            raise
+        raise IngestError(f"{path}: read failed after {n} records ({type(e).__name__}: {e})") from e
+
+
+def _is_codec_error(e: BaseException) -> bool:
+    """True for the errors the decompressors raise on damaged input (zstandard's ZstdError is one)."""
+    return type(e).__module__.startswith("zstandard") or isinstance(e, (lzma.LZMAError, zlib.error))
+
+
+def _decompressed(path: Path, compression: str) -> io.BufferedIOBase:
+    if compression == "gzip":
+        return gzip.open(path, "rb")
+    if compression == "bz2":
+        return bz2.open(path, "rb")
+    if compression == "xz":
+        return lzma.open(path, "rb")
+    try:
+        import zstandard
+    except ImportError as e:  # pragma: no cover - zstandard is a dependency
+        raise IngestError(f"{path}: reading .zst needs the zstandard package") from e
+    return zstandard.open(path, "rb")
+
+
+def _open(path: Path) -> io.BufferedReader:
+    """A buffered binary stream of the file's (decompressed) bytes."""
+    compression = file_format(path)[1]
+    try:
+        if compression is None:
+            return open(path, "rb", buffering=_READ_BUFFER)
+        return io.BufferedReader(_decompressed(path, compression), _READ_BUFFER)  # type: ignore[arg-type]
     except OSError as e:
         raise IngestError(f"{path}: cannot open ({e.strerror or e})") from e
 
@@ -219,41 +300,62 @@ def _record_size(value: Any) -> tuple[int, str]:
     return len(text.encode("utf-8")), text
 
 
-def _json_records(path: Path, max_row_bytes: int) -> Iterator[Record]:
-    """`.json`: a JSON array of records (loaded whole) or, when it starts with an object, JSON lines."""
-    with _open(path) as fh:
-        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-        if not head:
-            return
-        if head[:1] == b"{":
-            fh.seek(0)
-            first = fh.readline().lstrip(b"\xef\xbb\xbf").strip()
-            try:
-                json.loads(first.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+def _text_bytes(text: str, limit: int) -> int:
+    """UTF-8 size of `text`, encoding it only when its length leaves the comparison with `limit` open."""
+    if len(text) > limit or len(text) * 4 <= limit:
+        return len(text)
+    return len(text.encode("utf-8"))
+
+
+def _record_holders(obj: dict) -> list[str]:
+    """Keys of an object whose values are lists or objects of mostly objects (where records would be)."""
+    out = []
+    for k, v in obj.items():
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()
+        if items and 2 * sum(isinstance(x, dict) for x in items) >= len(items):
+            out.append(str(k))
+    return out
+
+
+def _json_records(path: Path, fh, max_row_bytes: int, records: Sequence[str]) -> Iterator[Record]:
+    """`.json`: an array of records, the records at key path `records`, or JSON lines; streamed."""
+    head = fh.peek(_READ_BUFFER)[:_READ_BUFFER].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not head:
+        return
+    if head[:1] == b"{" and not records:
+        first = head.split(b"\n", 1)[0].strip()
+        try:
+            is_lines = isinstance(json.loads(first.decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            is_lines = False
+        rest = head.split(b"\n", 1)[1].strip() if b"\n" in head else b""
+        if is_lines and not rest and len(head) < _READ_BUFFER // 2:
+            holders = _record_holders(json.loads(first.decode("utf-8")))
+            if holders:  # one line holding one object of records, not JSON lines
                 raise IngestError(
-                    f"{path}: a .json file must hold a JSON array of records or JSON lines (one object per line)"
-                ) from None
-            fh.seek(0)
+                    f"{path}: holds one JSON object, not a list of records (keys that may hold them: {', '.join(holders)})",
+                    "pass --records KEY (a dotted key path) naming the array or object that holds the records",
+                )
+        if is_lines:
             yield from _jsonl_records(path, max_row_bytes, fh=fh)
             return
-        if head[:1] != b"[":
-            raise IngestError(f"{path}: a .json file must hold a JSON array of records or JSON lines")
-        fh.seek(0)
-        try:
-            data = json.loads(fh.read().decode("utf-8-sig"))
-        except UnicodeDecodeError as e:
-            raise IngestError(f"{path}: not UTF-8 ({e})") from e
-        except json.JSONDecodeError as e:
-            raise IngestError(
-                f"{path}: cannot parse JSON array: {e.msg} at line {e.lineno} col {e.colno}"
-            ) from e
-    for row, value in enumerate(data):
-        size, text = _record_size(value)
+        keys = top_level_keys(io.BytesIO(head))
+        shown = f" (its keys: {', '.join(keys[:20])})" if keys else ""
+        raise IngestError(
+            f"{path}: holds one JSON object, not a list of records{shown}",
+            "pass --records KEY (a dotted key path) naming the array or object that holds the records",
+        )
+    if head[:1] not in (b"[", b"{"):
+        raise IngestError(f"{path}: a .json file must hold a JSON array of records or JSON lines")
+    for row, item in enumerate(json_records(fh, str(path), records)):
+        if item.error is not None:
+            yield Record(row, None, item.error, item.raw[:RAW_MAX_CHARS])
+            continue
+        size = _text_bytes(item.raw, max_row_bytes)
         if size > max_row_bytes:
-            yield Record(row, None, _oversize(size, max_row_bytes), text[:RAW_MAX_CHARS])
+            yield Record(row, None, _oversize(len(item.raw.encode("utf-8")), max_row_bytes), item.raw[:RAW_MAX_CHARS])
         else:
-            yield Record(row, value, None, None)
+            yield Record(row, item.value, None, item.raw, item.key)
 
 
 def _batch_json_sizes(batch) -> list[int] | None:
@@ -273,8 +375,14 @@ def _parquet_chunks(path: Path, chunk_rows: int, max_row_bytes: int) -> Iterator
     """Parquet by record batches of at most `chunk_rows` rows (pyarrow), never the whole file."""
     import pyarrow.parquet as pq
 
+    source: Any = path
+    if file_format(path)[1] is not None:  # parquet needs random access: spool the decompressed bytes
+        source = tempfile.TemporaryFile()
+        with _open(path) as fh:
+            shutil.copyfileobj(fh, source, 1 << 20)
+        source.seek(0)
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(source)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for corrupt files
         raise IngestError(f"{path}: not a readable parquet file ({e})") from e
     row = 0
@@ -298,6 +406,8 @@ def _parquet_chunks(path: Path, chunk_rows: int, max_row_bytes: int) -> Iterator
         raise IngestError(f"{path}: parquet read failed near row {row} ({e})") from e
     finally:
         pf.close()
+        if source is not path:
+            source.close()
 
 
 class _LineFeed:
@@ -342,58 +452,57 @@ class _LineFeed:
         return "".join(self.raw).rstrip("\r\n")[:RAW_MAX_CHARS]
 
 
-def _csv_records(path: Path, max_row_bytes: int) -> Iterator[Record]:
+def _csv_records(path: Path, fh, max_row_bytes: int) -> Iterator[Record]:
     """CSV with a header row; row = 0-based data record index (a quoted field may span lines)."""
     old_limit = csv.field_size_limit()
     csv.field_size_limit(max(max_row_bytes + 1, 1024))
     try:
-        with _open(path) as fh:
-            feed = _LineFeed(fh)
-            reader = csv.reader(feed)
+        feed = _LineFeed(fh)
+        reader = csv.reader(feed)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise IngestError(f"{path}: cannot read CSV header ({e})") from e
+        if feed.bad:
+            raise IngestError(f"{path}: CSV header is not UTF-8 ({feed.bad.split(': ', 1)[1]})")
+        if len(set(header)) != len(header):
+            dup = sorted({h for h in header if header.count(h) > 1})
+            raise IngestError(f"{path}: CSV header repeats column names {dup}")
+        row = -1
+        while True:
+            feed.reset()
             try:
-                header = next(reader)
+                fields = next(reader)
             except StopIteration:
-                return
+                break
             except csv.Error as e:
-                raise IngestError(f"{path}: cannot read CSV header ({e})") from e
-            if feed.bad:
-                raise IngestError(f"{path}: CSV header is not UTF-8 ({feed.bad.split(': ', 1)[1]})")
-            if len(set(header)) != len(header):
-                dup = sorted({h for h in header if header.count(h) > 1})
-                raise IngestError(f"{path}: CSV header repeats column names {dup}")
-            row = -1
-            while True:
-                feed.reset()
-                try:
-                    fields = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as e:
-                    row += 1
-                    msg = str(e)
-                    if "field larger than field limit" in msg:
-                        yield Record(
-                            row, None, _oversize(feed.nbytes, max_row_bytes) + " (one field)", feed.raw_text()
-                        )
-                    else:
-                        yield Record(row, None, f"malformed_csv: {msg}", feed.raw_text())
-                    continue
-                if not fields:
-                    continue  # blank line
                 row += 1
-                if feed.bad:
-                    yield Record(row, None, feed.bad, feed.raw_text())
-                elif feed.nbytes > max_row_bytes:
-                    yield Record(row, None, _oversize(feed.nbytes, max_row_bytes), feed.raw_text())
-                elif len(fields) != len(header):
+                msg = str(e)
+                if "field larger than field limit" in msg:
                     yield Record(
-                        row,
-                        None,
-                        f"malformed_csv: {len(fields)} fields, header has {len(header)}",
-                        feed.raw_text(),
+                        row, None, _oversize(feed.nbytes, max_row_bytes) + " (one field)", feed.raw_text()
                     )
                 else:
-                    yield Record(row, dict(zip(header, fields, strict=True)), None, feed.raw_text())
+                    yield Record(row, None, f"malformed_csv: {msg}", feed.raw_text())
+                continue
+            if not fields:
+                continue  # blank line
+            row += 1
+            if feed.bad:
+                yield Record(row, None, feed.bad, feed.raw_text())
+            elif feed.nbytes > max_row_bytes:
+                yield Record(row, None, _oversize(feed.nbytes, max_row_bytes), feed.raw_text())
+            elif len(fields) != len(header):
+                yield Record(
+                    row,
+                    None,
+                    f"malformed_csv: {len(fields)} fields, header has {len(header)}",
+                    feed.raw_text(),
+                )
+            else:
+                yield Record(row, dict(zip(header, fields, strict=True)), None, feed.raw_text())
     except OSError as e:
         raise IngestError(f"{path}: read failed ({e})") from e
     finally:

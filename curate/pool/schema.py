@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-KINDS = ("sft", "preference")
+KINDS = ("sft", "preference", "prompt")
 
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
 

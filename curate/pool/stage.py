@@ -24,7 +24,7 @@ import polars as pl
 
 from curate.pool.errors import IngestError, RowError
 from curate.pool.ids import content_digest
-from curate.pool.layouts import check_columns, normalise
+from curate.pool.layouts import check_columns, check_layout_name, check_role_map, normalise
 from curate.pool.readers import iter_chunks, resolve_inputs
 from curate.pool.schema import (
     DUPLICATES_SCHEMA,
@@ -41,7 +41,8 @@ _SIDE_FLUSH_ROWS = 10_000  # duplicates / quarantine rows buffered before a writ
 
 @dataclass
 class IngestReport:
-    """What one ingest read and wrote; `n_unique + n_duplicate + n_quarantined == n_read`."""
+    """What one ingest read and wrote; `n_unique + n_duplicate + n_quarantined == n_read` (rows), and every
+    input file is ok, partial (read up to an error) or failed (nothing read), with its reason in `file_errors`."""
 
     run: Path
     inputs: list[str]
@@ -55,11 +56,20 @@ class IngestReport:
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)
     n_shards: int = 0
     pool_fingerprint: str = ""
+    file_errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def file_counts(self) -> dict[str, int]:
+        """Input files by outcome: total, ok, partial, failed."""
+        states = Counter(s.get("status", "ok") for s in self.per_source.values())
+        return {"total": len(self.per_source), **{k: states[k] for k in ("ok", "partial", "failed")}}
 
     def summary(self) -> str:
         """A few lines for a terminal: counts, domains and quarantine reasons."""
+        fc = self.file_counts
+        bad = f" ({fc['partial']} partial, {fc['failed']} unreadable: see quarantine)" if self.file_errors else ""
         lines = [
-            f"ingest -> {self.run}: {len(self.inputs)} file(s), {self.n_read:,} rows read",
+            f"ingest -> {self.run}: {len(self.inputs)} file(s){bad}, {self.n_read:,} rows read",
             f"  unique {self.n_unique:,} | duplicate {self.n_duplicate:,} | quarantined {self.n_quarantined:,}"
             f" | {self.n_shards} pool shard(s)",
         ]
@@ -72,6 +82,8 @@ class IngestReport:
             lines.append(f"  domains ({len(top)}): {shown}{more}")
         if self.reasons:
             lines.append("  quarantine: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.reasons.items())))
+        for src, why in self.file_errors.items():
+            lines.append(f"  file {self.per_source[src].get('status')}: {why}")
         return "\n".join(lines)
 
 
@@ -203,6 +215,16 @@ def _finalise_pool(staged: Path, final: Path, n_shards: int, dup_counts: dict[st
         os.replace(src, final / name)
 
 
+def _record_path(records: str | Sequence[str] | None) -> tuple[str, ...]:
+    """A key path from "data.train" or ["data", "train"] (empty: the records are the top-level array)."""
+    if records is None or records == "":
+        return ()
+    parts = records.split(".") if isinstance(records, str) else [str(r) for r in records]
+    if any(not p for p in parts):
+        raise IngestError(f"records: empty key in path {records!r}", "give keys joined by dots, e.g. data.train")
+    return tuple(parts)
+
+
 def _clean_stale(run: RunDir) -> None:
     """Remove work folders of ingests that were killed (safe: the run lock is held)."""
     for p in run.root.glob(".ingest-*"):
@@ -216,24 +238,35 @@ def ingest(
     run: RunDir | str | os.PathLike,
     *,
     columns: Mapping[str, str] | None = None,
+    records: str | Sequence[str] | None = None,
+    layout: str | None = None,
+    role_map: Mapping[str, str] | None = None,
+    strict: bool = False,
     chunk_rows: int = 50_000,
     shard_rows: int = 100_000,
     max_row_bytes: int = 1_000_000,
     progress: bool = True,
 ) -> IngestReport:
-    """Ingest files, directories or globs of jsonl/json/parquet/csv into `<run>/pool/` (see contracts, Pool).
+    """Ingest files, directories or globs of jsonl/json/parquet/csv (optionally .gz/.bz2/.xz/.zst) into
+    `<run>/pool/` (see contracts, Pool).
 
-    Rows are normalised per record (alpaca, sharegpt, messages, prompt/response, preference); `columns` maps
-    canonical names (prompt, response, domain, ...) to the input's column names. Exact duplicates (same id) are
-    kept once and listed in duplicates.parquet; unusable rows go to quarantine.parquet with a reason. JSON lines
-    and CSV are streamed `chunk_rows` records at a time, parquet by batches of `chunk_rows`; a `.json` array is
-    loaded whole. Raises IngestError (a ValueError) naming an input that cannot be read at all; the previous
-    pool of the run, if any, is replaced only when the whole ingest succeeds.
+    Rows are normalised per record (alpaca, sharegpt, messages, prompt/response, preference, turns, prompt-only);
+    `columns` maps canonical names (prompt, response, domain, ...) to the input's column names and wins over
+    detection, `layout` forces one layout, `role_map` renames roles ({"usr": "user"}), `records` is the dotted
+    key path of the records inside `.json` documents ("data" for {"data": [...]} or {"data": {id: record}}).
+    Exact duplicates (same id) are kept once and listed in duplicates.parquet; unusable rows go to
+    quarantine.parquet with a reason. Every format is streamed `chunk_rows` records at a time. A file that
+    cannot be read (or fails part way) becomes a file-level quarantine entry (row null) and the other files are
+    ingested; `strict` stops at the first such file instead. Raises IngestError naming an input that does not
+    exist, or when no file could be read; the previous pool of the run is replaced only when the ingest succeeds.
     """
     from tqdm.auto import tqdm
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     columns = check_columns(columns)
+    layout = check_layout_name(layout)
+    role_map = check_role_map(role_map)
+    record_path = _record_path(records)
     for name, v in (("chunk_rows", chunk_rows), ("shard_rows", shard_rows), ("max_row_bytes", max_row_bytes)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -263,7 +296,20 @@ def ingest(
                     src = str(path)
                     counts = Counter()
                     bar.set_postfix_str(path.name, refresh=False)
-                    for chunk in iter_chunks(path, fmt, chunk_rows, max_row_bytes):
+                    chunks = iter_chunks(path, fmt, chunk_rows, max_row_bytes, record_path if fmt == "json" else ())
+                    status = "ok"
+                    while True:
+                        try:
+                            chunk = next(chunks, None)
+                        except IngestError as e:
+                            if strict:
+                                raise
+                            status = "partial" if counts["read"] else "failed"
+                            report.file_errors[src] = str(e)
+                            quarantine.add(src, None, f"unreadable_file: {e}", "")
+                            break
+                        if chunk is None:
+                            break
                         for rec in chunk:
                             if rec.error is not None:
                                 quarantine.add(src, rec.row, rec.error, _raw_text(rec.raw, None))
@@ -271,7 +317,10 @@ def ingest(
                                 counts["quarantined"] += 1
                                 continue
                             try:
-                                norm = normalise(rec.value, columns)
+                                extra = {"source_id": rec.key} if rec.key is not None else None
+                                norm = normalise(
+                                    rec.value, columns, layout=layout, role_map=role_map, extra_meta=extra
+                                )
                             except RowError as e:
                                 quarantine.add(src, rec.row, e.reason, _raw_text(rec.raw, rec.value))
                                 reasons[e.reason.split(":", 1)[0]] += 1
@@ -308,8 +357,14 @@ def ingest(
                         counts["read"] += len(chunk)
                         bar.update(len(chunk))
                     report.per_source[src] = {
-                        k: counts[k] for k in ("read", "unique", "duplicate", "quarantined")
+                        **{k: counts[k] for k in ("read", "unique", "duplicate", "quarantined")},
+                        "status": status,
                     }
+            if report.file_errors and not any(s["status"] != "failed" for s in report.per_source.values()):
+                raise IngestError(
+                    "no input could be read: " + "; ".join(report.file_errors.values()),
+                    "check the files, or --records / --map for the layout they hold",
+                )
             pool.close()
             dups.close()
             quarantine.close()
@@ -319,7 +374,7 @@ def ingest(
             report.n_read = sum(s["read"] for s in report.per_source.values())
             report.n_unique = sum(s["unique"] for s in report.per_source.values())
             report.n_duplicate = dups.n
-            report.n_quarantined = quarantine.n
+            report.n_quarantined = quarantine.n - len(report.file_errors)
             report.per_domain = dict(sorted(per_domain.items()))
             report.per_kind = dict(sorted(per_kind.items()))
             report.reasons = dict(sorted(reasons.items()))
@@ -347,11 +402,16 @@ def ingest(
                         "duplicate": report.n_duplicate,
                         "quarantined": report.n_quarantined,
                     },
+                    "files": report.file_counts,
+                    "file_errors": report.file_errors,
                     "per_domain": report.per_domain,
                     "per_kind": report.per_kind,
                     "reasons": report.reasons,
                     "per_source": report.per_source,
                     "columns": columns,
+                    "records": list(record_path),
+                    "layout": layout,
+                    "role_map": role_map,
                     "params": {
                         "chunk_rows": chunk_rows,
                         "shard_rows": shard_rows,
