@@ -59,7 +59,7 @@ def test_messages_layout_round_trip_and_trl(run, tmp_path, fmt):
     from trl.data_utils import is_conversational, maybe_apply_chat_template
 
     out = export(run, "pick", layout="messages", formats=(fmt,), shard_rows=4)
-    assert out == run.export_dir / "pick"
+    assert out == run.export_dir / "pick" / "messages"
     assert sorted(p.name for p in out.glob("data-*")) == [f"data-00000.{fmt}", f"data-00001.{fmt}"]
     ds = _load(out, fmt, tmp_path)
     sel = Selection.load(run, "pick")

@@ -1,11 +1,12 @@
 """The export stage: a selection as a weighted training subset, in the layouts trainers read, with a manifest.
 
-    <run>/export/<selection>/data-00000.parquet, data-00000.jsonl, ...   rows in rank order, with `weight`
-    <run>/export/<selection>/ids.parquet                                 id (sorted), weight (DataComp-style)
-    <run>/export/<selection>/manifest.json                               accounting, provenance, versions
+    <run>/export/<selection>/<layout>/data-00000.parquet, data-00000.jsonl, ...   rows in rank order, with `weight`
+    <run>/export/<selection>/<layout>/ids.parquet                         id (sorted), weight (DataComp-style)
+    <run>/export/<selection>/<layout>/manifest.json                       accounting, provenance, versions
 
-The folder is built beside its final place and swapped in at the end, so a killed export never leaves a
-mixture of old and new shards. Load it with `datasets.load_dataset("parquet", data_files=".../data-*.parquet")`.
+Each layout of a selection has its own folder, so exports in several layouts sit side by side. The folder is
+built beside its final place and swapped in at the end, so a killed export never leaves a mixture of old and
+new shards; work folders left by a killed export are removed by the next one. Load it with `datasets.load_dataset("parquet", data_files=".../data-*.parquet")`.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def export(
     shard_rows: int = 100_000,
     out: str | os.PathLike | None = None,
 ) -> Path:
-    """Write <run>/export/<selection>/ (or `out`): data shards, ids.parquet and manifest.json; return the folder."""
+    """Write <run>/export/<selection>/<layout>/ (or `out`): data shards, ids.parquet and manifest.json; return
+    the folder."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     layout = check_layout(layout or "messages")
     formats = (formats,) if isinstance(formats, str) else tuple(formats or FORMATS)
@@ -63,7 +65,7 @@ def export(
         raise ValueError(f"unknown export format(s) {bad}; use {' and/or '.join(FORMATS)}")
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
-    final = Path(out) if out is not None else run.export_dir / selection
+    final = Path(out) if out is not None else run.export_dir / selection / layout
 
     rows = selected_rows(run, selection)
     if layout == "preference":
@@ -76,16 +78,18 @@ def export(
     data = to_layout(rows, layout)
     accounting = row_accounting(run, rows["id"])
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        files = _write_shards(data, work, formats, shard_rows)
-        data.select("id", "weight").sort("id").write_parquet(work / "ids.parquet")
-        files.append({"path": "ids.parquet", "rows": data.height})
-        write_json(work / "manifest.json", _manifest(run, selection, layout, formats, shard_rows, rows, files, accounting))
-        _swap_in(work, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with run.lock("export"):  # one export at a time per run, so removing stale work folders is safe
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(final)
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            files = _write_shards(data, work, formats, shard_rows)
+            data.select("id", "weight").sort("id").write_parquet(work / "ids.parquet")
+            files.append({"path": "ids.parquet", "rows": data.height})
+            write_json(work / "manifest.json", _manifest(run, selection, layout, formats, shard_rows, rows, files, accounting))
+            _swap_in(work, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return final
 
 
@@ -102,6 +106,13 @@ def _write_shards(data: pl.DataFrame, out: Path, formats: Sequence[str], shard_r
                 part.write_ndjson(out / name)
             files.append({"path": name, "rows": part.height})
     return files
+
+
+def _clean_stale(final: Path) -> None:
+    """Remove the work folders a killed export of `final` left beside it (names `.<final name>.*`)."""
+    for p in final.parent.glob(f".{final.name}.*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _swap_in(work: Path, final: Path) -> None:

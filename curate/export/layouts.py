@@ -8,13 +8,16 @@
               assistant->gpt, system->system (others kept as they are)
 - preference: {"prompt", "chosen", "rejected", "weight", "id", "domain"}       (TRL standard preference);
               only preference rows
+- prompt:     {"prompt", "weight", "id", "domain"}                              the prompt text alone, e.g. to
+              generate responses for prompt-only rows (kind "prompt"; any row's prompt works)
+Prompt-only rows have no response: `messages` and `sharegpt` end with the user turn, alpaca's `output` is "".
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-LAYOUTS = ("messages", "alpaca", "sharegpt", "preference")
+LAYOUTS = ("messages", "alpaca", "sharegpt", "preference", "prompt")
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
 POOL_COLUMNS = ["id", "kind", "domain", "messages", "prompt", "response", "rejected"]
 
@@ -36,7 +39,7 @@ def to_layout(rows: pl.DataFrame, layout: str) -> pl.DataFrame:
         return rows.select(
             pl.col("prompt").fill_null("").alias("instruction"),
             pl.lit("").alias("input"),
-            pl.col("response").alias("output"),
+            pl.col("response").fill_null("").alias("output"),
             *tail,
         )
     if layout == "sharegpt":
@@ -48,6 +51,8 @@ def to_layout(rows: pl.DataFrame, layout: str) -> pl.DataFrame:
             )
         )
         return rows.select(conv.alias("conversations"), *tail)
+    if layout == "prompt":
+        return rows.select(pl.col("prompt"), *tail)
     # preference
     sft = rows.filter(pl.col("kind") != "preference")
     if sft.height:

@@ -28,9 +28,16 @@ def lm_stats(ctx: ScoreContext, role: str, variant: str) -> tuple[np.ndarray, np
         scorer = ctx.scorer(role)
         convs = ctx.messages(lo, hi)
         enc = scorer.encode_alone if variant == "alone" else scorer.encode
-        seqs = [enc(m, where=f"pool row {lo + i} (id {ctx.ids[lo + i]})") for i, m in enumerate(convs)]
-        sums, counts = scorer.nll(seqs, progress=ctx.progress, desc=f"{variant} nll [{lo}:{hi}]")
-        return {"nll_sum": sums, "n_tokens": counts, "truncated": np.array([s.truncated for s in seqs])}
+        # prompt-only rows (kind "prompt") have no response to score: 0 tokens, so their signal is NaN
+        scored = [i for i, m in enumerate(convs) if m and m[-1]["role"] == "assistant"]
+        seqs = [enc(convs[i], where=f"pool row {lo + i} (id {ctx.ids[lo + i]})") for i in scored]
+        part_sums, part_counts = scorer.nll(seqs, progress=ctx.progress, desc=f"{variant} nll [{lo}:{hi}]")
+        sums = np.zeros(len(convs), dtype=np.asarray(part_sums).dtype)
+        counts = np.zeros(len(convs), dtype=np.asarray(part_counts).dtype)
+        truncated = np.zeros(len(convs), dtype=bool)
+        sums[scored], counts[scored] = part_sums, part_counts
+        truncated[scored] = [s.truncated for s in seqs]
+        return {"nll_sum": sums, "n_tokens": counts, "truncated": truncated}
 
     key = {"model": fp, "params": params, "pool": ctx.key_pool()}
     cols, _ = cached_rows(folder, ctx.n, shard_rows, key, work)
