@@ -137,7 +137,10 @@ def test_mixture_plot_stacks_each_rounds_shares(tmp_path):
     bottoms = np.array([b.get_y() for b in ax.patches]).reshape(3, 2)
     np.testing.assert_allclose(bottoms[2], [0.5, 1.0])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
-    assert "ama1" in ax.get_title() and "ama" in ax.get_title()
+    assert ax.get_title() == "ama1: domain mixture over rounds (ama)"
+    # the training module's layout has no "method" (and may carry an "objective"): read it too
+    path.write_text(json.dumps({"domains": ["a", "b"], "rounds": [{"round": 3, "weights": {"a": 1}}], "objective": {}}))
+    assert viz.load_mixture(path).method == "" and viz.load_mixture(path).rounds == [3]
 
 
 @pytest.mark.parametrize(
@@ -147,6 +150,7 @@ def test_mixture_plot_stacks_each_rounds_shares(tmp_path):
         ({**MIX, "rounds": [{"round": 0, "weights": {"code": -1}}]}, "negative"),
         ({**MIX, "rounds": []}, "no rounds"),
         ({"method": "x", "rounds": []}, "expected an object"),
+        ([1, 2], "expected an object"),
     ],
 )
 def test_load_mixture_rejects_bad_files(tmp_path, doc, match):

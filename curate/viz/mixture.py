@@ -1,7 +1,8 @@
 """Domain mixtures over rounds, as `mixtures/<name>.json` holds them, and their plot.
 
-Layout: {"method": str, "domains": [str, ...], "rounds": [{"round": int, "weights": {domain: float}}, ...]}.
-A domain missing from a round's weights has weight 0 in that round.
+Layout: {"method": str, "domains": [str, ...], "rounds": [{"round": int, "weights": {domain: float}}, ...]}
+("method" optional; other keys, such as "objective", ignored). A domain missing from a round's weights has
+weight 0 in that round.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def load_mixture(path: str | os.PathLike) -> Mixture:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict) or not {"method", "domains", "rounds"} <= set(doc):
-        raise ValueError(f"{path}: expected an object with 'method', 'domains' and 'rounds'")
+    if not isinstance(doc, dict) or not {"domains", "rounds"} <= set(doc):
+        raise ValueError(f"{path}: expected an object with 'domains' and 'rounds'")
     domains = [str(d) for d in doc["domains"]]
     if not domains or len(set(domains)) != len(domains):
         raise ValueError(f"{path}: 'domains' must be a non-empty list of distinct names")
@@ -55,7 +56,7 @@ def load_mixture(path: str | os.PathLike) -> Mixture:
         rows.append(w)
     if not rows:
         raise ValueError(f"{path}: no rounds")
-    return Mixture(path.stem, str(doc["method"]), domains, rounds, np.stack(rows))
+    return Mixture(path.stem, str(doc.get("method") or ""), domains, rounds, np.stack(rows))
 
 
 def list_mixtures(run: RunDir | str | os.PathLike) -> list[Path]:
@@ -81,5 +82,6 @@ def mixture_plot(mixture: Mixture | str | os.PathLike, *, ax: Any = None) -> Any
     ax.set_ylim(0, 1)
     if len(mix.domains) <= 20:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    ax.set_title(f"{mix.name}: domain mixture over rounds ({mix.method})", fontsize=10)
+    method = f" ({mix.method})" if mix.method else ""
+    ax.set_title(f"{mix.name}: domain mixture over rounds{method}", fontsize=10)
     return fig
