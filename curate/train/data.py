@@ -130,7 +130,7 @@ def heldout_split(
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     pool = run.read_pool(["id", "kind", "domain", "messages", "rejected"])
-    pool = pool.filter(~pl.col("id").is_in(list(exclude_ids)))
+    pool = pool.filter(~pl.col("id").is_in(list(exclude_ids)) & (pl.col("kind") != "prompt"))
     if pool.height == 0:
         raise TrainDataError(f"{run.root}: no pool rows left outside the training rows for a held-out split")
     n = int(round(size * pool.height)) if isinstance(size, float) and size < 1 else int(size)

@@ -57,6 +57,11 @@ def _objective(rows: tdata.TrainRows, objective: str) -> str:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     kinds = rows.kinds
+    if "prompt" in kinds:
+        n = int((rows.frame["kind"] == "prompt").sum())
+        raise tdata.TrainDataError(
+            f"{rows.source}: {n} prompt-only rows (no response to learn); select from rows with responses"
+        )
     if len(kinds) > 1:
         raise tdata.TrainDataError(f"{rows.source}: mixes SFT and preference rows; train them separately")
     kind = kinds.pop()
@@ -104,6 +109,7 @@ def train(
     weight_decay: float = 0.0,
     max_length: int = 1024,
     dtype: str = "auto",
+    eval_dtype: str | None = None,
     device: str | None = None,
     beta: float = 0.1,
     mixture: str | None = None,
@@ -124,7 +130,8 @@ def train(
     (or a path): rows are then drawn by its domain proportions (with the importance correction when the file
     has `objective` weights), and `mixture_hook(step, domain_losses)` may return new proportions during
     training. Held-out rows come from `heldout` (a file) or a seeded `heldout_split` of the pool (rows or a
-    fraction); they are evaluated every `eval_every` steps and at the end.
+    fraction); they are evaluated every `eval_every` steps and at the end, under bf16 autocast when
+    `eval_dtype` (default: `dtype`) is bfloat16.
     """
     rd = RunDir(run) if run is not None else None
     if (selection is None) == (data is None):
@@ -157,12 +164,13 @@ def train(
     model_path = check_model_dir(model)
     device = device or default_device()
     dtype = resolve_dtype(dtype, device)
+    eval_dtype = resolve_dtype(eval_dtype or dtype, device)
     params = {
         "model": str(model_path), "objective": objective, "lora": lora, "lora_r": lora_r,
         "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "lora_targets": lora_targets,
         "epochs": epochs, "max_steps": max_steps, "lr": lr, "schedule": schedule, "warmup": warmup,
         "batch_tokens": batch_tokens, "grad_accum": grad_accum, "max_grad_norm": max_grad_norm,
-        "weight_decay": weight_decay, "max_length": max_length, "dtype": dtype, "beta": beta,
+        "weight_decay": weight_decay, "max_length": max_length, "dtype": dtype, "eval_dtype": eval_dtype, "beta": beta,
         "mixture": mixture, "seed": seed, "merge": merge,
     }  # fmt: skip
     key = {
@@ -314,7 +322,7 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
     if held_seqs is not None:
         def evaluate(step: int) -> dict:
             if step not in done_evals:
-                done_evals[step] = _evaluate(scorer, held_seqs, held.domains())
+                done_evals[step] = _evaluate(scorer, held_seqs, held.domains(), params["eval_dtype"])
                 if trainer.is_world_process_zero():
                     append_jsonl(out / "log.jsonl", {"step": step, "eval": done_evals[step]})
             return done_evals[step]
@@ -371,13 +379,17 @@ def _held_sequences(scorer, held: tdata.TrainRows) -> list:
     return [scorer.encode(m, where=f"{held.source}: row {i} (id {ids[i]})") for i, m in enumerate(held.messages())]
 
 
-def _evaluate(scorer, seqs: list, domains: list[str]) -> dict[str, Any]:
+def _evaluate(scorer, seqs: list, domains: list[str], dtype: str = "float32") -> dict[str, Any]:
     """Response NLL per token on held-out rows: per domain (token-weighted), macro over domains, micro."""
+    import torch
+
     model = scorer.model
     was_training = model.training
     model.eval()
     try:
-        sums, counts = scorer.nll(seqs)
+        device_type = "cuda" if str(scorer.device).startswith("cuda") else "cpu"
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            sums, counts = scorer.nll(seqs)
     finally:
         model.train(was_training)
     dom = np.asarray(domains)
@@ -427,3 +439,8 @@ def _reference_logps(scorer, rows, feats, rd, out, fingerprint, params) -> tuple
     rejected = np.array([have[x][1] for x in ids], dtype=np.float64)
     return chosen, rejected
 
+
+
+def evaluate_rows(scorer, rows: tdata.TrainRows, dtype: str = "float32") -> dict[str, Any]:
+    """Held-out NLL of `rows` under a scorer's model, as training reports it (e.g. for the untrained model)."""
+    return _evaluate(scorer, _held_sequences(scorer, rows), rows.domains(), dtype)
