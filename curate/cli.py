@@ -167,6 +167,8 @@ def select(
     """Choose a subset with a selector; writes selections/<name>.parquet (id, weight, rank, reason)."""
     sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, **_parse_params(param))
     console.print(f"selected {len(sel.ids)} rows with {method}: {run / 'selections' / (name or method)}.parquet")
+    if sel.stats.get("note"):
+        console.print(f"note: {sel.stats['note']}", markup=False)
 
 
 @app.command()

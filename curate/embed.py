@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from curate.errors import MissingArtefactError
 from curate.run import RunDir, locked
 from index.embed import (
     DEFAULT_SHARD_SIZE,
@@ -138,15 +139,15 @@ def load_vectors(run: str | os.PathLike, fingerprint: str | None = None, *, chec
     fp = fingerprint or current_fingerprint(run)
     out = rd.embeddings_dir(fp)
     if not out.exists():
-        raise FileNotFoundError(f"no embeddings with fingerprint {fp} in {rd.root}: run `curate embed` first")
+        raise MissingArtefactError(f"no embeddings with fingerprint {fp} in {rd.root}: run `curate embed` first")
     meta = read_json(rd.require(out / META_NAME, "embed"))
     if not meta.get("complete"):
-        raise RuntimeError(f"embeddings {out} are unfinished: re-run `curate embed` on {rd.root} to resume")
+        raise MissingArtefactError(f"embeddings {out} are unfinished: re-run `curate embed` on {rd.root} to resume")
     vectors = load_shards(out, mmap=True)
     if check_pool:
         ids = rd.read_pool(["id"])["id"].to_list()
         if len(ids) != meta["n_rows"] or ids_hash(ids) != meta["meta"].get("ids_hash"):
-            raise RuntimeError(
+            raise MissingArtefactError(
                 f"the pool of {rd.root} changed since embedding {fp} ({meta['n_rows']} rows embedded, "
                 f"{len(ids)} rows now, or different ids/order): re-run `curate embed`"
             )

@@ -31,6 +31,16 @@ from curate.errors import CurateError, MissingArtefactError
 F = TypeVar("F", bound=Callable)
 
 
+# what each locked stage writes (folders, or files at the root): where its killed runs leave temporary files
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "ingest": ("ingest.json", "quarantine.parquet", "duplicates.parquet"),
+    "embed": ("embeddings",),
+    "index": ("index",),
+    "map": ("map", "projection.parquet", "projection.json"),
+    "score": ("signals",),
+}
+
+
 class RunBusyError(CurateError, RuntimeError):
     """Another process is running the same stage on this run directory."""
 
@@ -82,9 +92,23 @@ class RunDir:
                     "wait for it to finish, or use another --run",
                 ) from None
             try:
+                self.remove_stale_temp(stage)
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def remove_stale_temp(self, stage: str) -> list[Path]:
+        """Remove the temporary files (`.<name>.*.tmp`, see index.io.atomic_path) that killed runs of `stage`
+        left among its outputs; safe only while the stage's lock is held. Returns the paths removed."""
+        removed = []
+        for name in STAGE_OUTPUTS.get(stage, ()):
+            target = self.root / name
+            found = list(target.rglob(".*.tmp")) if target.is_dir() else list(self.root.glob(f".{name}.*.tmp"))
+            for tmp in found:
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+        return removed
 
     # layout -----------------------------------------------------------------------------------
     @property

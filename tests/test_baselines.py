@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import polars as pl
 import pytest
 from fixtures_pool import make_run
 
@@ -184,3 +187,16 @@ def test_facility_location_greedy_gains(tmp_path):
     assert all(g >= 0 for g in gains)
     assert gains == sorted(gains, reverse=True)  # submodular greedy: gains never grow
     assert make_selector("facility-location").select(v, "6", seed=0).ids == sel.ids
+
+
+def test_balanced_random_falls_back_to_clusters_without_domains(tmp_path):
+    run = make_run(tmp_path / "run", n=24, domains=[None], map_=True)
+    sel = select(run, "balanced-random", budget=6, seed=0)
+    clusters = pl.read_parquet(run.map_dir / "clusters.parquet")["cluster"].to_numpy()
+    groups = np.unique(clusters)
+    assert sel.stats["groups"] == "cluster" and "balanced over" in sel.stats["note"]
+    assert set(sel.stats["domain_sizes"]) == {f"cluster {int(c)}" for c in groups}
+    counts = np.bincount(np.searchsorted(groups, clusters[sel.positions]), minlength=groups.size)
+    assert counts.max() - counts.min() <= 1  # as balanced as possible over the clusters
+    side = json.loads(run.selection_path("balanced-random").with_suffix(".json").read_text())
+    assert side["stats"]["groups"] == "cluster"

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from curate.embed import current_fingerprint, embed, embedding_meta, ids_hash, load_vectors
+from curate.errors import MissingArtefactError
 from index.embed import (
     Encoder,
     default_model_path,
@@ -299,7 +300,7 @@ def test_stage_errors_and_pool_change(tiny_model: Path, tmp_path: Path) -> None:
     before = np.array(load_vectors(run))
     ids = [f"{i:032x}" for i in (0, 1, 2, 3, 4, 99)]
     make_run(run, [*TEXTS[:5], "a brand new prompt"], TEXTS[6:12], ids=ids)  # last row replaced
-    with pytest.raises(RuntimeError, match="changed since embedding"):
+    with pytest.raises(MissingArtefactError, match="changed since embedding"):
         load_vectors(run)
     assert embed(run, model=str(tiny_model), device="cpu", progress=False) == fp
     after = load_vectors(run)

@@ -34,3 +34,18 @@ def test_other_stages_are_not_blocked(tmp_path) -> None:
     with open(run.root / ".embed.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         assert score(run.root, ["mtld"], progress=False)["mtld"].exists()
+
+
+def test_stale_temporary_files_are_removed_when_the_stage_resumes(tmp_path) -> None:
+    run = make_run(tmp_path / "run", n=24)
+    sig = run.root / "signals"
+    sig.mkdir(exist_ok=True)
+    stale = [sig / ".mtld.parquet.abc123.parquet.tmp", sig / "_lm" / "x" / ".shard-00000.npz.q1.tmp"]
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")  # what a killed run leaves (mkstemp creates the file first)
+    other = run.root / "embeddings" / ".vectors.npy.zz.tmp"  # another stage's: left alone
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.write_bytes(b"")
+    assert score(run.root, ["mtld"], progress=False)["mtld"].exists()
+    assert not any(p.exists() for p in stale) and other.exists()

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from curate.errors import ParameterError
+from curate.errors import MissingArtefactError, ParameterError
 from curate.registry import Registry
 from curate.run import RunDir
 from index.io import atomic_path, read_json, write_json
@@ -283,9 +283,11 @@ class PoolView:
                 known = ", ".join(sorted(self._signals)) or "(none)"
                 raise KeyError(f"signal {name!r} is not in this in-memory PoolView; known: {known}")
             if not self.run.signal_path(name).exists():
-                raise FileNotFoundError(
+                from curate.signals.base import score_command
+
+                raise MissingArtefactError(
                     f"signal {name!r} is missing ({self.run.signal_path(name)}): "
-                    f"run `curate score --signal {name}` on {self.run.root} first"
+                    f"run {score_command(name, self.run.root)} first"
                 )
             arr = np.asarray(_load_signal(self.run, name), dtype=np.float64)
             _check_len(f"signal {name!r}", arr, self.n)
@@ -381,7 +383,10 @@ def _as_knn(knn: Any) -> Any:
 
 def _check_len(what: str, arr: np.ndarray, n: int) -> None:
     if len(arr) != n:
-        raise ValueError(f"{what} has {len(arr)} rows but the pool has {n}")
+        raise MissingArtefactError(
+            f"{what} has {len(arr)} rows but the pool has {n}: it was made before the pool was re-ingested",
+            "re-run the stage that makes it (curate embed / index / map / score) on this run",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ class BalancedRandomSelector(Selector):
     ranking then interleaves the domains round by round (round r takes the r-th shuffled row of every domain
     that has one, domains in a seeded random order per round), so any prefix of it is as balanced as
     possible: every domain gets min(size, t) rows and the few remaining go to other unfilled domains.
-    Rows without a domain form one group, '(none)'.
+    Rows without a domain form one group, '(none)'. When no row has a domain, the k-means clusters of
+    `curate map` are the groups (named 'cluster N'), and the stats say so (`groups`, `note`).
     paper: the per-domain / uniform-mixture baseline of IDEAL and AMA. deviations: none.
     """
 
@@ -64,6 +65,18 @@ class BalancedRandomSelector(Selector):
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         rng = np.random.default_rng(seed)
         names, group = domain_groups(view)
+        groups_from = "domain"
+        if names == [NO_DOMAIN]:  # no domains: balance over k-means clusters instead of returning random
+            if view.run is not None and not (view.run.map_dir / "clusters.parquet").exists():
+                raise ParameterError(
+                    "balanced-random: no row of the pool has a domain, so there is nothing to balance",
+                    f"run `curate map --run {view.run.root}` to make k-means clusters (used as domains), "
+                    "or ingest a pool with a domain column",
+                )
+            clusters = view.clusters()
+            uniq, group = np.unique(clusters, return_inverse=True)
+            names = [f"cluster {int(c)}" for c in uniq]
+            groups_from = "cluster"
         members = [rng.permutation(np.flatnonzero(group == g)) for g in range(len(names))]
         sizes = np.asarray([m.size for m in members], dtype=np.int64)
         order: list[int] = []
@@ -72,12 +85,17 @@ class BalancedRandomSelector(Selector):
             for g in rng.permutation(len(names)):
                 if r < sizes[g]:
                     order.append(int(members[g][r]))
-                    reasons.append(f"balanced-random: domain {names[g]}, round {r}")
+                    reasons.append(f"balanced-random: {groups_from} {names[g].removeprefix('cluster ')}, round {r}")
         quota = {}
         if budget.kind != "tokens":
             counts = np.bincount(group[np.asarray(order[:k], dtype=np.int64)], minlength=len(names))
             quota = {names[g]: int(counts[g]) for g in range(len(names))}
-        stats: dict[str, Any] = {"domain_sizes": {names[g]: int(sizes[g]) for g in range(len(names))}}
+        stats: dict[str, Any] = {
+            "groups": groups_from,
+            "domain_sizes": {names[g]: int(sizes[g]) for g in range(len(names))},
+        }
+        if groups_from == "cluster":
+            stats["note"] = f"the pool has no domains: balanced over {len(names)} k-means clusters of `curate map`"
         if quota:
             stats["quota"] = quota
         return Ranking(np.asarray(order, dtype=np.int64), reasons=reasons, stats=stats)

@@ -566,7 +566,28 @@ class DaaRSelector(Selector):
             raise ValueError(f"daar: need seeds of at least 2 domains, got {names}")
         return names, c, f"{have.size} labelled pool rows"
 
+    def _check_seed_source(self, view: PoolView) -> None:
+        """Fail before any feature extraction when the seeds cannot give at least 2 domains."""
+        if self.generate_seeds:
+            return
+        if self.seeds:
+            paths = [self.seeds] if isinstance(self.seeds, str) else list(self.seeds)
+            names = set(read_seed_files(paths)[0])
+            where = f"seed files {', '.join(map(str, paths))}"
+        else:
+            names = {d for d in view.domains() if d is not None}
+            where = "the pool's `domain` column"
+            if not names:
+                raise ParameterError(
+                    "daar: no seeds: the pool has no row with a `domain`, and no seed files were given",
+                    "pass -p seeds=PATH.jsonl (lines of {domain, text}), or -p generate_seeds=true with "
+                    "-p domain_descriptions=FILE, or ingest a pool with a domain column",
+                )
+        if len(names) < 2:
+            raise ParameterError(f"daar: need seeds of at least 2 domains, {where} give {sorted(names)}")
+
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
+        self._check_seed_source(view)
         cluster = self._features(view, self.cluster_features)
         names, centroids, seed_note = self._seed_centroids(view, cluster, seed)
         probe = (

@@ -221,8 +221,8 @@ class ILASelector(Selector):
         self.threshold = None if threshold is None else float(threshold)
 
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
+        depth = view.signal(self.signal)  # first: a missing signal is named with the command that makes it
         cells = view.cells()
-        depth = view.signal(self.signal)
         res = ila_select(
             cells,
             depth,

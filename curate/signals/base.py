@@ -35,6 +35,29 @@ class SignalDef:
 
 SIGNALS: Registry[SignalDef] = Registry("signal")
 
+# the `curate score` flag each role needs, and the stage that must have run before
+_ROLE_FLAGS = {
+    "model": "--model DIR", "base_model": "--base-model DIR", "ref_model": "--ref-model DIR",
+    "validation": "--validation FILE.jsonl",
+}  # fmt: skip
+_ROLE_STAGES = {"embedder": "curate embed", "knn": "curate index"}
+
+
+def score_command(name: str, run: str | os.PathLike = "RUN") -> str:
+    """The command that computes signal `name`, with every flag its models need (and the stages before it)."""
+    try:
+        defn = SIGNALS.get(name)
+    except Exception:  # noqa: BLE001 - unknown name: the plain command still names what is missing
+        return f"curate score --run {run} --signal {name}"
+    roles = list(defn.roles)
+    for dep in () if callable(defn.deps) else defn.deps:
+        dep_def = SIGNALS.get(dep)
+        roles += [r for r in dep_def.roles if r not in roles]
+    flags = [_ROLE_FLAGS[r] for r in roles if r in _ROLE_FLAGS]
+    before = [f"`{_ROLE_STAGES[r]} --run {run}`" for r in roles if r in _ROLE_STAGES]
+    cmd = f"`curate score --run {run} --signal {name}{''.join(' ' + f for f in flags)}`"
+    return (" then ".join(before) + " then " if before else "") + cmd
+
 
 def signal(name: str, *, params: dict[str, Any] | None = None, roles: tuple[str, ...] = (), deps=()):
     """Decorator registering `fn(ctx) -> np.ndarray` as signal `name` (docstring = its description)."""

@@ -1,0 +1,99 @@
+"""User errors on the command line: one `error:` line naming the file or parameter and what to do, exit code 2,
+no traceback (unless --debug); checks run before expensive work."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+
+import pytest
+from fixtures_pool import make_run
+from typer.testing import CliRunner
+
+from curate.cli import app
+from curate.errors import CurateError
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result, result.output
+
+
+def one_error_line(result, out: str) -> str:
+    assert result.exit_code == 2, out
+    assert "Traceback" not in out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1, out
+    return errors[0]
+
+
+def test_busy_stage_is_one_line(tmp_path):
+    run = make_run(tmp_path / "run", n=24)
+    with open(run.root / ".score.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        line = one_error_line(*invoke("score", "--run", str(run.root), "--signal", "mtld"))
+    assert "another score is writing this run directory" in line and "use another --run" in line
+
+
+def test_deita_without_signal_names_the_parameter_and_the_command(tmp_path):
+    run = make_run(tmp_path / "run", n=24)
+    line = one_error_line(*invoke("select", "--run", str(run.root), "--method", "deita", "--budget", "5"))
+    assert "deita needs signal=NAME" in line and "curate score --run RUN --signal ifd --model smollm2" in line
+
+
+def test_ila_without_depth_names_every_flag(tmp_path):
+    run = make_run(tmp_path / "run", n=24)
+    line = one_error_line(*invoke("select", "--run", str(run.root), "--method", "ila", "--budget", "5"))
+    assert "signal 'relative_depth' is missing" in line
+    assert f"curate score --run {run.root} --signal relative_depth --base-model DIR --ref-model DIR" in line
+
+
+def test_stale_embeddings_after_reingest(tmp_path):
+    run = make_run(tmp_path / "run", n=24)  # has embeddings of 24 rows
+    src = tmp_path / "new.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"p{i}", "response": "r"}) + "\n" for i in range(5)))
+    assert invoke("ingest", str(src), "--run", str(run.root))[0].exit_code == 0
+    line = one_error_line(*invoke("select", "--run", str(run.root), "--method", "k-center", "--budget", "3"))
+    assert "it was made before the pool was re-ingested" in line or "changed since embedding" in line
+
+
+def test_balanced_random_without_domains_or_map(tmp_path):
+    src = tmp_path / "plain.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"p{i}", "response": "r"}) + "\n" for i in range(5)))
+    run = tmp_path / "run"
+    assert invoke("ingest", str(src), "--run", str(run))[0].exit_code == 0
+    line = one_error_line(*invoke("select", "--run", str(run), "--method", "balanced-random", "--budget", "3"))
+    assert "no row of the pool has a domain" in line and f"curate map --run {run}" in line
+
+
+def test_daar_without_seeds_fails_before_features(tmp_path):
+    src = tmp_path / "plain.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"p{i}", "response": "r"}) + "\n" for i in range(5)))
+    run = tmp_path / "run"
+    invoke("ingest", str(src), "--run", str(run))
+    line = one_error_line(*invoke("select", "--run", str(run), "--method", "daar", "--budget", "3",
+                                  "-p", "cluster_features=embeddings", "-p", "probe_features=embeddings"))  # fmt: skip
+    assert "daar: no seeds" in line and "seeds=PATH.jsonl" in line
+    assert not (run / "embeddings").exists()  # nothing was computed
+
+
+def test_ingest_errors_and_debug(tmp_path):
+    line = one_error_line(*invoke("ingest", str(tmp_path / "missing.jsonl"), "--run", str(tmp_path / "r")))
+    assert "missing.jsonl: no such file or directory" in line
+    line = one_error_line(*invoke("ingest", str(tmp_path), "--run", str(tmp_path / "r"), "--role-map", "usr"))
+    assert "--role-map: expected FROM=TO, got 'usr'" in line
+    bad = tmp_path / "obj.json"
+    bad.write_text('{"data": [{"prompt": "p", "response": "r"}]}')
+    line = one_error_line(*invoke("ingest", str(bad), "--run", str(tmp_path / "r")))
+    assert "obj.json: holds one JSON object" in line and "--records KEY" in line
+    result, out = invoke("ingest", str(bad), "--run", str(tmp_path / "r"), "--records", "data")
+    assert result.exit_code == 0 and "1 rows read" in out
+    result = CliRunner().invoke(app, ["--debug", "ingest", str(tmp_path / "missing.jsonl"), "--run", str(tmp_path)])
+    assert isinstance(result.exception, CurateError)  # --debug lets the exception (and its traceback) through
+
+
+@pytest.mark.parametrize("hint", [None, "do this"])
+def test_error_hint_is_part_of_the_message(hint):
+    e = CurateError("bad thing", hint)
+    assert str(e) == ("bad thing" if hint is None else "bad thing (do this)")
