@@ -253,9 +253,13 @@ def compare(
 ) -> None:
     """Compare selections of one pool: size, tokens, domains, coverage, diversity, signals, overlap."""
     table = _call("compare", run, names=names)
-    from curate.compare import render
+    from curate.compare import render, save_table
 
-    render(table)
+    md, csv = save_table(run, table)
+    left_out = render(table)
+    if left_out:
+        console.print(f"{len(left_out)} selection(s) did not fit the terminal: {', '.join(left_out)}", markup=False)
+    console.print(f"full table: {md} (and {csv.name})", markup=False)
 
 
 @app.command()

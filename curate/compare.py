@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,25 +80,51 @@ def _coverage_figures(run: RunDir, positions: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def render(table: pl.DataFrame, console: Any = None) -> None:
-    """Print a compare table with rich: one column per selection, one row per figure."""
+def save_table(run: RunDir | str | os.PathLike, table: pl.DataFrame) -> tuple[Path, Path]:
+    """Write the whole compare table as markdown and CSV under <run>/compare/ (named by the selections)."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    names = [str(n) for n in table["selection"].to_list()]
+    stem = "-".join(names) if len("-".join(names)) <= 120 else f"{names[0]}-and-{len(names) - 1}-more"
+    folder = run.root / "compare"
+    folder.mkdir(parents=True, exist_ok=True)
+    md, csv = folder / f"{stem}.md", folder / f"{stem}.csv"
+    rows = [c for c in table.columns if c != "selection"]
+    lines = ["| figure | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {c} | " + " | ".join(_fmt(v) for v in table[c].to_list()) + " |" for c in rows]
+    md.write_text("\n".join(lines) + "\n")
+    flat = table.select([pl.col(c).cast(pl.String) if table[c].dtype.is_nested() else pl.col(c) for c in table.columns])
+    flat.write_csv(csv)
+    return md, csv
+
+
+def render(table: pl.DataFrame, console: Any = None, width: int | None = None) -> list[str]:
+    """Print a compare table with rich: one column per selection, one row per figure; only as many selection
+    columns as fit in `width` (default: the terminal's) are printed. Returns the selections left out."""
     from rich.console import Console
     from rich.table import Table
 
     names = [str(n) for n in table["selection"].to_list()]
     label_width = max(len(c) for c in table.columns)
-    # wide enough that figure names and selection names are never cut (rich assumes 80 columns off a tty)
-    width = label_width + sum(max(len(n), 8) + 3 for n in names) + 4
-    console = console or Console(width=max(width, 80))
+    console = console or Console()
+    width = width or console.width
+    shown, used = [], label_width + 4
+    for i, name in enumerate(names):
+        col = max(len(name), max(len(_fmt(v)) for v in table.row(i)), 8) + 3
+        if shown and used + col > width:
+            break
+        shown.append(i)
+        used += col
     t = Table(title="selections", show_lines=False)
     t.add_column("figure", style="bold", no_wrap=True, min_width=label_width)
-    for name in names:
-        t.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+    for i in shown:
+        t.add_column(names[i], justify="right", no_wrap=True, min_width=len(names[i]))
     for col in table.columns:
         if col == "selection":
             continue
-        t.add_row(col, *[_fmt(v) for v in table[col].to_list()])
-    console.print(t)
+        values = table[col].to_list()
+        t.add_row(col, *[_fmt(values[i]) for i in shown])
+    console.print(t, width=max(width, used), crop=False)
+    return [names[i] for i in range(len(names)) if i not in shown]
 
 
 def _fmt(v: Any) -> str:

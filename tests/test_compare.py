@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import polars as pl
 import pytest
 from fixtures_pool import Fixed, make_run
 from rich.console import Console
 
-from curate.compare import compare, jaccard, render
+from curate.compare import compare, jaccard, render, save_table
 from curate.select import PoolView
 
 
@@ -47,6 +48,14 @@ def test_compare_known_case(tmp_path):
     render(t, Console(file=buf, width=200))
     out = buf.getvalue()
     assert "jaccard:b" in out and "0.3333" in out
+    narrow = io.StringIO()
+    left_out = render(t, Console(file=narrow, width=60))  # only what fits is printed
+    assert left_out == ["b", "c"] and "jaccard:b" in narrow.getvalue()
+    assert max(map(len, narrow.getvalue().splitlines())) < max(map(len, out.splitlines()))
+    md, csv = save_table(run, t)  # the whole table, whatever the terminal
+    assert md.read_text().splitlines()[0] == "| figure | a | b | c |"
+    assert "| jaccard:b | 0.3333 | 1 | 0.2 |" in md.read_text()
+    assert pl.read_csv(csv)["selection"].to_list() == ["a", "b", "c"]
 
 
 def test_compare_errors(tmp_path):
