@@ -336,6 +336,7 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
         torch.cuda.reset_peak_memory_stats()
     state = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     wall = time.perf_counter() - t0
+    runtime = float(state.metrics.get("train_runtime", wall))
 
     if not trainer.is_world_process_zero():
         return TrainResult(out, {})
@@ -350,7 +351,8 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
         "steps": int(trainer.state.global_step),
         "train_loss": float(state.training_loss),
         "train_tokens": int(trainer.tokens_seen),
-        "tokens_per_s": float(trainer.tokens_seen / max(wall, 1e-9)) if resume is None else None,
+        "tokens_per_s": float(trainer.tokens_seen / runtime) if resume is None else None,
+        "train_runtime_s": runtime,
         "wall_s": wall,
         "resumed_from": resume.name if resume is not None else None,
         "peak_memory_mb": _peak_memory_mb(device),
