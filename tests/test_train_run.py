@@ -206,7 +206,7 @@ def test_ila_reference_model_gives_real_depth_and_its_rows_are_not_selected(tiny
     ref_ids = set(pl.read_parquet(run / "selections" / "reference.parquet")["id"])
     assert ref["model"] == str(res.out / "model") and ref["n_rows"] == len(ref_ids) == 8
 
-    score(run, ["depth"], base_model=str(tiny_lm), ref_model=ref["model"], dtype="float32")
+    score(run, ["depth"], base_model=str(tiny_lm), ref_model="reference", dtype="float32")  # reference.json
     depth = load_signal(run, "depth")
     assert np.isfinite(depth).all() and np.abs(depth).max() > 0
     with pytest.raises(ValueError, match="two different models"):

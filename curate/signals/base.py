@@ -177,6 +177,13 @@ class ScoreContext:
         if value is None:
             flag = "--" + role.replace("_", "-")
             raise ValueError(f"this signal needs a causal LM for {role!r}: pass {role}=PATH (CLI {flag})")
+        if value == "reference":  # ILA's reference model of this run (curate train --reference)
+            if not self.rd.reference_path.exists():
+                raise ValueError(
+                    f"{role}=reference, but {self.rd.root} has no reference model: make one with "
+                    f"`curate train --run {self.rd.root} --reference 300 --lora`"
+                )
+            value = json.loads(self.rd.reference_path.read_text())["model"]
         return value
 
     def scorer(self, role: str = "model"):
