@@ -4,6 +4,8 @@ Data: N synthetic rows mixing alpaca, OpenAI messages, sharegpt, prompt/response
 ~2% exact duplicates, as one JSON-lines file and the same rows as parquet. Each measurement runs in a fresh
 subprocess (peak RSS from /proc VmHWM, which unlike getrusage is not inherited across exec); repeats are interleaved and medians reported.
   curate-jsonl    ingest(jsonl) with defaults (chunk_rows=50_000, shard_rows=100_000)
+  curate-json     ingest of the same rows as one JSON array (streamed record by record)
+  curate-jsonl-gz ingest(jsonl.gz): the JSON-lines file gzip-compressed (level 6), decompressed as it is read
   curate-parquet  ingest(parquet) with defaults
   polars-floor    pl.read_ndjson(jsonl).write_parquet(...): reading and writing only, no layout
                   normalisation, ids, dedup or quarantine -- a floor, not an equivalent tool
@@ -91,8 +93,21 @@ def main() -> None:
         jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
         parquet = work / "pool.parquet"
         pl.read_ndjson(jsonl, infer_schema_length=None).write_parquet(parquet)
+        array = work / "pool.json"
+        array.write_text(json.dumps(rows))
+        gz = work / "pool.jsonl.gz"
+        import gzip
+
+        with gzip.open(gz, "wb", compresslevel=6) as fh:
+            fh.write(jsonl.read_bytes())
         del rows
-        cases = {"curate-jsonl": ("curate", jsonl), "curate-parquet": ("curate", parquet), "polars-floor": ("polars", jsonl)}
+        cases = {
+            "curate-jsonl": ("curate", jsonl),
+            "curate-json": ("curate", array),
+            "curate-jsonl-gz": ("curate", gz),
+            "curate-parquet": ("curate", parquet),
+            "polars-floor": ("polars", jsonl),
+        }
         results: dict[str, list[dict]] = {k: [] for k in cases}
         for _ in range(args.repeats):
             for name, (what, src) in cases.items():
@@ -103,7 +118,7 @@ def main() -> None:
         for name, rs in results.items():
             s = statistics.median(r["s"] for r in rs)
             rss = statistics.median(r["rss_mb"] for r in rs)
-            print(f"{name:15s} median {s:6.2f} s  {args.n / s:9,.0f} rows/s  peak RSS {rss:6.0f} MB  "
+            print(f"{name:16s} median {s:6.2f} s  {args.n / s:9,.0f} rows/s  peak RSS {rss:6.0f} MB  "
                   f"x{s / floor:4.1f} of polars floor  unique={rs[0]['unique']}")
 
 
