@@ -152,7 +152,8 @@ def score(
     """Compute per-row signals (heuristics, LM losses, IFD, depth, ICL proxy) into signals/<name>.parquet."""
     paths = _call("score", run, names=signal, model=model, base_model=base_model, ref_model=ref_model,
                   validation=validation, dtype=dtype, **_parse_params(param))
-    console.print(paths)
+    for name, path in (paths.items() if isinstance(paths, dict) else []):
+        console.print(f"signal {name:<16} {path}", markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -97,3 +97,11 @@ def test_ingest_errors_and_debug(tmp_path):
 def test_error_hint_is_part_of_the_message(hint):
     e = CurateError("bad thing", hint)
     assert str(e) == ("bad thing" if hint is None else "bad thing (do this)")
+
+
+def test_score_prints_one_line_per_signal(tmp_path):
+    run = make_run(tmp_path / "run", n=24)
+    result, out = invoke("score", "--run", str(run.root), "--signal", "mtld", "--signal", "ttr")
+    assert result.exit_code == 0, out
+    lines = [ln for ln in out.splitlines() if ln.startswith("signal ")]
+    assert len(lines) == 2 and lines[0].split()[1] == "mtld" and lines[0].endswith("mtld.parquet")
