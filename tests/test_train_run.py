@@ -184,14 +184,14 @@ def test_training_on_an_export_folder_uses_its_weights(tiny_lm, tmp_path):  # no
 
     run = train_pool_run(tmp_path / "run", 16)
     rows = pl.read_parquet(run / "pool").head(4)
-    folder = tmp_path / "export"
-    folder.mkdir()
+    folder = tmp_path / "export" / "messages"  # export/<selection>/<layout>/, as curate export writes
+    folder.mkdir(parents=True)
     pl.DataFrame({"messages": rows["messages"], "weight": [0.0, 1.0, 2.0, 3.0], "id": rows["id"],
                   "domain": rows["domain"]}).write_parquet(folder / "data-00000.parquet")
     pl.DataFrame({"id": rows["id"]}).write_parquet(folder / "ids.parquet")
-    got = from_files(folder)
+    got = from_files(folder.parent)
     assert got.frame["weight"].to_list() == [0.0, 1.0, 2.0, 3.0] and got.frame["id"].to_list() == rows["id"].to_list()
-    res = train(data=folder, model=str(tiny_lm), out=tmp_path / "out", max_steps=2, **FAST)
+    res = train(data=folder.parent, model=str(tiny_lm), out=tmp_path / "out", max_steps=2, **FAST)
     assert res.metrics["n_rows"] == 4 and (tmp_path / "out" / "model" / "model.safetensors").exists()
 
 

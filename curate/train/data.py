@@ -83,10 +83,12 @@ def from_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Train
     from curate.pool.layouts import normalise
     from curate.pool.readers import iter_chunks, resolve_inputs
 
+    if isinstance(inputs, (str, os.PathLike)) and Path(inputs).is_dir():
+        inputs = _export_layout_folder(Path(inputs))
     files = resolve_inputs(inputs)
     if isinstance(inputs, (str, os.PathLike)) and Path(inputs).is_dir():
         parquet = [(p, f) for p, f in files if f == "parquet" and p.name.startswith("data-")]
-        files = parquet or [(p, f) for p, f in files if p.name != "ids.parquet"]
+        files = parquet or files
     files = [(p, f) for p, f in files if p.name != "ids.parquet"]
     out: dict[str, list] = {c: [] for c in ROW_COLUMNS}
     for path, fmt in files:
@@ -118,6 +120,20 @@ def from_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Train
         },
     )  # fmt: skip
     return _finish(frame, ", ".join(str(p) for p, _ in files))
+
+
+def _export_layout_folder(folder: Path) -> Path:
+    """An export folder `export/<selection>/` holds one sub-folder per layout: take `messages` (else
+    `preference`, else the only one). Any other folder is returned as it is."""
+    layouts = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("data-*")))
+    if not layouts:
+        return folder
+    for name in ("messages", "preference"):
+        if folder / name in layouts:
+            return folder / name
+    if len(layouts) == 1:
+        return layouts[0]
+    raise TrainDataError(f"{folder} holds several export layouts ({', '.join(p.name for p in layouts)}): pass one")
 
 
 def heldout_split(

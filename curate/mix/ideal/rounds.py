@@ -1,0 +1,275 @@
+"""IDEAL rounds (Ming et al., ICLR 2026; docs/methods.md): train -> EK-FAC influence -> new domain volumes.
+
+Round t trains on the volumes of round t (round 0: the selection as it is), fits EK-FAC on a σ-sample of its
+training rows, takes the mean gradient of each domain (σ-sample) and of the reference set (whole, and each of
+its domains), and computes the influence matrix s[r][j] = g_refᵀ H⁻¹ g_j. The whole-reference row gives
+β_j = m s_j / max|s|, and n_j' = round(n_j (1 + β_j)) rows of domain j, by seeded subsampling (β < 0) or
+duplication (β > 0) of the current rows. Volumes are stored as a selection whose weights are multiplicities
+(a row kept twice has weight 2: the same summed loss as two copies), `selections/<name>-r<t>`, and the
+per-domain shares in `mixtures/<name>.json` with each round's β, influence, reference and held-out losses.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curate.pool.schema import NO_DOMAIN
+from curate.run import RunDir
+from index.io import read_json, write_json
+
+SCALINGS = ("mean", "sum")
+
+
+def step_sizes(s: dict[str, float], m: float) -> dict[str, float]:
+    """β_j = m s_j / max_k |s_k| (the largest move is exactly ±m; all 0 when every influence is 0)."""
+    top = max((abs(v) for v in s.values()), default=0.0)
+    return {d: (m * v / top if top > 0 else 0.0) for d, v in s.items()}
+
+
+def new_volumes(
+    ids: Sequence[str], counts: np.ndarray, domains: Sequence[str], beta: dict[str, float], seed: int
+) -> np.ndarray:
+    """New multiplicity of each row: per domain, n' = round(n (1 + β)) instances drawn from the current
+    instances (without replacement when shrinking; the current ones plus seeded duplicates when growing)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    out = np.zeros_like(counts)
+    rng = np.random.default_rng(seed)
+    dom = np.asarray(domains)
+    for d in sorted(set(domains)):
+        rows = np.flatnonzero(dom == d)
+        inst = np.repeat(rows, counts[rows])  # one entry per current instance
+        n_new = int(round(inst.size * (1.0 + beta.get(d, 0.0))))
+        if n_new <= inst.size:
+            keep = rng.choice(inst, size=n_new, replace=False)
+        else:
+            keep = np.concatenate([inst, rng.choice(inst, size=n_new - inst.size, replace=True)])
+        np.add.at(out, keep, 1)
+    return out
+
+
+def _save_volumes(rd: RunDir, name: str, rows: pl.DataFrame, counts: np.ndarray, info: dict) -> None:
+    from curate.select.base import Selection
+
+    keep = np.flatnonzero(counts > 0)
+    pool_ids = rd.read_pool(["id"])["id"].to_list()
+    pos = {x: i for i, x in enumerate(pool_ids)}
+    ids = [rows["id"][int(i)] for i in keep]
+    Selection(
+        positions=np.array([pos[x] for x in ids], dtype=np.int64),
+        ids=ids,
+        weights=counts[keep].astype(np.float64) * rows["weight"].to_numpy()[keep],
+        reasons=[f"ideal volume x{int(counts[i])}" for i in keep],
+        method="ideal",
+        params=info,
+        stats={"domains": _domain_counts(rows, counts)},
+    ).save(rd, name)
+
+
+def _domain_counts(rows: pl.DataFrame, counts: np.ndarray) -> dict[str, int]:
+    dom = rows["domain"].fill_null(NO_DOMAIN).to_list()
+    out: dict[str, int] = {}
+    for d, c in zip(dom, counts, strict=True):
+        out[d] = out.get(d, 0) + int(c)
+    return dict(sorted(out.items()))
+
+
+def influence_round(
+    model_dir: Path,
+    rows,
+    counts: np.ndarray,
+    reference,
+    *,
+    layers: str | Sequence[str],
+    sample_rate: float,
+    damping: float,
+    correct: bool,
+    scaling: str,
+    batch_tokens: int,
+    max_length: int,
+    seed: int,
+    cache: Path | None = None,
+) -> dict[str, Any]:
+    """EK-FAC fit and the influence matrix of one trained model; returns {influence, timings, ...}."""
+    import torch
+
+    from curate.mix.ideal import lm
+    from curate.mix.ideal.ekfac import EKFAC, influence, mean_gradient
+    from curate.models import model_fingerprint
+    from curate.signals.lm import LMScorer
+    from curate.train.data import encode_rows
+
+    timings: dict[str, float] = {}
+    model, tok = _load(model_dir, layers)
+    scorer = LMScorer.from_model(_unwrap(model), tok, path=model_dir, dtype="float32", device="cpu",
+                                 fingerprint=model_fingerprint(_weights_dir(model_dir), "float32"),
+                                 max_length=max_length)
+    modules = lm.pick_modules(model, layers)
+    lm.only_these_require_grad(model, modules)
+    model.eval()
+    feats = encode_rows(scorer, rows, preference=False)
+    ref_feats = encode_rows(scorer, reference, preference=False)
+    rng = np.random.default_rng(seed)
+    dom = np.asarray(rows.domains())
+    instances = np.repeat(np.arange(len(counts)), counts)
+    fit_rows = np.unique(rng.choice(instances, size=max(1, int(round(sample_rate * instances.size))), replace=False))
+
+    t = time.perf_counter()
+    ek = EKFAC(modules, damping=damping, correct=correct)
+    if cache is not None and cache.exists():
+        ek.load(cache)
+    else:
+        ek.fit(model, lm.seeded(lm.row_batches(feats, fit_rows, scorer.pad_id, batch_tokens), seed), lm.sampled_loss,
+               lm.token_mask)
+        if cache is not None:
+            ek.save(cache)
+    timings["ekfac_fit_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    grads, sizes = {}, {}
+    for d in sorted(set(dom)):
+        pos = np.flatnonzero((dom == d) & (counts > 0))
+        take = np.sort(rng.choice(pos, size=max(1, int(round(sample_rate * pos.size))), replace=False))
+        grads[d], _ = mean_gradient(model, modules, lm.row_batches(feats, take, scorer.pad_id, batch_tokens),
+                                    lm.true_losses)
+        sizes[d] = int(counts[dom == d].sum())
+    ref_dom = np.asarray(reference.domains())
+    ref_sets = {"all": np.arange(len(ref_dom))} | {d: np.flatnonzero(ref_dom == d) for d in sorted(set(ref_dom))}
+    ref_grads = {
+        r: mean_gradient(model, modules, lm.row_batches(ref_feats, idx, scorer.pad_id, batch_tokens), lm.true_losses)[0]
+        for r, idx in ref_sets.items()
+    }
+    total = sum(sizes.values())
+    matrix = {}
+    for r, g_ref in ref_grads.items():
+        matrix[r] = {}
+        for d, g in grads.items():
+            s = influence(ek, g_ref, g)
+            matrix[r][d] = s * (sizes[d] / total) if scaling == "sum" else s
+    timings["influence_s"] = time.perf_counter() - t
+    with torch.no_grad():
+        from curate.train.stage import evaluate_rows
+
+        ref_loss = evaluate_rows(scorer, reference)
+    return {"influence": matrix, "timings": timings, "reference_loss": ref_loss, "ekfac": ek.stats,
+            "modules": len(modules)}
+
+
+def _weights_dir(model_dir: Path) -> Path:
+    return model_dir if any(model_dir.glob("*.safetensors")) and (model_dir / "config.json").exists() else model_dir
+
+
+def _load(model_dir: Path, layers):
+    """The trained model in float32 (a LoRA adapter folder loads with its base when layers='lora')."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if (model_dir / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), tok
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True), tok
+
+
+def _unwrap(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def ideal(
+    run: RunDir | str | os.PathLike,
+    selection: str,
+    reference: str | os.PathLike,
+    *,
+    model: str = "smollm2",
+    name: str = "ideal",
+    rounds: int = 2,
+    m: float = 0.15,
+    sample_rate: float = 0.5,
+    damping: float = 0.1,
+    layers: str | list[str] = "mlp",
+    influence_scaling: str = "mean",
+    correct: bool = True,
+    train_final: bool = True,
+    heldout: str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_tokens: int = 2048,
+    max_length: int = 1024,
+    **train_params: Any,
+) -> dict[str, Any]:
+    """Run IDEAL on a run's selection with a reference set (a file with a `domain` column); write
+    `mixtures/<name>.json` and the volume selections; return the mixture document.
+
+    `layers`: 'mlp' (default; LoRA training is merged first), 'lora' (LoRA parameters: train with lora=True),
+    or module names. Each round's training, EK-FAC factors and influence are kept, so a killed run resumes.
+    """
+    from curate.train import from_files, from_selection, train
+
+    if influence_scaling not in SCALINGS:
+        raise ValueError(f"influence_scaling must be one of {SCALINGS}, got {influence_scaling!r}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    rd = run if isinstance(run, RunDir) else RunDir(run)
+    ref_rows = from_files(reference)
+    if ref_rows.frame["domain"].null_count() == ref_rows.frame.height:
+        raise ValueError(f"{reference}: the reference set needs a `domain` column (one per capability)")
+    base = from_selection(rd, selection)
+    work = rd.root / "mix" / name
+    work.mkdir(parents=True, exist_ok=True)
+    counts = np.ones(base.frame.height, dtype=np.int64)
+    domains = base.domains()
+    doc: dict[str, Any] = {"method": "ideal", "name": name, "selection": selection, "domains": sorted(set(domains)),
+                           "params": {"m": m, "sample_rate": sample_rate, "damping": damping, "layers": layers,
+                                      "influence_scaling": influence_scaling, "correct": correct, "seed": seed},
+                           "rounds": []}
+    train_kw = dict(train_params)
+    if layers == "lora":
+        train_kw["lora"] = True
+    elif train_kw.get("lora"):
+        train_kw["merge"] = True
+    for t in range(rounds + (1 if train_final else 0)):
+        sel_name = selection if t == 0 else f"{name}-r{t}"
+        if t > 0 and not rd.selection_path(sel_name).exists():
+            _save_volumes(rd, sel_name, base.frame, counts, {"round": t, **doc["params"]})
+        t0 = time.perf_counter()
+        res = train(rd, sel_name, model=model, name=f"{name}-r{t}", heldout=heldout, seed=seed,
+                    batch_tokens=batch_tokens, max_length=max_length, **train_kw)
+        entry = {"round": t, "selection": sel_name, "counts": _domain_counts(base.frame, counts),
+                 "weights": _shares(base.frame, counts), "train": str(res.out),
+                 "heldout": res.metrics.get("heldout"), "timings": {"train_s": time.perf_counter() - t0}}
+        if t < rounds:
+            cached = work / f"round-{t}.json"
+            if cached.exists():
+                inf = read_json(cached)
+            else:
+                model_dir = res.out / ("adapter" if layers == "lora" else "model")
+                inf = influence_round(model_dir, base, counts, ref_rows, layers=layers, sample_rate=sample_rate,
+                                      damping=damping, correct=correct, scaling=influence_scaling,
+                                      batch_tokens=batch_tokens, max_length=max_length, seed=seed + t,
+                                      cache=work / f"ekfac-r{t}.safetensors")
+                write_json(cached, inf)
+            beta = step_sizes(inf["influence"]["all"], m)
+            entry.update({"influence": inf["influence"], "beta": beta, "reference_loss": inf["reference_loss"],
+                          "timings": {**entry["timings"], **inf["timings"]}})
+            counts = new_volumes(base.frame["id"].to_list(), counts, domains, beta, seed + 1000 + t)
+        doc["rounds"].append(entry)
+        write_json(rd.mixture_path(name), doc)
+    if not train_final:
+        _save_volumes(rd, f"{name}-r{rounds}", base.frame, counts, {"round": rounds, **doc["params"]})
+        doc["rounds"].append({"round": rounds, "selection": f"{name}-r{rounds}",
+                              "counts": _domain_counts(base.frame, counts), "weights": _shares(base.frame, counts)})
+    doc["final_selection"] = f"{name}-r{rounds}"
+    write_json(rd.mixture_path(name), doc)
+    return doc
+
+
+def _shares(rows: pl.DataFrame, counts: np.ndarray) -> dict[str, float]:
+    c = _domain_counts(rows, counts)
+    total = sum(c.values())
+    return {d: v / total for d, v in c.items()}

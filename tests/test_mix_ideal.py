@@ -1,0 +1,225 @@
+"""IDEAL: EK-FAC against exact damped inverses, the influence sign, volume updates, and rounds end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from fixtures_lm import SENTENCES, tiny_lm  # noqa: F401
+from torch import nn
+
+from curate.mix.ideal import EKFAC, new_volumes, step_sizes
+from curate.pool.ids import content_id
+from curate.pool.schema import POOL_SCHEMA
+
+
+def _fit_linear(R: int, correct: bool = True):
+    torch.manual_seed(0)
+    X = torch.randn(400, 4) @ torch.tensor([[1.0, 0.3, 0, 0], [0, 1, 0.5, 0], [0, 0, 1, 0.2], [0.1, 0, 0, 0.5]])
+    lin = nn.Linear(4, 3, bias=False)
+
+    def batches():
+        for _ in range(R):
+            yield from X.split(100)
+
+    def sampled(model, x):  # Gaussian likelihood, labels drawn from the model: the true Fisher is A ⊗ I
+        y = model(x)
+        return 0.5 * ((y - (y.detach() + torch.randn_like(y))) ** 2).sum()
+
+    return X, EKFAC({"l": lin}, damping=0.1, correct=correct).fit(lin, batches, sampled)
+
+
+def test_ihvp_equals_the_exact_damped_inverse_where_kronecker_is_exact():
+    X, ek = _fit_linear(R=50)
+    F = torch.kron(torch.eye(3, dtype=torch.float64), (X.T @ X / X.shape[0]).double())
+    delta = 0.1 * ek.lam["l"].mean()
+    V = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    exact = torch.linalg.solve(F + delta * torch.eye(12, dtype=torch.float64), V.reshape(-1)).reshape(3, 4)
+    got = ek.ihvp({"l": V})["l"]
+    assert float((got - exact).norm() / exact.norm()) < 0.04  # label-sampling noise only
+    assert torch.allclose(ek.dense_inverse("l") @ V.reshape(-1), got.reshape(-1), rtol=1e-9)
+
+
+class _MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(3, 5, bias=False), nn.Linear(5, 4, bias=False)
+
+    def forward(self, x):
+        return self.l2(torch.tanh(self.l1(x)))
+
+
+@pytest.fixture(scope="module")
+def mlp_case():
+    """A tiny classifier, its inputs, and the exact damped inverse of the Gauss-Newton block of each layer."""
+    from torch.func import functional_call, jacrev
+
+    torch.manual_seed(1)
+    mlp, X = _MLP(), torch.randn(64, 3) * 1.5
+    params = {k: v.detach() for k, v in mlp.named_parameters()}
+    truth = {}
+    for mod in ("l1", "l2"):
+        key = f"{mod}.weight"
+        F = 0
+        for x in X:
+            J = jacrev(lambda p, x=x, key=key: functional_call(mlp, {**params, key: p}, (x,)))(params[key])
+            J = J.reshape(4, -1).double()
+            p = torch.softmax(mlp(x), -1).detach().double()
+            F = F + J.T @ (torch.diag(p) - torch.outer(p, p)) @ J
+        F = F / len(X)
+        delta = 0.1 * torch.trace(F) / F.shape[0]
+        truth[mod] = torch.linalg.inv(F + delta * torch.eye(F.shape[0], dtype=torch.float64))
+    return mlp, X, truth
+
+
+def _mlp_error(mlp_case, mod: str, R: int, correct: bool) -> float:
+    mlp, X, truth = mlp_case
+
+    def batches():
+        torch.manual_seed(0)
+        for _ in range(R):
+            yield from X.split(16)
+
+    def sampled(model, x):
+        logits = model(x)
+        drawn = torch.distributions.Categorical(logits=logits.detach()).sample()
+        return nn.functional.cross_entropy(logits, drawn, reduction="sum")
+
+    ek = EKFAC({mod: getattr(mlp, mod)}, damping=0.1, correct=correct).fit(mlp, batches, sampled)
+    return float((ek.dense_inverse(mod) - truth[mod]).norm() / truth[mod].norm())
+
+
+def test_ekfac_approaches_the_exact_gauss_newton_inverse_and_beats_kfac(mlp_case):
+    # the output layer: sampling error vanishes as label draws grow
+    few, many = _mlp_error(mlp_case, "l2", 1, True), _mlp_error(mlp_case, "l2", 100, True)
+    assert many < 0.01 and many < few / 3
+    # both layers: the eigenvalue-corrected inverse is closer than plain K-FAC (the first layer keeps the
+    # Kronecker factorisation's own error, about 20% here)
+    for mod in ("l1", "l2"):
+        assert _mlp_error(mlp_case, mod, 100, True) < _mlp_error(mlp_case, mod, 100, False)
+
+
+def test_step_sizes_and_new_volumes_follow_the_rule():
+    beta = step_sizes({"a": 2.0, "b": -1.0, "c": 0.5}, 0.15)
+    assert beta == pytest.approx({"a": 0.15, "b": -0.075, "c": 0.0375})
+    assert step_sizes({"a": 0.0}, 0.15) == {"a": 0.0}
+    ids = [f"r{i}" for i in range(30)]
+    domains = ["a"] * 10 + ["b"] * 20
+    counts = np.ones(30, dtype=np.int64)
+    new = new_volumes(ids, counts, domains, {"a": 0.3, "b": -0.25}, seed=0)
+    assert new[:10].sum() == 13 and new[10:].sum() == 15
+    assert (new[10:] <= 1).all() and (new[:10] >= 1).all()  # shrink drops rows, growth duplicates, keeps all
+    assert np.array_equal(new, new_volumes(ids, counts, domains, {"a": 0.3, "b": -0.25}, seed=0))
+
+
+def test_statistics_are_reduced_across_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    torch.save(X, tmp_path / "x.pt")
+    mp.spawn(_dist_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    one = _fit_fixed(X)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"lam{rank}.pt")
+        assert torch.allclose(got, one.lam["l"], rtol=1e-9)
+
+
+def _fit_fixed(X):
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3, bias=False)
+    target = torch.arange(X.shape[0] * 3, dtype=torch.float32).reshape(-1, 3) % 5
+
+    def loss(model, batch):
+        x, t = batch
+        return 0.5 * ((model(x) - t) ** 2).sum()
+
+    return EKFAC({"l": lin}, damping=0.1).fit(lin, lambda: iter([(X[i : i + 8], target[i : i + 8])
+                                                                  for i in range(0, X.shape[0], 8)]), loss)
+
+
+def _dist_worker(rank: int, folder: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    X = torch.load(f"{folder}/x.pt")
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3, bias=False)
+    target = torch.arange(X.shape[0] * 3, dtype=torch.float32).reshape(-1, 3) % 5
+    mine = [(X[i : i + 8], target[i : i + 8]) for i in range(0, X.shape[0], 8)][rank::2]
+
+    def loss(model, batch):
+        x, t = batch
+        return 0.5 * ((model(x) - t) ** 2).sum()
+
+    ek = EKFAC({"l": lin}, damping=0.1).fit(lin, lambda: iter(mine), loss)
+    torch.save(ek.lam["l"], f"{folder}/lam{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _conflict_run(run, n_per: int = 24):
+    """A pool of two domains over the same prompts: 'good' answers one way, 'bad' the opposite way."""
+    rows = []
+    for i in range(2 * n_per):
+        good = i % 2 == 0
+        prompt = SENTENCES[(i // 2) % 12] + f" {(i // 2) % 4}"
+        response = SENTENCES[((i // 2) + (1 if good else 6)) % 12]
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        rows.append({"id": content_id("sft", msgs, None), "source": "x", "row": i, "kind": "sft",
+                     "domain": "good" if good else "bad", "messages": msgs, "prompt": prompt, "response": response,
+                     "rejected": None, "meta": "{}", "n_duplicates": 0})
+    (run / "pool").mkdir(parents=True)
+    pool = pl.DataFrame(rows, schema=POOL_SCHEMA).unique("id", keep="first", maintain_order=True)
+    pool.write_parquet(run / "pool" / "shard-00000.parquet")
+    (run / "selections").mkdir()
+    pl.DataFrame({"id": pool["id"], "weight": [1.0] * pool.height, "rank": list(range(pool.height)),
+                  "reason": ["t"] * pool.height}).write_parquet(run / "selections" / "all.parquet")
+    ref = run.parent / "reference.jsonl"
+    with open(ref, "w") as fh:
+        for i in range(12):
+            fh.write(json.dumps({"prompt": SENTENCES[i] + f" {i % 4}", "response": SENTENCES[(i + 1) % 12],
+                                 "domain": "target"}) + "\n")
+    return ref
+
+
+TRAIN = {"batch_tokens": 256, "progress": False, "lr": 1e-2, "log_every": 50, "max_length": 64}
+
+
+def test_influence_upweights_the_matching_domain_and_downweights_the_conflicting_one(tiny_lm, tmp_path):  # noqa: F811
+    from curate.mix.ideal import ideal
+
+    ref = _conflict_run(tmp_path / "run")
+    doc = ideal(tmp_path / "run", "all", ref, model=str(tiny_lm), rounds=2, epochs=15, sample_rate=1.0,
+                **TRAIN)
+    r0 = doc["rounds"][0]
+    assert r0["influence"]["all"]["good"] > 0 > r0["influence"]["all"]["bad"]
+    assert r0["beta"]["good"] == pytest.approx(0.15) and -0.15 <= r0["beta"]["bad"] < 0
+    assert doc["rounds"][1]["counts"]["good"] > r0["counts"]["good"]
+    assert doc["rounds"][1]["counts"]["bad"] <= r0["counts"]["bad"]
+
+    # artefacts: three rounds (two influence rounds, then training on the final volumes), all reloadable
+    run = tmp_path / "run"
+    stored = json.loads((run / "mixtures" / "ideal.json").read_text())
+    assert [r["round"] for r in stored["rounds"]] == [0, 1, 2] and stored["final_selection"] == "ideal-r2"
+    assert set(stored["rounds"][0]["influence"]) == {"all", "target"}
+    assert stored["rounds"][2]["heldout"] is None and (run / "train" / "ideal-r2" / "model").exists()
+    sel = pl.read_parquet(run / "selections" / "ideal-r2.parquet")
+    assert sel["weight"].sum() == sum(stored["rounds"][2]["counts"].values())
+    ek = EKFAC({"x": nn.Linear(1, 1)})  # reload check on the saved factors' names
+    keys = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(run / "mix" / "ideal" / "ekfac-r0.safetensors"))
+    assert any(k.endswith("::lam") for k in keys) and ek.damping == 0.1
+
+    # a re-run reuses every round (the cached factors are not rewritten)
+    mtime = (run / "mix" / "ideal" / "ekfac-r0.safetensors").stat().st_mtime_ns
+    again = ideal(run, "all", ref, model=str(tiny_lm), rounds=2, epochs=15, sample_rate=1.0, **TRAIN)
+    assert again["rounds"][1]["counts"] == doc["rounds"][1]["counts"]
+    assert (run / "mix" / "ideal" / "ekfac-r0.safetensors").stat().st_mtime_ns == mtime
+
+    # the final mixture trains through `curate train --mixture ideal`
+    from curate.train import train
+
+    res = train(run, "all", model=str(tiny_lm), mixture="ideal", name="with-mix", max_steps=2, **TRAIN)
+    assert res.metrics["steps"] == 2
