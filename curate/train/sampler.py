@@ -92,6 +92,8 @@ class MixtureBatchSampler:
 
     With `objective` weights w (per domain), each row's loss weight is multiplied by w_d / q_d: training on
     proportions q then estimates the loss of the w-weighted mixture (importance correction).
+    With `with_probs`, batches hold `(row, factor, q_d)` triples: the probability with which the row's domain
+    was drawn (what a bandit's importance-weighted estimate divides by; AMA-S).
     """
 
     def __init__(
@@ -106,7 +108,9 @@ class MixtureBatchSampler:
         num_batches: int | None = None,
         megabatch_rows: int = 256,
         domain_names: Sequence[str] | None = None,
+        with_probs: bool = False,
     ) -> None:
+        self.with_probs = bool(with_probs)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.domains = np.asarray(domains, dtype=np.int64)
         self.n_domains = int(self.domains.max()) + 1 if self.domains.size else 0
@@ -186,7 +190,10 @@ class MixtureBatchSampler:
                 if self.proportions_at(epoch, self._yielded)[0] != version:
                     break  # proportions changed: drop the rest of this megabatch, draw with the new ones
                 self._yielded += 1
-                yield [(int(i), float(factor[self.domains[i]])) for i in batches[b]]
+                if self.with_probs:
+                    yield [(int(i), float(factor[self.domains[i]]), float(q[self.domains[i]])) for i in batches[b]]
+                else:
+                    yield [(int(i), float(factor[self.domains[i]])) for i in batches[b]]
 
     def state_dict(self) -> dict:
         return {"kind": "mixture", "epoch": self.sampler.epoch, "schedule": self.schedule}

@@ -87,7 +87,7 @@ def train(
     run: RunDir | str | os.PathLike | None = None,
     selection: str | None = None,
     *,
-    data: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    data: str | os.PathLike | Sequence[str | os.PathLike] | tdata.TrainRows | None = None,
     model: str = "smollm2",
     name: str | None = None,
     out: str | os.PathLike | None = None,
@@ -123,14 +123,16 @@ def train(
     progress: bool = True,
     callbacks: Sequence[Any] = (),
     mixture_hook: Callable[[int, dict[str, float]], Any] | None = None,
+    row_objective: Any | None = None,
 ) -> TrainResult:
     """Fine-tune `model` on a run's `selection` (or on `data` files), SFT or DPO, full or LoRA.
 
     Per-row weights follow the convention of `curate.train.loss`. `mixture` names `<run>/mixtures/<name>.json`
     (or a path): rows are then drawn by its domain proportions (with the importance correction when the file
     has `objective` weights), and `mixture_hook(step, domain_losses)` may return new proportions during
-    training. Held-out rows come from `heldout` (a file) or a seeded `heldout_split` of the pool (rows or a
-    fraction); they are evaluated every `eval_every` steps and at the end, under bf16 autocast when
+    training. `row_objective` (a `curate.train.trainer.RowObjective`) replaces the weighted loss, e.g. by
+    AutoMixAlign's excess loss; `data` may also be `TrainRows` already read. Held-out rows come from `heldout`
+    (a file) or a seeded `heldout_split` of the pool (rows or a fraction); they are evaluated every `eval_every` steps and at the end, under bf16 autocast when
     `eval_dtype` (default: `dtype`) is bfloat16.
     """
     rd = RunDir(run) if run is not None else None
@@ -138,7 +140,10 @@ def train(
         raise ValueError("give either a run and a selection, or `data` files (an export folder or a file)")
     if selection is not None and rd is None:
         raise ValueError("a selection needs its run directory (--run)")
-    rows = tdata.from_selection(rd, selection) if selection is not None else tdata.from_files(data)
+    if selection is not None:
+        rows = tdata.from_selection(rd, selection)
+    else:
+        rows = data if isinstance(data, tdata.TrainRows) else tdata.from_files(data)
     objective = _objective(rows, objective)
     name = name or selection or "data"
     if out is None:
@@ -173,6 +178,8 @@ def train(
         "weight_decay": weight_decay, "max_length": max_length, "dtype": dtype, "eval_dtype": eval_dtype, "beta": beta,
         "mixture": mixture, "seed": seed, "merge": merge,
     }  # fmt: skip
+    if row_objective is not None:  # only then: the keys of runs without one stay as they were
+        params["row_objective"] = row_objective.key()
     key = {
         "params": params,
         "data": _data_key(rows),
@@ -188,7 +195,7 @@ def train(
             lora=lora, merge=merge, params=params, device=device, dtype=dtype, lr=lr,
             eval_every=eval_every, log_every=log_every, save_every=save_every,
             keep_checkpoints=keep_checkpoints, progress=progress, callbacks=callbacks,
-            mixture_hook=mixture_hook,
+            mixture_hook=mixture_hook, row_objective=row_objective,
         )  # fmt: skip
 
 
@@ -227,7 +234,8 @@ def _domain_codes(names: list[str], rows: tdata.TrainRows) -> np.ndarray:
 
 
 def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, params, device, dtype, lr,
-           eval_every, log_every, save_every, keep_checkpoints, progress, callbacks, mixture_hook) -> TrainResult:
+           eval_every, log_every, save_every, keep_checkpoints, progress, callbacks, mixture_hook,
+           row_objective=None) -> TrainResult:
     import torch
     from transformers import TrainingArguments, set_seed
 
@@ -235,6 +243,7 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
     from curate.train.model import load_for_training, save_model_dir, unwrap
     from curate.train.sampler import MixtureBatchSampler, TokenBudgetBatchSampler
     from curate.train.trainer import (
+        OBJECTIVE_STATE,
         SAMPLER_STATE,
         Collator,
         CurateTrainer,
@@ -283,9 +292,12 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
             feats.lengths, codes, [mix["weights"].get(n, 0.0) for n in names], params["batch_tokens"],
             seed=params["seed"], domain_names=names,
             objective=[mix["objective"].get(n, 0.0) for n in names] if mix["objective"] else None,
+            with_probs=row_objective is not None,
         )
     else:
         sampler = TokenBudgetBatchSampler(feats.lengths, params["batch_tokens"], seed=params["seed"])
+
+    row_ref = row_objective.prepare(rows.frame["id"].to_list(), names) if row_objective is not None else None
 
     bf16 = dtype == "bfloat16"
     args = TrainingArguments(
@@ -313,10 +325,11 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
         disable_tqdm=not progress,
     )
     trainer = CurateTrainer(
-        model=net, args=args, train_dataset=EncodedRows(feats, rows.frame["weight"].to_numpy(), codes, ref),
+        model=net, args=args,
+        train_dataset=EncodedRows(feats, rows.frame["weight"].to_numpy(), codes, ref, row_ref=row_ref),
         data_collator=Collator(scorer.pad_id), batch_sampler=sampler, objective=objective,
         domain_names=names, log_path=out / "log.jsonl", beta=params["beta"],
-        split=_split_head(base), callbacks=list(callbacks),
+        split=_split_head(base), callbacks=list(callbacks), row_objective=row_objective,
     )  # fmt: skip
     evaluate, done_evals = None, {}
     if held_seqs is not None:
@@ -331,6 +344,8 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
     resume = last_complete_checkpoint(out / "checkpoints")
     if resume is not None and (resume / SAMPLER_STATE).exists():
         sampler.load_state_dict(read_json(resume / SAMPLER_STATE))
+    if resume is not None and row_objective is not None and (resume / OBJECTIVE_STATE).exists():
+        row_objective.load_state_dict(read_json(resume / OBJECTIVE_STATE))
     t0 = time.perf_counter()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -6,7 +6,10 @@ and clipping, bf16, checkpoints, resumption, DDP through accelerate/torchrun —
   token count is gathered over micro-batches and processes in `_get_num_items_in_batch`);
 - the length-grouped token-budget / mixture batch sampler, whose state is saved in every checkpoint;
 - per-domain training loss in `log.jsonl`, and a `COMPLETE` marker written last in each checkpoint so a
-  resumed run never starts from a half-written one.
+  resumed run never starts from a half-written one;
+- an optional `RowObjective` that replaces the weighted loss (e.g. AutoMixAlign's clipped excess loss over
+  per-row specialist losses): it sees the per-row losses and the batch, sets the step's normaliser, and its
+  state is saved in every checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,19 +29,52 @@ from index.io import write_json
 
 COMPLETE = "COMPLETE"
 SAMPLER_STATE = "sampler.json"
+OBJECTIVE_STATE = "objective.json"
+
+
+class RowObjective(Protocol):
+    """A replacement for the weighted SFT / DPO loss, computed from per-row losses.
+
+    `values` are the rows' summed response NLL (SFT; `counts` their labelled-token counts) or their DPO losses
+    (`counts` ones). `step_total(batch)` is a micro-batch's share of the optimiser step's normaliser (any
+    float64 tensor shape; summed over the step's micro-batches and processes); `loss(values, counts, batch,
+    total)` returns the micro-batch's part of the step loss given that total.
+    """
+
+    def key(self) -> dict:
+        """What identifies the objective (part of the training run's key)."""
+
+    def prepare(self, ids: list[str], domain_names: list[str]) -> np.ndarray | None:
+        """Called once with the training rows' ids and the domain names (the order of the batches' domain
+        codes); returns per-row floats carried in every batch as `ref_loss`, or None."""
+
+    def step_total(self, batch: dict) -> torch.Tensor:
+        """A micro-batch's share of the step's normaliser."""
+
+    def loss(self, values: torch.Tensor, counts: torch.Tensor, batch: dict, total: torch.Tensor) -> torch.Tensor:
+        """The micro-batch's part of the step loss."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State saved in every checkpoint (restored on resume)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`."""
 
 
 class EncodedRows(torch.utils.data.Dataset):
-    """Encoded rows indexed by (row, factor) pairs from the batch sampler (or a plain row index)."""
+    """Encoded rows indexed by (row, factor[, sampling probability]) keys from the batch sampler (or a plain
+    row index). `row_ref`: optional per-row floats (e.g. a specialist's loss), carried as `ref_loss`."""
 
-    def __init__(self, features, weights: np.ndarray, domains: np.ndarray, ref=None) -> None:
+    def __init__(self, features, weights: np.ndarray, domains: np.ndarray, ref=None,
+                 row_ref: np.ndarray | None = None) -> None:
         self.f, self.weights, self.domains, self.ref = features, weights, domains, ref
+        self.row_ref = row_ref
 
     def __len__(self) -> int:
         return len(self.f.ids)
 
     def __getitem__(self, key) -> dict:
-        i, factor = key if isinstance(key, tuple) else (int(key), 1.0)
+        i, factor, *prob = key if isinstance(key, tuple) else (int(key), 1.0)
         item = {
             "input_ids": self.f.ids[i],
             "n_prompt": int(self.f.n_prompt[i]),
@@ -48,6 +85,10 @@ class EncodedRows(torch.utils.data.Dataset):
             item["rej_input_ids"] = self.f.rejected_ids[i]
             item["rej_n_prompt"] = int(self.f.rejected_n_prompt[i])
             item["ref_chosen"], item["ref_rejected"] = float(self.ref[0][i]), float(self.ref[1][i])
+        if self.row_ref is not None:
+            item["ref_loss"] = float(self.row_ref[i])
+        if prob:
+            item["sample_prob"] = float(prob[0])
         return item
 
 
@@ -84,6 +125,9 @@ class Collator:
             n_p = n_p + [it["rej_n_prompt"] for it in items]
             out["ref_chosen"] = torch.tensor([it["ref_chosen"] for it in items], dtype=torch.float64)
             out["ref_rejected"] = torch.tensor([it["ref_rejected"] for it in items], dtype=torch.float64)
+        for name in ("ref_loss", "sample_prob"):  # optional per-row floats (a row objective's inputs)
+            if name in items[0]:
+                out[name] = torch.tensor([it[name] for it in items], dtype=torch.float64)
         out["input_ids"], out["attention_mask"], out["labels"] = _pad(seqs, n_p, self.pad_id)
         return out
 
@@ -100,10 +144,12 @@ class CurateTrainer(Trainer):
         log_path: Path | None,
         beta: float = 0.1,
         split=None,
+        row_objective: RowObjective | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.batch_sampler = batch_sampler
+        self.row_objective = row_objective
         self.objective = objective
         self.beta = float(beta)
         self.domain_names = list(domain_names)
@@ -123,7 +169,14 @@ class CurateTrainer(Trainer):
         return self.accelerator.prepare(dl)
 
     def _get_num_items_in_batch(self, batch_samples: list, device):
-        """The step's loss denominator: sum w_i n_i (SFT) or sum w_i (DPO) over its micro-batches and processes."""
+        """The step's loss denominator: sum w_i n_i (SFT) or sum w_i (DPO) over its micro-batches and processes
+        (or the row objective's `step_total`, summed the same way)."""
+        if self.row_objective is not None:
+            total = sum(self.row_objective.step_total(b).to(torch.float64) for b in batch_samples)
+            total = torch.as_tensor(total, dtype=torch.float64, device=device)
+            if self.args.world_size > 1:
+                total = self.accelerator.gather(total.reshape(1, -1)).sum(0).reshape(total.shape)
+            return total
         if self.objective == "dpo":
             total = sum(b["weight"].sum() for b in batch_samples)
         else:
@@ -150,6 +203,12 @@ class CurateTrainer(Trainer):
             numerator = weighted_sft_numerator(sums, w)
             local = sft_denominator(inputs["labels"], w)
             self._track(inputs["domain"], sums.detach(), counts)
+        if self.row_objective is not None:
+            values, counts = (losses, torch.ones_like(losses)) if self.objective == "dpo" else (sums, counts)
+            total = num_items_in_batch if num_items_in_batch is not None else self.row_objective.step_total(inputs)
+            total = torch.as_tensor(total, dtype=torch.float64, device=values.device)
+            loss = self.row_objective.loss(values, counts, inputs, total) * self.accelerator.num_processes
+            return (loss, {"row_nll": sums}) if return_outputs else loss
         denom = num_items_in_batch if num_items_in_batch is not None else local
         denom = torch.clamp(torch.as_tensor(denom, dtype=torch.float64, device=numerator.device), min=1e-12)
         loss = numerator / denom.to(numerator.dtype) * self.accelerator.num_processes
@@ -191,6 +250,8 @@ class CurateTrainer(Trainer):
         if self.is_world_process_zero():
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             write_json(folder / SAMPLER_STATE, self.batch_sampler.state_dict())
+            if self.row_objective is not None:
+                write_json(folder / OBJECTIVE_STATE, self.row_objective.state_dict())
             write_json(folder / COMPLETE, {"step": self.state.global_step})
 
 
