@@ -305,4 +305,5 @@ def write_report(
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target, suffix=".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
+        os.chmod(tmp, 0o644)  # a temp file is private (0600); the report is meant to be shared
     return target

@@ -56,7 +56,7 @@ def test_report_of_a_real_run_is_complete_and_offline(viz_run, tmp_path):  # noq
 def test_report_says_which_stage_is_missing(tmp_path):
     run = make_run(tmp_path / "run", n=12, signals=False)  # pool and quarantine only: no map, no selection
     page = write_report(run, progress=False).read_text()
-    assert (run.root / "report.html").exists()
+    assert (run.root / "report.html").stat().st_mode & 0o777 == 0o644
     assert "run `curate map`" in page and "No selection yet: run `curate select`." in page
     assert "No domain mixture in this run" in page and "run `curate index`" in page
     assert not IMG.findall(page)

@@ -88,4 +88,5 @@ def export_map(
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target, suffix=".parquet") as tmp:
         pq.write_table(pa.table(table), tmp)
+        os.chmod(tmp, 0o644)  # readable like any other export, not private like a temp file
     return target
