@@ -9,12 +9,11 @@ from its start (accelerate's `skip_first_batches`) sees exactly the batches it w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
+from curate.mixtures import load_mixture  # noqa: F401  (re-exported: curate.train.load_mixture)
 from curate.signals.lm import _budget_batches
 
 
@@ -201,23 +200,3 @@ class MixtureBatchSampler:
     def load_state_dict(self, state: Mapping) -> None:
         self.sampler.set_epoch(int(state.get("epoch", 0)))
         self.schedule = [(int(e), int(b), list(map(float, p))) for e, b, p in state.get("schedule", [])]
-
-
-def load_mixture(path: str | Path) -> dict:
-    """Read a mixture file: {"domains": [...], "rounds": [{"round", "weights": {domain: w}}, ...],
-    "objective": {domain: w} (optional)}. Returns {"weights": the last round's, "objective": ... or None}."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"mixture file {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"mixture file {path} is not JSON: {exc}") from None
-    rounds = doc.get("rounds") if isinstance(doc, dict) else None
-    if not rounds or not isinstance(rounds[-1], dict) or not isinstance(rounds[-1].get("weights"), dict):
-        raise ValueError(f"mixture file {path}: expected 'rounds': [{{'weights': {{domain: w}}}}, ...]")
-    weights = {str(k): float(v) for k, v in rounds[-1]["weights"].items()}
-    objective = doc.get("objective")
-    if objective is not None and not isinstance(objective, dict):
-        raise ValueError(f"mixture file {path}: 'objective' must map domains to weights")
-    return {"weights": weights, "objective": {str(k): float(v) for k, v in objective.items()} if objective else None}
