@@ -232,6 +232,53 @@ def train(
             console.print(f"  {dom:<32} {v:.4f}", markup=False)
 
 
+mix_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Domain mixtures learned with training in the loop (AutoMixAlign; IDEAL).",
+)
+app.add_typer(mix_app, name="mix")
+
+
+@mix_app.command("ama")
+def mix_ama(
+    run: Path = RunOpt,
+    selection: str = typer.Option(..., "--selection", "-s", help="Selection to mix (its domains are the tasks)."),
+    method: str = typer.Option("ama-s", help="ama-s, ama-r, or a baseline: doremi, uniform, stratified."),
+    model: str = typer.Option(None, help="Causal LM directory or alias (default smollm2)."),
+    name: str = typer.Option(None, help="Mixture and generalist name (default ama for ama-s, else ama-<method>)."),
+    eta: float = typer.Option(None, help="Task-weight step size (default 0.01 AMA, 1 DoReMi)."),
+    floor: float = typer.Option(None, help="AMA-S exploration floor c: probabilities >= c / k (default 0.05)."),
+    smoothing: float = typer.Option(None, help="Smoothing toward uniform (AMA-R 0, DoReMi 1e-3)."),
+    specialist_steps: int = typer.Option(None, help="Optimiser steps of each specialist (default: as the generalist)."),
+    lora: bool = typer.Option(None, "--lora/--full", help="LoRA adapters (peft) or full fine-tuning."),
+    max_steps: int = typer.Option(None, help="Optimiser steps of the generalist (and specialists)."),
+    lr: float = typer.Option(None, help="Peak learning rate (default 2e-4 LoRA, 2e-5 full)."),
+    batch_tokens: int = typer.Option(None, help="Padded tokens per micro-batch."),
+    heldout_split: float = typer.Option(None, help="Held-out rows drawn from the pool (count, or fraction < 1)."),
+    seed: int = typer.Option(None),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Other train() parameters KEY=VALUE."),
+) -> None:
+    """AutoMixAlign: specialists per domain, then a generalist on the clipped excess loss (AMA-S / AMA-R)."""
+    from curate.mix.ama import ama
+
+    if heldout_split is not None and heldout_split >= 1:
+        heldout_split = int(heldout_split)
+    opts = dict(model=model, name=name, eta=eta, floor=floor, smoothing=smoothing, lora=lora, max_steps=max_steps,
+                lr=lr, batch_tokens=batch_tokens, heldout_split=heldout_split, seed=seed,
+                specialist={"max_steps": specialist_steps} if specialist_steps is not None else None,
+                **_parse_params(param))
+    try:
+        res = ama(run, selection, method=method, **{k: v for k, v in opts.items() if v is not None})
+    except USER_ERRORS as exc:
+        _fail(exc)
+    console.print(res.summary(), markup=False, soft_wrap=True)
+    h = res.train.metrics.get("heldout")
+    if h:
+        for dom, v in h["per_domain"].items():
+            console.print(f"  {dom:<32} {v:.4f}", markup=False)
+
+
 @app.command()
 def merge(
     adapter: Path = typer.Argument(..., help="A LoRA adapter folder written by `curate train --lora`."),

@@ -316,3 +316,19 @@ def test_a_killed_ama_s_run_resumes_to_the_same_weights_and_mixture(tiny_lm, tmp
     wb = load_file(str(straight.train.out / "model" / "model.safetensors"))
     for k in wa:
         assert np.allclose(wa[k].numpy(), wb[k].numpy(), atol=1e-6), k
+
+
+def test_cli_mix_ama_writes_the_mixture_and_reports_errors_in_one_line(tiny_lm, tmp_path):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    run = train_pool_run(tmp_path / "run", 24)
+    base = ["mix", "ama", "--run", str(run), "--selection", "sel", "--model", str(tiny_lm), "--max-steps", "2",
+            "--batch-tokens", "128", "-p", "progress=false"]
+    result = CliRunner().invoke(app, [*base, "--method", "stratified", "--heldout-split", "6"])
+    assert result.exit_code == 0, result.output
+    assert "stratified" in result.output and "math" in result.output
+    assert load_mixture(run / "mixtures" / "ama-stratified.json")["weights"] == {"math": 0.5, "text": 0.5}
+    bad = CliRunner().invoke(app, [*base, "--method", "nope"])
+    assert bad.exit_code == 2 and "unknown AMA method" in bad.output and "Traceback" not in bad.output
