@@ -240,6 +240,9 @@ def test_ama_s_end_to_end_leaves_complete_reloadable_artefacts(tiny_lm, tmp_path
     assert np.isfinite(LMScorer(out / "model", dtype="float32", device="cpu").conversation_nll(
         sel.messages()[:2])[0]).all()
     assert load_mixture(res.mixture)["weights"] == r1["weights"]
+    from curate.viz import load_mixture as report_mixture
+
+    assert report_mixture(res.mixture).weights.shape == (2, 2)  # the report reads it too
     again = train(run, "sel", model=str(tiny_lm), mixture="ama", name="from_ama", max_steps=2, **FAST)
     assert again.metrics["steps"] == 2
 

@@ -153,9 +153,11 @@ def ama(
                 row_objective=row_objective, mixture_hook=row_objective.after_step if row_objective else None,
                 heldout=heldout, heldout_split=heldout_split, eval_every=eval_every, progress=progress,
                 callbacks=callbacks, **{k: v for k, v in settings.items() if k in train_kwargs})
+    path = rd.mixture_path(name)
+    if not res.metrics:  # a non-main process of a multi-process run: the main one writes the mixture
+        return AmaResult(method, path, {}, res)
     doc = _mixture_doc(method, tasks, init, row_objective, res, selection=selection, model=model, kind=kind,
                        settings=settings, specialist=specialist)
-    path = rd.mixture_path(name)
     write_json(path, doc)
     return AmaResult(method, path, doc["rounds"][-1]["weights"], res)
 
