@@ -164,9 +164,11 @@ def select(
     seed: int = typer.Option(0),
     name: str = typer.Option(None, help="Selection name (default: the method)."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Selector parameters KEY=VALUE."),
+    stratify: str = typer.Option("none", help="none, domain, cluster, or domain:MIXTURE (quotas from mixtures/)."),
 ) -> None:
     """Choose a subset with a selector; writes selections/<name>.parquet (id, weight, rank, reason)."""
-    sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, **_parse_params(param))
+    sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, stratify=stratify,
+                **_parse_params(param))
     console.print(f"selected {len(sel.ids)} rows with {method}: {run / 'selections' / (name or method)}.parquet")
     if sel.stats.get("note"):
         console.print(f"note: {sel.stats['note']}", markup=False)

@@ -37,6 +37,7 @@ __all__ = [
     "list_selections",
     "load_selection",
     "make_selector",
+    "parse_stratify",
     "register_selector",
     "select",
 ]
@@ -61,6 +62,8 @@ def select(
     seed: int = 0,
     name: str | None = None,
     exclude_reference: bool = True,
+    stratify: str = "none",
+    mixture: str | os.PathLike | None = None,
     **params: Any,
 ) -> Selection:
     """Run selector `method` on the pool of `run` within `budget`; save and return the selection.
@@ -69,17 +72,54 @@ def select(
     The selection is saved as selections/<name>.parquet (+ .json); `name` defaults to `method`.
     With `exclude_reference` (default), the rows ILA's reference model was trained on (`reference.json`,
     written by `curate train --reference`) cannot be selected: their depth is measured on training data.
+    `stratify`: "none" (default), "domain" or "cluster": the selector runs within each stratum, quotas in
+    proportion to the strata's eligible rows, or to `mixture` (a mixture name under <run>/mixtures/ or a
+    path; its last round's domain weights); "domain:NAME" is short for stratify="domain", mixture=NAME.
+    See `curate.select.stratify`.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
+    by, mixture = parse_stratify(stratify, mixture)
     selector = make_selector(method, **params)
+    weights = None
+    if mixture is not None:
+        from curate.mixtures import load_mixture, mixture_file
+
+        mix_path = mixture_file(mixture, run)
+        weights = load_mixture(mix_path)["weights"]
     view = PoolView.from_run(run)
     exclude = reference_positions(run, view.ids) if exclude_reference else None
-    selection = selector.select(view, Budget.parse(budget), seed=seed, exclude=exclude)
+    selection = selector.select(view, Budget.parse(budget), seed=seed, exclude=exclude, stratify=by, mixture=weights)
+    if mixture is not None:
+        selection.stats["stratify"]["mixture"] = str(mix_path)
     if exclude is not None:
         selection.stats["excluded_reference_rows"] = int(len(exclude))
     selection.stats.update(_coverage_stats(run, selection))
     selection.save(run, name or method)
     return selection
+
+
+def parse_stratify(stratify: str | None, mixture: str | os.PathLike | None = None) -> tuple[str, str | None]:
+    """Read a stratify spec: "none" | "domain" | "cluster" | "domain:MIXTURE"; returns (by, mixture)."""
+    from curate.select.stratify import STRATIFY
+
+    spec = "none" if stratify is None else str(stratify).strip()
+    by, _, mix = spec.partition(":")
+    if by not in STRATIFY:
+        raise ParameterError(
+            f"stratify must be one of {', '.join(STRATIFY)} (or domain:MIXTURE), got {stratify!r}",
+            "e.g. --stratify domain, or --stratify domain:ideal for the quotas of mixtures/ideal.json",
+        )
+    if mix:
+        if by != "domain":
+            raise ParameterError(f"stratify {spec!r}: a mixture weighs domains; write domain:{mix}")
+        if mixture is not None and str(mixture) != mix:
+            raise ParameterError(f"two mixtures given: stratify={spec!r} and mixture={str(mixture)!r}")
+        mixture = mix
+    if mixture is not None and by == "none":
+        by = "domain"
+    if mixture is not None and by != "domain":
+        raise ParameterError(f"stratify={by}: a mixture weighs domains; use stratify=domain with it")
+    return by, None if mixture is None else str(mixture)
 
 
 def reference_positions(run: RunDir, ids) -> np.ndarray | None:

@@ -521,6 +521,9 @@ class Selector:
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     deviations: ClassVar[str] = ""
+    # stratified selection: "stratum" runs the selector on each stratum's rows alone; "pool" ranks the whole
+    # pool once (e.g. DaaR's probes are fitted on the pool) and takes each stratum's rows in that order
+    stratify_scope: ClassVar[str] = "stratum"
 
     def get_params(self) -> dict[str, Any]:
         """The `__init__` parameters and their values (stored as same-named attributes)."""
@@ -540,26 +543,90 @@ class Selector:
         """Return at least `k` pool positions (when available) in the order this method picks them."""
         raise TypeError(f"{type(self).__name__} must implement rank(view, k, *, seed, budget)")
 
+    def eligible(self, view: PoolView) -> np.ndarray | None:
+        """Rows this method can rank at all (bool [N]; e.g. finite score), or None for every row.
+
+        Stratified selection sizes its quotas from these rows (minus excluded ones)."""
+        return None
+
+    def rank_pool(self, view: PoolView, *, seed: int, budget: Budget) -> Ranking:
+        """Every row this method can rank, best first (used when `stratify_scope == "pool"`)."""
+        try:
+            return self.rank(view, view.n, seed=seed, budget=budget)
+        except ShortRankingError as e:
+            return e.ranking
+
     def select(
         self,
         view: PoolView,
         budget: Budget | int | float | str,
         seed: int = 0,
         exclude: np.ndarray | None = None,
+        stratify: str = "none",
+        mixture: Mapping[str, float] | None = None,
     ) -> Selection:
         """Rank the pool and take rows within `budget`; the same inputs and seed give the same selection.
 
         `exclude`: pool positions that may not be chosen (e.g. the rows a reference model was trained on);
         the selector ranks k + len(exclude) rows and those positions are dropped from its ranking.
+        `stratify`: "none", "domain" or "cluster": the budget is split over strata (proportional to their
+        eligible rows, or to `mixture` {domain: weight}) and this selector runs within each stratum
+        (`curate.select.stratify`).
         """
         budget = Budget.parse(budget)
+        if stratify != "none" or mixture is not None:
+            from curate.select.stratify import select_stratified
+
+            return select_stratified(self, view, budget, seed=int(seed), exclude=exclude, by=stratify, mixture=mixture)
+        taken = self.take(view, budget, seed=int(seed), exclude=exclude)
+        return self.selection(view, taken, budget, seed=int(seed), excluded=_mask(view.n, exclude))
+
+    def selection(
+        self, view: PoolView, taken: Taken, budget: Budget, *, seed: int, excluded: np.ndarray | None = None
+    ) -> Selection:
+        """Wrap taken rows as a `Selection` with ids, the basic stats and the domain mix against the pool."""
+        from curate.select.stratify import domain_mix
+
+        ids = view.ids
+        stats = dict(taken.stats)
+        stats.update(_basic_stats(view, taken.positions))
+        stats["mix"] = domain_mix(view, taken.positions, excluded)
+        return Selection(
+            positions=taken.positions,
+            ids=[str(ids[i]) for i in taken.positions],
+            weights=taken.weights,
+            reasons=taken.reasons,
+            method=self.name,
+            params=self.get_params(),
+            seed=int(seed),
+            budget=str(budget),
+            stats=stats,
+        )
+
+    def take(
+        self,
+        view: PoolView,
+        budget: Budget,
+        *,
+        seed: int,
+        exclude: np.ndarray | None = None,
+        partial: bool = False,
+    ) -> Taken:
+        """Rank `view` and take the rows within `budget` (no ids, no pool-wide stats).
+
+        `partial`: a ranking shorter than the budget needs is taken as it is (a `ShortRankingError` from the
+        selector included) and `Taken.ran_out` says so, instead of raising.
+        """
         n = view.n
         tokens = view.tokens() if budget.kind == "tokens" else None
         k = budget.resolve(n, tokens)
-        excluded = np.zeros(n, dtype=bool)
-        if exclude is not None and len(exclude):
-            excluded[np.asarray(exclude, dtype=np.int64)] = True
-        ranking = self.rank(view, min(n, k + int(excluded.sum())), seed=int(seed), budget=budget)
+        excluded = _mask(n, exclude)
+        try:
+            ranking = self.rank(view, min(n, k + int(excluded.sum())), seed=int(seed), budget=budget)
+        except ShortRankingError as e:
+            if not partial:
+                raise
+            ranking = e.ranking
         pos = np.asarray(ranking.positions, dtype=np.int64).ravel()
         if pos.size and (pos.min() < 0 or pos.max() >= n):
             raise ValueError(f"{self.name}: ranked position out of range 0..{n - 1}")
@@ -576,7 +643,7 @@ class Selector:
             )
             pos = ranking.positions
             n = int((~excluded).sum())
-        if pos.size < k and pos.size < n and budget.kind != "tokens":
+        if pos.size < k and pos.size < n and budget.kind != "tokens" and not partial:
             raise ValueError(f"{self.name}: ranked {pos.size} rows, the budget needs {k}")
         weights = (
             np.ones(pos.size, dtype=np.float64)
@@ -584,31 +651,53 @@ class Selector:
             else np.asarray(ranking.weights, dtype=np.float64).ravel()
         )
         reasons = ranking.reasons
-        reasons = [reasons] * pos.size if isinstance(reasons, str) else list(reasons)
-        if len(weights) != pos.size or len(reasons) != pos.size:
+        if len(weights) != pos.size or (not isinstance(reasons, str) and len(reasons) != pos.size):
             raise ValueError(f"{self.name}: weights/reasons do not match the {pos.size} ranked rows")
         if not np.all(np.isfinite(weights)) or np.any(weights < 0):
             raise ValueError(f"{self.name}: weights must be finite and >= 0")
 
         if budget.kind == "tokens":
             take = _take_within_tokens(pos, tokens, budget.tokens)
+            ran_out = take.size == pos.size
         else:
             take = np.arange(min(k, pos.size))
-        chosen = pos[take]
-        ids = view.ids
-        stats = dict(ranking.stats)
-        stats.update(_basic_stats(view, chosen))
-        return Selection(
-            positions=chosen,
-            ids=[str(ids[i]) for i in chosen],
+            ran_out = take.size < min(k, n)
+        return Taken(
+            positions=pos[take],
             weights=weights[take],
-            reasons=[reasons[i] for i in take],
-            method=self.name,
-            params=self.get_params(),
-            seed=int(seed),
-            budget=str(budget),
-            stats=stats,
+            reasons=[reasons] * take.size if isinstance(reasons, str) else [reasons[i] for i in take],
+            stats=dict(ranking.stats),
+            n_ranked=int(pos.size),
+            ran_out=bool(ran_out),
         )
+
+
+@dataclass
+class Taken:
+    """Rows a selector took within a budget: positions in rank order, weights, reasons, its stats."""
+
+    positions: np.ndarray
+    weights: np.ndarray
+    reasons: list[str]
+    stats: dict[str, Any]
+    n_ranked: int
+    ran_out: bool
+
+
+class ShortRankingError(ValueError):
+    """A selector can rank fewer rows than the budget needs; `ranking` holds the rows it could rank."""
+
+    def __init__(self, message: str, ranking: Ranking) -> None:
+        super().__init__(message)
+        self.ranking = ranking
+
+
+def _mask(n: int, exclude: np.ndarray | None) -> np.ndarray:
+    """Boolean [n]: True at the excluded positions."""
+    excluded = np.zeros(n, dtype=bool)
+    if exclude is not None and len(exclude):
+        excluded[np.asarray(exclude, dtype=np.int64)] = True
+    return excluded
 
 
 def _take_within_tokens(pos: np.ndarray, tokens: np.ndarray, limit: int) -> np.ndarray:

@@ -12,7 +12,15 @@ import numpy as np
 import polars as pl
 
 from curate.errors import ParameterError
-from curate.select.base import TOKENS_SIGNAL, Budget, PoolView, Ranking, Selector, register_selector
+from curate.select.base import (
+    TOKENS_SIGNAL,
+    Budget,
+    PoolView,
+    Ranking,
+    Selector,
+    ShortRankingError,
+    register_selector,
+)
 
 NO_DOMAIN = "(none)"
 
@@ -152,19 +160,25 @@ class TopSignalSelector(Selector):
         self.signal = signal
         self.descending = bool(descending)
 
+    def eligible(self, view: PoolView) -> np.ndarray:
+        """Rows whose signal is not NaN."""
+        return ~np.isnan(np.asarray(view.signal(self.signal), dtype=np.float64))
+
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         values = np.asarray(view.signal(self.signal), dtype=np.float64)
         ok = np.flatnonzero(~np.isnan(values))
         key = -values[ok] if self.descending else values[ok]
         order = ok[np.argsort(key, kind="stable")]
-        if order.size < min(k, view.n) and budget.kind != "tokens":
-            raise ValueError(
-                f"top-signal: signal {self.signal!r} has {values.size - ok.size} NaN rows, "
-                f"so only {order.size} rows can be ranked and the budget needs {k}"
-            )
         word = "highest" if self.descending else "lowest"
         reasons = [f"top-signal: {self.signal}={values[i]:.4g} ({word} first)" for i in order]
-        return Ranking(order, reasons=reasons, stats={"signal": self.signal, "n_nan": int(values.size - ok.size)})
+        ranking = Ranking(order, reasons=reasons, stats={"signal": self.signal, "n_nan": int(values.size - ok.size)})
+        if order.size < min(k, view.n) and budget.kind != "tokens":
+            raise ShortRankingError(
+                f"top-signal: signal {self.signal!r} has {values.size - ok.size} NaN rows, "
+                f"so only {order.size} rows can be ranked and the budget needs {k}",
+                ranking,
+            )
+        return ranking
 
 
 @register_selector

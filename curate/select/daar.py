@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import ParameterError
-from curate.select.base import Budget, PoolView, Ranking, Selector, register_selector
+from curate.select.base import Budget, PoolView, Ranking, Selector, ShortRankingError, register_selector
 from index.io import iter_jsonl
 
 TEMPLATE = "Instruction: {prompt}\nOutput: {response}"
@@ -337,6 +337,7 @@ class DaaRSelector(Selector):
     """
 
     name = "daar"
+    stratify_scope = "pool"  # stratified: probes fitted once on the pool, each stratum takes its rows by Ĥ
     paper = "DaaR: Ling et al., Diversity as a Reward (arXiv 2502.04380), methods.md 2.4"
     deviations = (
         "probe training Adam lr 1e-3 / batch 64 / 30 epochs on standardised features (paper: lr 1e-5, batch 1, "
@@ -724,6 +725,7 @@ class DaaRBandSelector(Selector):
     """
 
     name = "daar_band"
+    stratify_scope = "pool"  # inter/intra scores need every domain's centroid
     paper = "DaaR contrastive inter/intra diversity pools (arXiv 2502.04380), methods.md 2.2"
     deviations = "pool sentence embeddings as e(x)"
 
@@ -772,11 +774,6 @@ class DaaRBandSelector(Selector):
         score = np.full(view.n, np.nan)
         score[ok] = inter if self.metric == "inter" else intra
         pos, q = band_positions(score, groups, self.band[0], self.band[1], descending=self.descending)
-        if pos.size < k and budget.kind != "tokens":
-            raise ValueError(
-                f"daar_band: the band {self.band} holds {pos.size} rows, the budget needs {k}: lower the budget "
-                f"(e.g. '{self.band[1] - self.band[0]:g}%') or widen the band"
-            )
         reasons = [
             f"daar_band: {self.metric}={score[p]:.4f}, domain quantile {qq:.3f}"
             for p, qq in zip(pos, q, strict=True)
@@ -790,4 +787,10 @@ class DaaRBandSelector(Selector):
             "band_domains": [str(n) for n in names],
             f"mean_{self.metric}_selected": float(score[pos[:k]].mean()) if k and pos.size else None,
         }
+        if pos.size < k and budget.kind != "tokens":
+            raise ShortRankingError(
+                f"daar_band: the band {self.band} holds {pos.size} rows, the budget needs {k}: lower the budget "
+                f"(e.g. '{self.band[1] - self.band[0]:g}%') or widen the band",
+                Ranking(pos, reasons=reasons, stats=stats),
+            )
         return Ranking(pos, reasons=reasons, stats=stats)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from curate.errors import ParameterError
-from curate.select.base import Budget, PoolView, Ranking, Selector, register_selector
+from curate.select.base import Budget, PoolView, Ranking, Selector, ShortRankingError, register_selector
 
 
 def fp32_margin(d: int) -> float:
@@ -359,11 +359,19 @@ class DeitaSelector(Selector):
             raise ValueError(f"deita: screen must be 'auto' or one of {sorted(_SCREENS)}, got {screen!r}")
         self.screen = screen
 
+    def _score(self, view: PoolView) -> np.ndarray:
+        score = np.ones(view.n, dtype=np.float64)
+        for n in _names(self.signal):
+            score = score * np.asarray(view.signal(n), dtype=np.float64)
+        return score
+
+    def eligible(self, view: PoolView) -> np.ndarray:
+        """Rows with a finite score."""
+        return np.isfinite(self._score(view))
+
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         names = _names(self.signal)
-        score = np.ones(view.n, dtype=np.float64)
-        for n in names:
-            score = score * np.asarray(view.signal(n), dtype=np.float64)
+        score = self._score(view)
         order = score_order(score)
         kept = deita_filter(
             view.vectors(),
@@ -378,10 +386,12 @@ class DeitaSelector(Selector):
         n_filled = 0
         if kept.size < min(k, order.size):
             if not self.fill:
-                raise ValueError(
+                raise ShortRankingError(
                     f"deita: only {kept.size} rows remain once near-duplicates (cosine >= {self.threshold:g}) are "
                     f"dropped, the budget needs {k}: lower the budget, raise the threshold, or pass fill=True "
-                    "(tops up with the dropped rows in score order)"
+                    "(tops up with the dropped rows in score order)",
+                    Ranking(kept, reasons=[f"deita: {label}={v:.4g}, nearest kept cosine < {self.threshold:g}"
+                                           for v in score[kept].tolist()], stats={"score": label}),
                 )
             rest = order[~np.isin(order, kept)][: k - kept.size]
             n_filled = int(rest.size)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.select.base import Budget, PoolView, Ranking, Selector, register_selector
+from curate.select.base import Budget, PoolView, Ranking, Selector, ShortRankingError, register_selector
 
 CELL_ORDERS = ("random", "best")
 
@@ -220,6 +220,12 @@ class ILASelector(Selector):
         self.cell_order = cell_order
         self.threshold = None if threshold is None else float(threshold)
 
+    def eligible(self, view: PoolView) -> np.ndarray:
+        """Rows with a finite depth (at least `threshold` when set)."""
+        depth = np.asarray(view.signal(self.signal), dtype=np.float64)
+        ok = np.isfinite(depth)
+        return ok if self.threshold is None else ok & (depth >= self.threshold)
+
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         depth = view.signal(self.signal)  # first: a missing signal is named with the command that makes it
         cells = view.cells()
@@ -232,12 +238,6 @@ class ILASelector(Selector):
             threshold=self.threshold,
             seed=seed,
         )
-        if res.positions.size < min(k, view.n) and budget.kind != "tokens":
-            rule = "finite depth" if self.threshold is None else f"depth >= {self.threshold:g}"
-            raise ValueError(
-                f"ila: only {res.stats['n_eligible']} rows are eligible ({rule} in signal {self.signal!r}), "
-                f"the budget needs {k}"
-            )
         c, d = cells[res.positions], depth[res.positions]
         reasons = [
             f"ila: pass {p}, cell {ci}, {self.signal}={di:.4g}"
@@ -249,4 +249,12 @@ class ILASelector(Selector):
             **st,
             "signal": self.signal,
         }
-        return Ranking(res.positions, reasons=reasons, stats=stats)
+        ranking = Ranking(res.positions, reasons=reasons, stats=stats)
+        if res.positions.size < min(k, view.n) and budget.kind != "tokens":
+            rule = "finite depth" if self.threshold is None else f"depth >= {self.threshold:g}"
+            raise ShortRankingError(
+                f"ila: only {res.stats['n_eligible']} rows are eligible ({rule} in signal {self.signal!r}), "
+                f"the budget needs {k}",
+                ranking,
+            )
+        return ranking

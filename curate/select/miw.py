@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.select.base import Budget, PoolView, Ranking, Selector, register_selector
+from curate.select.base import Budget, PoolView, Ranking, Selector, ShortRankingError, register_selector
 
 WEIGHTS_FILE = "miw_weights.json"
 
@@ -83,12 +83,17 @@ class MIWSelector(Selector):
         indicators = {name: view.signal(name) for name in w}
         return weighted_score(indicators, w), {"score": "weighted indicators", "weights": w}
 
+    def eligible(self, view: PoolView) -> np.ndarray:
+        """Rows whose score is not NaN."""
+        return ~np.isnan(self.score(view)[0])
+
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         score, how = self.score(view)
         order = rank_by_score(score)
         if order.size < min(k, view.n) and budget.kind != "tokens":
-            raise ValueError(
-                f"miw: only {order.size} rows have a score (the others are NaN), the budget needs {k}"
+            raise ShortRankingError(
+                f"miw: only {order.size} rows have a score (the others are NaN), the budget needs {k}",
+                Ranking(order, reasons=[f"miw: score={v:.4g}" for v in score[order].tolist()], stats=how),
             )
         top = order[: max(int(k), 0)] if budget.kind != "tokens" else order
         reasons = [f"miw: score={v:.4g}" for v in score[top].tolist()]
