@@ -78,6 +78,25 @@ def test_ama_s_estimate_is_importance_weighted_by_the_probability_the_row_was_dr
     assert obj.weights == pytest.approx(0.9 * q / q.sum() + 0.05)
 
 
+def test_ama_s_estimate_does_not_favour_tasks_whose_length_grouped_batches_hold_fewer_rows():
+    """Task a's rows are long (2 a batch), b's short (16 a batch); one batch of a 64-row megabatch is trained
+    each step. Equal excess must keep α near uniform: normalising by the step's own row count would not."""
+    obj = ExcessObjective(["a", "b"], {}, Exp3(2, eta=0.005, floor=0.05), method="ama-s")
+    rng = np.random.default_rng(0)
+    for step in range(1, 2001):
+        alpha = obj.weights
+        n = rng.multinomial(64, alpha)
+        batches = [[0] * min(2, n[0] - i) for i in range(0, n[0], 2)] + [[1] * min(16, n[1] - i)
+                                                                         for i in range(0, n[1], 16)]
+        task = np.array(batches[rng.integers(len(batches))])
+        batch = {"domain": torch.as_tensor(task), "weight": torch.ones(task.size, dtype=torch.float64),
+                 "ref_loss": torch.zeros(task.size, dtype=torch.float64), "sample_prob": torch.as_tensor(alpha[task])}
+        values = torch.as_tensor(np.clip(0.5 + rng.normal(0, 0.2, task.size), 0, None))
+        obj.loss(values, torch.ones(task.size), batch, obj.step_total(batch))
+        obj.after_step(step)
+    assert 0.3 < obj.weights[0] < 0.7  # per-step normalisation drifts to a (about 0.95 here)
+
+
 def test_ama_r_weights_move_to_the_task_with_the_largest_excess_and_weight_the_loss():
     tasks, means = ["x", "y", "z"], np.array([0.1, 0.7, 0.35])
     obj = ExcessObjective(tasks, {}, ExpGrad(3, eta=0.05), method="ama-r")

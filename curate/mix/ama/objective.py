@@ -5,8 +5,10 @@ Per row j of task i (its domain): ℓ_j is the generalist's loss (SFT: the respo
 the pair's DPO loss), s_j the cached loss of task i's specialist on row j, and e_j = max(ℓ_j − s_j, 0) (zero
 gradient once the generalist matches its specialist). With w_j the row's selection weight, one optimiser step S:
 - AMA-S (`Exp3`, sampling): L = Σ_S w_j e_j / Σ_S w_j; the sampler draws tasks by α, which implements the
-  weighting. After the step, ê_i = Σ_{S∩i} w_j e_j / π_j / Σ_S w_j (π_j: the probability row j's task was
-  drawn with) and q ← q exp(η ê), α = (1 − c) q + c / k goes to the sampler.
+  weighting. After the step, ê_i = Σ_{S∩i} w_j e_j / π_j / W̄ (π_j: the probability row j's task was drawn
+  with; W̄: the mean of Σ_S w_j over the steps so far) and q ← q exp(η ê), α = (1 − c) q + c / k goes to the
+  sampler. W̄ rather than this step's Σ_S w_j: length-grouped batches hold more rows of short-response tasks, and
+  dividing by the step's own row count would favour tasks with long responses.
 - AMA-R and DoReMi (`ExpGrad`, reweighting): L = Σ_i α_i Σ_{S∩i} w_j e_j / Σ_{S∩i} w_j over a stratified
   sampler; after the step, ê_i is task i's mean excess in S and α ← α exp(η ê) (smoothed).
 """
@@ -62,6 +64,7 @@ class ExcessObjective:
         self.history: list[dict[str, Any]] = []
         self.initial = self.weights.tolist()
         self.code_task = torch.arange(len(self.tasks))  # replaced by `prepare` (trainer domain code -> task)
+        self._draws, self._steps = 0.0, 0  # Σ_S w_j summed over the steps so far, and their number
         self._reset()
 
     # the RowObjective interface --------------------------------------------------------------
@@ -110,12 +113,14 @@ class ExcessObjective:
 
     def state_dict(self) -> dict[str, Any]:
         """The optimiser's state and every update so far."""
-        return {"optimiser": self.optimiser.state_dict(), "history": self.history}
+        return {"optimiser": self.optimiser.state_dict(), "history": self.history, "draws": self._draws,
+                "steps": self._steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` (a resumed run continues with the same weights and history)."""
         self.optimiser.load_state_dict(state["optimiser"])
         self.history = list(state["history"])
+        self._draws, self._steps = float(state.get("draws", 0.0)), int(state.get("steps", 0))
         self._reset()
 
     # the per-step update -----------------------------------------------------------------------
@@ -156,7 +161,8 @@ class ExcessObjective:
         if w.sum() <= 0:
             return None
         mean = np.divide(we, w, out=np.zeros_like(we), where=w > 0)
-        est = Exp3.estimates(we_prob, w.sum()) if self.sampling else mean
+        self._draws, self._steps = self._draws + float(w.sum()), self._steps + 1
+        est = Exp3.estimates(we_prob, self._draws / self._steps) if self.sampling else mean
         new = self.optimiser.update(est).tolist()
         excess = [float(m) if n > 0 else None for m, n in zip(mean, w, strict=True)]  # None: task not in the step
         rec = {"step": int(step), "weights": new, "excess": excess, "estimate": est.tolist()}

@@ -98,8 +98,9 @@ class Exp3:
     @staticmethod
     def estimates(excess_over_prob: Sequence[float], n_slots: float) -> np.ndarray:
         """ê_i = (1/B) Σ_{slots j of task i} e_j / α_{i,j}: EXP3's one-slot importance-weighted estimate
-        averaged over the B slots of a step (an unbiased estimate of task i's mean excess loss; 0 for a task
-        not sampled). `excess_over_prob[i]` = Σ_j e_j / α_{i,j} over the step's task-i rows."""
+        averaged over a step's slots (an unbiased estimate of task i's mean excess loss when B is the expected
+        number of slots per step; 0 for a task not sampled). `excess_over_prob[i]` = Σ_j e_j / α_{i,j} over
+        the step's task-i rows."""
         if n_slots <= 0:
             raise ValueError("a step with no sampled rows gives no loss estimate")
         return np.asarray(excess_over_prob, dtype=np.float64) / float(n_slots)
