@@ -2,7 +2,9 @@
 
 `compare(run, names)` returns one row per selection (a polars DataFrame); `render(table)` prints it with rich.
 Columns: selection, method, n, tokens (when the `tokens` signal is stored), domain:<name> (rows per
-domain), coverage / density_coverage and the diversity figures of `curate.map.coverage_report` (when the map
+domain), stratify (how it was stratified: none, domain, cluster), mix_tv / mix_kl (total variation and
+KL(selection || pool) between its domain mix and the pool's), mix_flag ("DIVERGES" when mix_tv exceeds
+`MIX_FLAG_TV`, the selection skews the pool's domain mix strongly), coverage / density_coverage and the diversity figures of `curate.map.coverage_report` (when the map
 is built), mean:<signal> (mean of every stored signal over the subset, NaN ignored), jaccard:<other>
 (|A & B| / |A | B| with every other selection).
 """
@@ -19,6 +21,7 @@ import polars as pl
 
 from curate.run import RunDir
 from curate.select.base import TOKENS_SIGNAL, PoolView, Selection
+from curate.select.stratify import MIX_FLAG_TV, mix_divergence
 
 # scalar figures taken from coverage_report when present
 COVERAGE_KEYS = ("coverage", "density_coverage")
@@ -43,6 +46,7 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str]) -> pl.DataFra
     view = PoolView.from_run(run)
     domains = view.frame["domain"].fill_null("(none)")
     dom_names = sorted(domains.unique().to_list())
+    pool_counts = {str(d): int(c) for d, c in domains.value_counts().iter_rows()}
     signals = view.signal_names()
     values = {s: view.signal(s) for s in signals}
 
@@ -56,6 +60,7 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str]) -> pl.DataFra
         got = {} if counts is None else dict(zip(counts["domain"], counts["count"], strict=True))
         for d in dom_names:
             row[f"domain:{d}"] = int(got.get(d, 0))
+        row.update(_mix_figures(sel, pool_counts, got))
         row.update(_coverage_figures(run, pos))
         for s in signals:
             v = values[s][pos]
@@ -64,6 +69,19 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str]) -> pl.DataFra
             row[f"jaccard:{other}"] = jaccard(pos, osel.positions)
         rows.append(row)
     return pl.DataFrame(rows)
+
+
+def _mix_figures(sel: Selection, pool: dict[str, int], got: dict[str, int]) -> dict[str, Any]:
+    """How the selection was stratified, and how far its domain mix is from the pool's (flagged if far)."""
+    strat = sel.stats.get("stratify") if isinstance(sel.stats, dict) else None
+    div = mix_divergence(pool, got)
+    tv = div["total_variation"]
+    return {
+        "stratify": strat.get("by", "none") if isinstance(strat, dict) else "none",
+        "mix_tv": tv,
+        "mix_kl": div["kl"],
+        "mix_flag": "DIVERGES" if tv is not None and tv > MIX_FLAG_TV else "",
+    }
 
 
 def _coverage_figures(run: RunDir, positions: np.ndarray) -> dict[str, Any]:

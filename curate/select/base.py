@@ -367,15 +367,11 @@ def _load_signal(run: RunDir, name: str) -> np.ndarray:
     return load_signal(run.root, name)
 
 
-@dataclass
-class _Knn:
-    neighbors: np.ndarray
-    sims: np.ndarray
-
-
 def _as_knn(knn: Any) -> Any:
-    if isinstance(knn, tuple):
-        return _Knn(np.asarray(knn[0], dtype=np.int64), np.asarray(knn[1], dtype=np.float32))
+    from index.knn import KnnGraph
+
+    if isinstance(knn, tuple):  # a KnnGraph, so facility location (which needs one) runs on in-memory views
+        return KnnGraph(np.asarray(knn[0], dtype=np.int64), np.asarray(knn[1], dtype=np.float32))
     if not (hasattr(knn, "neighbors") and hasattr(knn, "sims")):
         raise TypeError("knn must have `neighbors` and `sims` (or be a (neighbors, sims) tuple)")
     return knn

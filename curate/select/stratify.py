@@ -325,13 +325,13 @@ def select_stratified(
 
     members = _members(labels, m)
     if selector.stratify_scope == "pool":
-        taken, quotas, first, rounds = _pool_scope(selector, view, budget, seed, excluded, members, labels,
+        taken, quotas, first, rounds, ran_out = _pool_scope(selector, view, budget, seed, excluded, members, labels,
                                                    weights, caps, total, tokens)
     else:
-        taken, quotas, first, rounds = _stratum_scope(selector, view, budget, seed, excluded, members, weights,
+        taken, quotas, first, rounds, ran_out = _stratum_scope(selector, view, budget, seed, excluded, members, weights,
                                                       caps, total, tokens)
-    return _merge(selector, view, budget, seed, excluded, strata, taken, quotas, first, rounds, counts,
-                  weights, target, missing, tokens)
+    return _merge(selector, view, budget, seed, excluded, strata, taken, quotas, first, rounds, ran_out,
+                  counts, weights, target, missing, tokens)
 
 
 def _weights(
@@ -379,6 +379,7 @@ def _stratum_scope(selector, view, budget, seed, excluded, members, weights, cap
     quotas = largest_remainder(total, weights, caps)
     first = quotas.copy()
     done: dict[int, tuple[int, Taken]] = {}  # stratum -> (quota it ran with, result in pool positions)
+    ran_out: set[int] = set()
     subs: dict[int, SubPoolView] = {}
     rounds = 0
     for _ in range(4 * m + 4):
@@ -400,11 +401,12 @@ def _stratum_scope(selector, view, budget, seed, excluded, members, weights, cap
             used = _used(t, tokens, t.positions)
             if t.ran_out and used < q:
                 caps[s] = used
+                ran_out.add(s)
                 short = True
         if not short:
             break
         quotas = largest_remainder(total, weights, caps)
-    return {s: done[s][1] for s in range(m)}, quotas, first, rounds
+    return {s: done[s][1] for s in range(m)}, quotas, first, rounds, ran_out
 
 
 def _pool_scope(selector, view, budget, seed, excluded, members, labels, weights, caps, total, tokens):
@@ -426,6 +428,7 @@ def _pool_scope(selector, view, budget, seed, excluded, members, labels, weights
         ranked_caps = np.asarray([np.floor(tok[pos[p]].sum()) for p in per], dtype=np.int64)
     first = largest_remainder(total, weights, caps)
     quotas = largest_remainder(total, weights, np.minimum(caps, ranked_caps))
+    ran_out = {s for s in range(m) if ranked_caps[s] < first[s]}
     out = {}
     for s in range(m):
         p = per[s]
@@ -446,7 +449,7 @@ def _pool_scope(selector, view, budget, seed, excluded, members, labels, weights
     if excluded.any():
         stats["excluded_rows"] = int(excluded.sum())
     out[-1] = Taken(np.zeros(0, dtype=np.int64), np.zeros(0), [], stats, int(pos.size), False)
-    return out, quotas, first, 1
+    return out, quotas, first, 1, ran_out
 
 
 def _split(idx: np.ndarray, lab: np.ndarray, m: int) -> list[np.ndarray]:
@@ -459,8 +462,8 @@ def _empty() -> Taken:
     return Taken(np.zeros(0, dtype=np.int64), np.zeros(0), [], {}, 0, False)
 
 
-def _merge(selector, view, budget, seed, excluded, strata, taken, quotas, first, rounds, counts, weights,
-           target, missing, tokens) -> Selection:
+def _merge(selector, view, budget, seed, excluded, strata, taken, quotas, first, rounds, ran_out, counts,
+           weights, target, missing, tokens) -> Selection:
     """Interleave the strata's selections by within-stratum progress and record quotas and mix."""
     m = len(strata.names)
     parts, keys, labs = [], [], []
@@ -484,13 +487,13 @@ def _merge(selector, view, budget, seed, excluded, strata, taken, quotas, first,
     for s, name in enumerate(strata.names):
         t = parts[s]
         used = _used(t, tokens, t.positions)
-        ran_out = bool(t.ran_out and used < int(first[s]))
+        short = s in ran_out
         entry: dict[str, Any] = {
             "eligible": int(counts[s]),
             "weight": float(weights[s]),
             "quota": int(first[s]),
             "selected": int(t.positions.size),
-            "ran_out": ran_out,
+            "ran_out": short,
         }
         if tokens is not None:
             entry["tokens"] = used
@@ -498,7 +501,7 @@ def _merge(selector, view, budget, seed, excluded, strata, taken, quotas, first,
             entry["quota_after_passing_on"] = int(quotas[s])
         if t.stats:
             entry["stats"] = t.stats
-        if ran_out:
+        if short:
             passed += int(first[s]) - used
         per[name] = entry
     info: dict[str, Any] = {
