@@ -281,6 +281,38 @@ def mix_ama(
             console.print(f"  {dom:<32} {v:.4f}", markup=False)
 
 
+@mix_app.command("ideal")
+def mix_ideal(
+    run: Path = RunOpt,
+    selection: str = typer.Option(..., "--selection", "-s", help="Selection whose domain volumes IDEAL adjusts."),
+    reference: Path = typer.Option(..., help="Reference set (a file with a domain column: the target capabilities)."),
+    model: str = typer.Option(None, help="Causal LM directory or alias (default smollm2)."),
+    name: str = typer.Option(None, help="Mixture name (default ideal)."),
+    rounds: int = typer.Option(None, help="Influence rounds (default 2), then a training run on the final volumes."),
+    m: float = typer.Option(None, help="Largest volume change per round (default 0.15)."),
+    layers: str = typer.Option(None, help="mlp (default), lora, or a module-name pattern."),
+    damping: float = typer.Option(None, help="Damping as a multiple of the mean eigenvalue (default 0.1)."),
+    influence_scaling: str = typer.Option(None, help="mean (default) or sum (x domain size)."),
+    heldout: Path = typer.Option(None, help="Held-out rows evaluated after each round's training."),
+    seed: int = typer.Option(None),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Training parameters KEY=VALUE (lora, lr, ...)."),
+) -> None:
+    """IDEAL: train, measure each domain's EK-FAC influence on the reference set, change volumes; repeat."""
+    from curate.mix.ideal import ideal
+
+    opts = dict(model=model, name=name, rounds=rounds, m=m, layers=layers, damping=damping,
+                influence_scaling=influence_scaling, heldout=heldout, seed=seed, **_parse_params(param))
+    try:
+        doc = ideal(run, selection, reference, **{k: v for k, v in opts.items() if v is not None})
+    except USER_ERRORS as exc:
+        _fail(exc)
+    for r in doc["rounds"]:
+        beta = ", ".join(f"{d} {b:+.3f}" for d, b in (r.get("beta") or {}).items())
+        console.print(f"round {r['round']}: {sum(r['counts'].values())} rows" + (f"; beta {beta}" if beta else ""),
+                      markup=False, soft_wrap=True)
+    console.print(f"mixture: {Path(run) / 'mixtures' / (doc['name'] + '.json')}; final selection {doc['final_selection']}")
+
+
 @app.command()
 def merge(
     adapter: Path = typer.Argument(..., help="A LoRA adapter folder written by `curate train --lora`."),
@@ -291,9 +323,8 @@ def merge(
 
     try:
         console.print(f"merged model: {merge_adapter(adapter, out)}")
-    except ModelDirError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    except (ModelDirError, *USER_ERRORS) as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -42,6 +42,7 @@ STAGES: dict[str, str] = {
     "report": "curate.report:write_report",
     "train": "curate.train:train",
     "reference": "curate.train.reference:train_reference",
+    "mix-ideal": "curate.mix.ideal:ideal",
 }
 
 

@@ -223,3 +223,16 @@ def test_influence_upweights_the_matching_domain_and_downweights_the_conflicting
 
     res = train(run, "all", model=str(tiny_lm), mixture="ideal", name="with-mix", max_steps=2, **TRAIN)
     assert res.metrics["steps"] == 2
+
+
+def test_cli_mix_ideal_reports_a_reference_without_domains_as_one_error_line(tiny_lm, tmp_path):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    _conflict_run(tmp_path / "run")
+    ref = tmp_path / "nodomain.jsonl"
+    ref.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n")
+    out = CliRunner().invoke(app, ["mix", "ideal", "--run", str(tmp_path / "run"), "--selection", "all",
+                                   "--reference", str(ref), "--model", str(tiny_lm)])
+    assert out.exit_code == 2 and "domain" in out.output and "Traceback" not in out.output
