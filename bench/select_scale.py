@@ -11,6 +11,13 @@ timed, not an LLM.
 
     flock /tmp/curate-bench.lock .venv/bin/python bench/select_scale.py [--n 1000000] [--budget 10000]
         [--repeats 3] [--graph] [--only ila,deita,...] [--out bench/select_scale.json]
+
+Stratified against unstratified (issue 15: at most 1.2x): `--stratified` also times every selector with
+`stratify="cluster"` over the 50 synthetic clusters (`lab % 50`, about 20,000 rows each) and records
+"selector NAME stratified" with `ratio_vs_unstratified` and `within_1.2x`:
+
+    flock /tmp/curate-bench.lock .venv/bin/python bench/select_scale.py --stratified --graph \
+        --out bench/select_scale_stratified.json
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ def main() -> None:
     ap.add_argument("--graph", action="store_true", help="also build the kNN graph and run facility location")
     ap.add_argument("--only", default="", help="comma-separated subset of the runs")
     ap.add_argument("--out", default="bench/select_scale.json")
+    ap.add_argument("--stratified", action="store_true",
+                    help="also time each selector with stratify=cluster (50 strata) against its unstratified run")
     args = ap.parse_args()
     only = {s for s in args.only.split(",") if s}
 
@@ -101,6 +110,17 @@ def main() -> None:
     def want(name: str) -> bool:
         return not only or name in only
 
+    def stratified(label: str, make, plain_s: float, reps: int, pool=None) -> None:
+        """Time `make().select(..., stratify="cluster")` and record it against the unstratified median."""
+        if not args.stratified:
+            return
+        v = view if pool is None else pool
+        med, ts, sel = timed(lambda: make().select(v, b, seed=0, stratify="cluster"), reps)
+        st = sel.stats["stratify"]
+        record(f"selector {label} stratified", med, ts, ratio_vs_unstratified=med / plain_s,
+               **{"within_1.2x": med <= 1.2 * plain_s}, strata=len(st["strata"]), passed_on=st["passed_on"],
+               rounds=st["rounds"], mix_tv=sel.stats["mix"]["total_variation"])
+
     R = args.repeats
     # ---- ILA: vectorised core vs naive Python round-robin ------------------------------------------------
     if want("ila"):
@@ -112,6 +132,7 @@ def main() -> None:
         record("ila naive (python loop)", med_ref, ts_ref, ratio=med_ref / med)
         med, ts, sel = timed(lambda: make_selector("ila").select(view, b, seed=0), R)
         record("selector ila", med, ts, grid_coverage=sel.stats["grid_coverage"])
+        stratified("ila", lambda: make_selector("ila"), med, R)
         med, ts, _ = timed(
             lambda: make_selector("ila", tau=0.5, cell_order="best").select(view, b, seed=0), R
         )
@@ -138,6 +159,7 @@ def main() -> None:
         record("deita naive (per-row dense)", med_ref, ts_ref)
         med, ts, _ = timed(lambda: make_selector("deita", signal="quality,complexity").select(view, b), R)
         record("selector deita", med, ts)
+        stratified("deita", lambda: make_selector("deita", signal="quality,complexity"), med, R)
     # ---- MIW ------------------------------------------------------------------------------------------------
     if want("miw"):
         w = {"ind0": 0.4, "ind1": 0.3, "ind2": 0.2, "ind3": 0.1}
@@ -146,6 +168,7 @@ def main() -> None:
 
         ref = np.argsort(-weighted_score({k: data["signals"][k] for k in w}, w), kind="stable")[:b]
         record("selector miw", med, ts, equal_to_argsort=bool(np.array_equal(sel.positions, ref)))
+        stratified("miw", lambda: make_selector("miw", weights=w), med, R)
     # ---- DaaR -----------------------------------------------------------------------------------------------
     if want("daar"):
         kw = {"cluster_features": "embeddings", "probe_features": "embeddings", "probe_size": 5000}
@@ -158,13 +181,11 @@ def main() -> None:
             oof_accuracy=st["domain_probe"]["oof_accuracy"],
             div_holdout_r2=st["diversity_probe"].get("holdout_r2"),
         )
-        med, ts, _ = timed(
-            lambda: make_selector(
-                "daar_band", metric="inter", band=[80, 100], descending=False, labels="cluster"
-            ).select(view, b),
-            R,
-        )
+        stratified("daar (5k probe)", lambda: make_selector("daar", **kw), med, 1)
+        band = {"metric": "inter", "band": [80, 100], "descending": False, "labels": "cluster"}
+        med, ts, _ = timed(lambda: make_selector("daar_band", **band).select(view, b), R)
         record("selector daar_band", med, ts)
+        stratified("daar_band", lambda: make_selector("daar_band", **band), med, R)
     # ---- baselines ------------------------------------------------------------------------------------------
     for name, params in (
         ("random", {}),
@@ -179,14 +200,16 @@ def main() -> None:
                 lambda name=name, params=params: make_selector(name, **params).select(view, b), reps
             )
             record(f"selector {name}", med, ts)
+            stratified(name, lambda name=name, params=params: make_selector(name, **params), med, reps)
     if args.graph and want("facility-location"):
         from index.knn import knn_graph
 
         med, ts, g = timed(lambda: knn_graph(data["vectors"], k=10, progress=True), 1)
         record("knn graph k=10", med, ts)
-        gview = PoolView.from_arrays([f"{i:032x}" for i in range(n)], knn=g)
+        gview = PoolView.from_arrays([f"{i:032x}" for i in range(n)], knn=g, clusters=data["clusters"])
         med, ts, _ = timed(lambda: make_selector("facility-location").select(gview, b), 1)
         record("selector facility-location", med, ts)
+        stratified("facility-location", lambda: make_selector("facility-location"), med, 1, pool=gview)
     Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
 
 
