@@ -367,3 +367,19 @@ def test_select_stage_cli_mixture_file_and_compare_flag(tmp_path):
     assert t["strat"]["mix_tv"] == pytest.approx(0.0) and t["strat"]["mix_flag"] == ""
     # mixed: 6 code + 2 math against a pool of 10 per domain: tv = 0.5 * (0.5 + 0 + 0.25 + 0.25) = 0.5
     assert t["mixed"]["mix_tv"] == pytest.approx(0.5) and t["mixed"]["mix_flag"] == "DIVERGES"
+
+
+def test_daar_band_ranks_the_pool_once_and_its_band_caps_each_stratum():
+    p = pool()
+    v = view_of(p)
+    sel_kw = {"metric": "inter", "band": [0, 50], "descending": False}
+    full = make_selector("daar_band", **sel_kw).rank_pool(v, seed=0, budget=Budget(rows=40)).positions
+    assert full.size == 60  # half of each domain: 30 + 15 + 10 + 5
+    sel = make_selector("daar_band", **sel_kw).select(v, 30, seed=0, stratify="domain", mixture={"a": 1, "d": 1})
+    st = sel.stats["stratify"]["strata"]
+    # equal weights for a and d: 15 each, but d's band holds 5 rows, so a (band of 30) takes the other 10
+    assert st["d"]["ran_out"] and st["d"]["selected"] == 5 and st["a"]["selected"] == 25 and len(sel) == 30
+    got = per_stratum(sel, p)
+    for d in ("a", "d"):
+        assert got[d] == [int(r) for r in full if p["domains"][r] == d][: st[d]["selected"]]
+    assert sel.stats["stratify"]["passed_on"] == 10
