@@ -382,4 +382,6 @@ def test_daar_band_ranks_the_pool_once_and_its_band_caps_each_stratum():
     got = per_stratum(sel, p)
     for d in ("a", "d"):
         assert got[d] == [int(r) for r in full if p["domains"][r] == d][: st[d]["selected"]]
-    assert sel.stats["stratify"]["passed_on"] == 10
+    # first quotas 20 / 10 (d holds 10 rows), then d's band gives 5: its other 5 pass on to a
+    assert (st["a"]["quota"], st["d"]["quota"], st["a"]["quota_after_passing_on"]) == (20, 10, 25)
+    assert sel.stats["stratify"]["passed_on"] == 5
