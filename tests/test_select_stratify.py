@@ -385,3 +385,13 @@ def test_daar_band_ranks_the_pool_once_and_its_band_caps_each_stratum():
     # first quotas 20 / 10 (d holds 10 rows), then d's band gives 5: its other 5 pass on to a
     assert (st["a"]["quota"], st["d"]["quota"], st["a"]["quota_after_passing_on"]) == (20, 10, 25)
     assert sel.stats["stratify"]["passed_on"] == 5
+
+
+def test_recipe_select_stage_takes_stratify(tmp_path):
+    from curate.recipe import call_stage
+
+    run = make_run(tmp_path / "run", n=40)
+    sel = call_stage("select", run, {"method": "random", "budget": 8, "stratify": "domain", "name": "r"}, seed=0)
+    assert {d: e["selected"] for d, e in sel.stats["stratify"]["strata"].items()} == {
+        "(none)": 2, "chat": 2, "code": 2, "math": 2
+    }
