@@ -185,7 +185,8 @@ def train(
         "data": _data_key(rows),
         "heldout": _data_key(held) if held is not None else None,
     }
-    ctx = rd.lock(f"train-{name}") if rd is not None else _null()
+    # under torchrun / accelerate every process runs this; the main one holds the lock and writes the files
+    ctx = rd.lock(f"train-{name}") if rd is not None and _is_main() else _null()
     with ctx:
         done = _finished(out, key)
         if done is not None:
@@ -197,6 +198,11 @@ def train(
             keep_checkpoints=keep_checkpoints, progress=progress, callbacks=callbacks,
             mixture_hook=mixture_hook, row_objective=row_objective,
         )  # fmt: skip
+
+
+def _is_main() -> bool:
+    """True in a single process and in the main process of a distributed launch (RANK 0)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class _null:
@@ -254,11 +260,12 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
     )  # fmt: skip
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"key": _jsonable(key), "source": rows.source,
-                                     "heldout_source": held.source if held is not None else None})
-    rows.frame.select("id", "domain", "weight").write_parquet(out / "train_ids.parquet")
-    if held is not None:
-        held.frame.select("id", "domain").write_parquet(out / "heldout_ids.parquet")
+    if _is_main():
+        write_json(out / "config.json", {"key": _jsonable(key), "source": rows.source,
+                                         "heldout_source": held.source if held is not None else None})
+        rows.frame.select("id", "domain", "weight").write_parquet(out / "train_ids.parquet")
+        if held is not None:
+            held.frame.select("id", "domain").write_parquet(out / "heldout_ids.parquet")
 
     set_seed(int(params["seed"]))
     lora_cfg = None
@@ -447,10 +454,11 @@ def _reference_logps(scorer, rows, feats, rd, out, fingerprint, params) -> tuple
         model.train()
         new = pl.DataFrame({"id": [ids[i] for i in todo], "chosen": -c_sum, "rejected": -r_sum})
         cache = pl.concat([cache, new])
-        from index.io import atomic_path
+        if _is_main():
+            from index.io import atomic_path
 
-        with atomic_path(path, suffix=".parquet") as tmp:
-            cache.write_parquet(tmp)
+            with atomic_path(path, suffix=".parquet") as tmp:
+                cache.write_parquet(tmp)
         have.update({ids[i]: (float(-c_sum[k]), float(-r_sum[k])) for k, i in enumerate(todo)})
     chosen = np.array([have[x][0] for x in ids], dtype=np.float64)
     rejected = np.array([have[x][1] for x in ids], dtype=np.float64)

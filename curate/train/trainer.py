@@ -222,12 +222,13 @@ class CurateTrainer(Trainer):
             np.add.at(arr, d, src)
 
     def step_domain_loss(self) -> dict[str, float]:
-        """Per-domain mean training loss of the optimiser step just taken (then reset)."""
-        out = {
-            self.domain_names[d]: float(self.step_domain_nll[d] / self.step_domain_tok[d])
-            for d in range(len(self.domain_names))
-            if self.step_domain_tok[d] > 0
-        }
+        """Per-domain mean training loss of the optimiser step just taken, over all processes (then reset)."""
+        nll, tok = self.step_domain_nll, self.step_domain_tok
+        if self.args.world_size > 1:  # every process must hand the mixture hook the same figures
+            both = torch.tensor(np.concatenate([nll, tok]), device=self.args.device)
+            both = self.accelerator.reduce(both, reduction="sum").cpu().numpy()
+            nll, tok = both[: nll.size], both[nll.size :]
+        out = {self.domain_names[d]: float(nll[d] / tok[d]) for d in range(len(self.domain_names)) if tok[d] > 0}
         self.step_domain_nll[:] = 0
         self.step_domain_tok[:] = 0
         return out
