@@ -11,7 +11,8 @@ Steps (each resumes: finished training runs and signals are not redone):
 3. ILA's reference model (`train_reference`: LoRA on `--reference` balanced-random rows, merged) and real
    `depth` / `relative_depth`; every selection below excludes the reference rows;
 4. selections at `--budget` rows: random and balanced-random (`--seeds` seeds each), ila (relative depth),
-   daar, miw, deita (IFD), k-center, facility-location;
+   daar, miw, deita (IFD), k-center, facility-location; with `--stratified` each of these also run within
+   each domain (`stratify="domain"`);
 5. LoRA fine-tuning (same settings for every subset) and held-out NLL per domain; the untrained model and,
    with `--full-pool`, the whole eligible pool as reference points.
 Writes bench/out/selection_quality.json and prints the markdown table for bench/RESULTS.md.
@@ -108,7 +109,7 @@ def signals(run: Path, validation: Path, reference: int) -> None:
           miw_candidates=64, n_val=24)
 
 
-def selections(run: Path, budget: int, seeds: int, full_pool: bool) -> list[tuple[str, str, int]]:
+def selections(run: Path, budget: int, seeds: int, full_pool: bool, stratified: bool) -> list[tuple[str, str, int]]:
     """(selection name, method, seed) of every subset; selections are made once and reused."""
     from curate.select import select
 
@@ -122,6 +123,9 @@ def selections(run: Path, budget: int, seeds: int, full_pool: bool) -> list[tupl
         ("q-k-center", "k-center", 0, {}),
         ("q-facility-location", "facility-location", 0, {}),
     ]
+    if stratified:  # every selector run within each domain (quotas ∝ the pool's eligible rows per domain)
+        plan += [(f"{n}-strat", m, sd, {**p, "stratify": "domain"}) for n, m, sd, p in plan
+                 if m not in ("random", "balanced-random")]
     if full_pool:
         plan.append(("q-full", "random", 0, {"budget": "100%"}))
     rd = RunDir(run)
@@ -130,7 +134,8 @@ def selections(run: Path, budget: int, seeds: int, full_pool: bool) -> list[tupl
             log(f"select {name}")
             params = dict(params)
             select(run, method, params.pop("budget", budget), seed=seed, name=name, **params)
-    return [(n, "full-pool" if n == "q-full" else m, s) for n, m, s, _ in plan]
+    return [(n, "full-pool" if n == "q-full" else m + ("+strat" if n.endswith("-strat") else ""), s)
+            for n, m, s, _ in plan]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout-per-task", type=int, default=20)
     ap.add_argument("--reference", type=int, default=150)
     ap.add_argument("--full-pool", action="store_true")
+    ap.add_argument("--stratified", action="store_true", help="also every selector stratified by domain")
     ap.add_argument("--only", nargs="*", help="train only these selection names")
     args = ap.parse_args(argv)
 
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_demo(args.run)
     held, val = heldout_files(args.run, args.heldout_per_task)
     signals(args.run, val, args.reference)
-    plan = selections(args.run, args.budget, args.seeds, args.full_pool)
+    plan = selections(args.run, args.budget, args.seeds, args.full_pool, args.stratified)
     result_path = OUT / "selection_quality.json"
     results = json.loads(result_path.read_text()) if result_path.exists() else {}
     if "untrained" not in results:
