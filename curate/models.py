@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 from pathlib import Path
 
 SMOLLM2_ALIAS = "smollm2"
@@ -75,12 +74,9 @@ def ensure_smollm2(target: str | os.PathLike | None = None, *, verify: bool = Tr
     model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     model.eval()
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    from index.io import atomic_dir
+
+    with atomic_dir(target) as tmp:
         tok.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
         cfg_path = tmp / "config.json"
@@ -97,12 +93,6 @@ def ensure_smollm2(target: str | os.PathLike | None = None, *, verify: bool = Tr
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if verify:
             _verify_reload(model, tok, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return target
 
 

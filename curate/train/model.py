@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from curate.models import model_fingerprint, resolve_model
@@ -63,11 +62,9 @@ def save_model_dir(model, tokenizer, final: Path, *, merge: bool) -> Path:
 
     Built in a temporary sibling and renamed into place, so `final` is either absent or complete.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    from index.io import atomic_dir
+
+    with atomic_dir(final) as tmp:
         if merge and hasattr(model, "merge_and_unload"):
             import copy
 
@@ -76,12 +73,6 @@ def save_model_dir(model, tokenizer, final: Path, *, merge: bool) -> Path:
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return final
 
 
