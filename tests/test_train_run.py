@@ -266,3 +266,18 @@ def test_two_processes_under_torchrun_train_like_one_with_accumulation(tiny_lm, 
     b = load_file(str(one.out / "model" / "model.safetensors"))
     for k in a:  # Adam turns float noise in near-zero gradients into lr-sized steps: a loose check only
         assert np.allclose(a[k].numpy(), b[k].numpy(), atol=3e-3), k
+
+
+def test_atomic_dir_swaps_whole_folders_and_clears_those_of_dead_processes(tmp_path):
+    from index.io import atomic_dir
+
+    final = tmp_path / "model"
+    dead = tmp_path / ".model.tmp-999999999"  # no such process
+    dead.mkdir()
+    with atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (final / "a.txt").read_text() == "new" and not dead.exists()
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert (final / "a.txt").read_text() == "new" and not list(tmp_path.glob(".model.tmp-*"))
