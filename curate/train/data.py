@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from curate.errors import CurateError
 from curate.pool.schema import NO_DOMAIN
 from curate.run import RunDir
 
 ROW_COLUMNS = ["id", "kind", "domain", "messages", "rejected", "weight"]
 
 
-class TrainDataError(ValueError):
+class TrainDataError(CurateError):
     """Training input that cannot be used as given (names the file, row or selection and the problem)."""
 
 

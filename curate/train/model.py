@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from curate.errors import CurateError
 from curate.models import model_fingerprint, resolve_model
 
 
-class ModelDirError(ValueError):
+class ModelDirError(CurateError):
     """A model directory that cannot be trained from (no config, no safetensors weights)."""
 
 

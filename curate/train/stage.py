@@ -15,6 +15,7 @@ one resumes from its last complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import resource
@@ -186,7 +187,7 @@ def train(
         "heldout": _data_key(held) if held is not None else None,
     }
     # under torchrun / accelerate every process runs this; the main one holds the lock and writes the files
-    ctx = rd.lock(f"train-{name}") if rd is not None and _is_main() else _null()
+    ctx = rd.lock(f"train-{name}") if rd is not None and _is_main() else contextlib.nullcontext()
     with ctx:
         done = _finished(out, key)
         if done is not None:
@@ -203,14 +204,6 @@ def train(
 def _is_main() -> bool:
     """True in a single process and in the main process of a distributed launch (RANK 0)."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _finished(out: Path, key: dict) -> TrainResult | None:
