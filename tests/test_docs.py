@@ -31,14 +31,18 @@ def test_every_stage_is_a_function_taking_run(stage):
     assert "run" in inspect.signature(stage_function(stage)).parameters
 
 
-def test_demo_recipe_parameters_exist():
-    """Each stage parameter in the demo recipe is a real keyword of its stage (or a selector's)."""
-    recipe = Recipe.load(ROOT / "recipes" / "demo.yaml")
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_recipe_parameters_exist(path):
+    """Each stage parameter in every bundled recipe is a real keyword of its stage (or a selector's, a signal's,
+    or training's for the `reference` stage)."""
+    recipe = Recipe.load(path)
     for name, params in recipe.stages:
-        sig = inspect.signature(stage_function(name)).parameters
+        sig = dict(inspect.signature(stage_function(name)).parameters)
+        if name == "reference":
+            sig.update(inspect.signature(stage_function("train")).parameters)
         extra = {k for k in params if k not in sig}
         if name == "select":
             extra -= set(inspect.signature(SELECTORS.get(params["method"]).__init__).parameters)
         if name == "score":
             extra -= {p for n in params["names"] for p in SIGNALS.get(n).params}
-        assert not extra, f"demo stage {name}: unknown parameters {extra}"
+        assert not extra, f"{path.name} stage {name}: unknown parameters {extra}"
