@@ -150,6 +150,36 @@ def test_cut_gzip_keeps_the_lines_before_the_cut(tmp_path):
     assert "EOFError" in rep.file_errors[str(f)] and f"after {len(kept)} records" in rep.file_errors[str(f)]
 
 
+def test_cut_zstd_keeps_every_decodable_line_and_reports_the_cut(tmp_path):
+    rows = [{"prompt": f"p{i} " + "x" * 200, "response": f"r{i}"} for i in range(3000)]
+    data = zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+    f = tmp_path / "big.jsonl.zst"
+    f.write_bytes(data[: len(data) * 3 // 4])
+    # what a decoder can recover from the cut frame (zstandard's reader returns it without an error)
+    with zstandard.open(f, "rb") as fh:
+        complete_lines = fh.read().count(b"\n")
+    assert 0 < complete_lines < 3000
+    run = tmp_path / "run"
+    rep = ingest([f, _write_compressed(tmp_path / "ok.jsonl.zst", b'{"prompt": "p", "response": "r"}\n')], run,
+                 progress=False)  # fmt: skip
+    accounted(rep, run)
+    assert rep.per_source[str(f)]["status"] == "partial"
+    assert rep.file_counts == {"total": 2, "ok": 1, "partial": 1, "failed": 0}
+    kept = RunDir(run).read_pool().filter(pl.col("source") == str(f))["row"].to_list()
+    assert kept == list(range(complete_lines))  # every complete line before the cut, in order
+    assert rep.n_quarantined == 0  # the cut-off tail is the file-level entry, not a malformed row
+    assert "EOFError" in rep.file_errors[str(f)] and f"after {complete_lines} records" in rep.file_errors[str(f)]
+
+
+def test_zstd_of_several_frames_is_read_whole(tmp_path):
+    comp = zstandard.ZstdCompressor()
+    f = tmp_path / "frames.jsonl.zst"
+    f.write_bytes(b"".join(comp.compress((json.dumps(r) + "\n").encode()) for r in ROWS))
+    rep = ingest(f, tmp_path / "run", progress=False)
+    accounted(rep, tmp_path / "run")
+    assert (rep.n_unique, rep.file_counts["ok"]) == (len(ROWS), 1)
+
+
 def test_prompt_only_rows(tmp_path):
     rows = [
         {"prompt": "Translate: bonjour"},

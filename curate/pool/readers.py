@@ -222,11 +222,59 @@ def _decompressed(path: Path, compression: str) -> io.BufferedIOBase:
         return bz2.open(path, "rb")
     if compression == "xz":
         return lzma.open(path, "rb")
-    try:
-        import zstandard
-    except ImportError as e:  # pragma: no cover - zstandard is a dependency
-        raise IngestError(f"{path}: reading .zst needs the zstandard package") from e
-    return zstandard.open(path, "rb")
+    return _ZstdReader(path)  # type: ignore[return-value]
+
+
+class _ZstdReader(io.RawIOBase):
+    """The decompressed bytes of a .zst file's frames; EOFError when the file ends inside a frame.
+
+    zstandard's own stream reader returns the decodable part of a cut frame as if the file ended cleanly,
+    which would hide a cut download; this reader feeds one frame at a time to a decompressor and checks it.
+    """
+
+    def __init__(self, path: Path, chunk: int = _READ_BUFFER) -> None:
+        try:
+            import zstandard
+        except ImportError as e:  # pragma: no cover - zstandard is a dependency
+            raise IngestError(f"{path}: reading .zst needs the zstandard package") from e
+        self._dctx = zstandard.ZstdDecompressor()
+        self._fh = open(path, "rb")
+        self._chunk = chunk
+        self._frame: Any = None  # decompressor of the frame being read, None between frames
+        self._pending = b""  # compressed bytes after the end of the last frame, not yet fed
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        """Always readable."""
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill `buffer` with decompressed bytes; 0 at the clean end of the last frame."""
+        while not self._out:
+            if not self._decompress_more():
+                return 0
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _decompress_more(self) -> bool:
+        data, self._pending = self._pending or self._fh.read(self._chunk), b""
+        if not data:
+            if self._frame is not None:
+                raise EOFError("zstd file ended before the end of its frame (cut or incomplete)")
+            return False
+        if self._frame is None:
+            self._frame = self._dctx.decompressobj()
+        self._out = memoryview(self._frame.decompress(data))
+        if self._frame.eof:
+            self._pending, self._frame = self._frame.unused_data, None
+        return True
+
+    def close(self) -> None:
+        """Close the file."""
+        self._fh.close()
+        super().close()
 
 
 def _open(path: Path) -> io.BufferedReader:
