@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from fixtures_lm import tiny_lm  # noqa: F401
@@ -74,6 +76,18 @@ def test_registered_heuristics_on_pool(tmp_path, tiny_lm):  # noqa: F811
     # text_field enters the key: prompt-side values differ and are recomputed
     score(run, ["math_markers"], text_field="prompt", progress=False)
     np.testing.assert_allclose(load_signal(run, "math_markers"), [math_markers(p) for _, p, _, _ in ROWS])
+
+
+def test_heuristic_scoring_shows_a_bar_per_signal_only_with_progress(tmp_path, tiny_lm, capsys):  # noqa: F811
+    run = make_pool(tmp_path / "run")
+    score(run, ["mtld", "turns", "tokens"], model=str(tiny_lm), progress=True)
+    err = capsys.readouterr().err
+    for name in ("mtld", "turns", "tokens"):
+        assert f"{name}: 100%" in err
+    n = 2 * len(ROWS)  # tokens: one bar over the prompt rows and the response rows
+    assert "rows/s" in err and re.search(rf"tokens: 100%.*\b{n}(\.0)?/{n}", err)
+    score(run, ["ttr", "code_markers"], model=str(tiny_lm), progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_knn_novelty_density(tmp_path):

@@ -169,6 +169,13 @@ class ScoreContext:
     def param(self, name: str, default: Any = None) -> Any:
         return self.params.get(name, default)
 
+    def bar(self, total: int, desc: str) -> Any:
+        """A tqdm bar over `total` rows (rows/s on stderr), shown when this score call has progress on."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, dynamic_ncols=True,
+                    disable=not self.progress)
+
     # models -----------------------------------------------------------------------------------
     def model_path(self, role: str) -> str:
         value = self.models.get(role)

@@ -18,6 +18,8 @@ Text rules (documented so they can be audited):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -142,73 +144,92 @@ def _texts(ctx: ScoreContext) -> list[str]:
     return [t or "" for t in ctx.pool[field].to_list()]
 
 
-def token_counts(tokenizer, texts: list[str], chunk: int = 1024) -> np.ndarray:
-    """Token counts of texts (no special tokens), tokenised in batches by a fast tokenizer."""
+def token_counts(tokenizer: Any, texts: list[str], chunk: int = 1024, bar: Any = None) -> np.ndarray:
+    """Token counts of texts (no special tokens), tokenised in batches by a fast tokenizer (`bar` advanced)."""
     out = np.zeros(len(texts), dtype=np.float64)
     for lo in range(0, len(texts), chunk):
         enc = tokenizer(texts[lo : lo + chunk], add_special_tokens=False, verbose=False)["input_ids"]
         out[lo : lo + chunk] = [len(e) for e in enc]
+        if bar is not None:
+            bar.update(len(enc))
     return out
+
+
+def _per_row(ctx: ScoreContext, name: str, fn: Callable[[Any], float], items: Sequence[Any],
+             chunk: int = 1024) -> np.ndarray:
+    """fn over every item, as float64, with a progress bar named after the signal (rows/s)."""
+    out = np.empty(len(items), dtype=np.float64)
+    with ctx.bar(len(items), name) as bar:
+        for lo in range(0, len(items), chunk):
+            part = items[lo : lo + chunk]
+            out[lo : lo + len(part)] = [fn(x) for x in part]
+            bar.update(len(part))
+    return out
+
+
+def _field_tokens(ctx: ScoreContext, name: str, fields: Sequence[str]) -> np.ndarray:
+    """Token counts of the pool's `fields`, summed, with one bar over all of them."""
+    tok = ctx.tokenizer()
+    total = np.zeros(ctx.n, dtype=np.float64)
+    with ctx.bar(ctx.n * len(fields), name) as bar:
+        for f in fields:
+            total += token_counts(tok, [t or "" for t in ctx.pool[f].to_list()], bar=bar)
+    return total
 
 
 @signal("prompt_tokens", roles=("tokenizer",))
 def _prompt_tokens(ctx: ScoreContext) -> np.ndarray:
     """Prompt length in tokens (the scorer's tokenizer when a model is given, else the embedder's)."""
-    return token_counts(ctx.tokenizer(), [t or "" for t in ctx.pool["prompt"].to_list()])
+    return _field_tokens(ctx, "prompt_tokens", ["prompt"])
 
 
 @signal("response_tokens", roles=("tokenizer",))
 def _response_tokens(ctx: ScoreContext) -> np.ndarray:
     """Response length in tokens (the scorer's tokenizer when a model is given, else the embedder's)."""
-    return token_counts(ctx.tokenizer(), [t or "" for t in ctx.pool["response"].to_list()])
+    return _field_tokens(ctx, "response_tokens", ["response"])
 
 
 @signal("tokens", roles=("tokenizer",))
 def _tokens(ctx: ScoreContext) -> np.ndarray:
     """Prompt + response tokens: the unit of token budgets (`curate select --budget 50000tok`)."""
-    tok = ctx.tokenizer()
-    return token_counts(tok, [t or "" for t in ctx.pool["prompt"].to_list()]) + token_counts(
-        tok, [t or "" for t in ctx.pool["response"].to_list()]
-    )
+    return _field_tokens(ctx, "tokens", ["prompt", "response"])
 
 
 @signal("turns")
 def _turns(ctx: ScoreContext) -> np.ndarray:
     """Number of user and assistant messages in the conversation (system turns not counted)."""
-    return np.array(
-        [sum(1 for m in msgs if m["role"] != "system") for msgs in ctx.messages()], dtype=np.float64
-    )
+    return _per_row(ctx, "turns", lambda msgs: sum(1 for m in msgs if m["role"] != "system"), ctx.messages())
 
 
 @signal("mtld", params={"text_field": "response", "mtld_threshold": MTLD_THRESHOLD})
 def _mtld(ctx: ScoreContext) -> np.ndarray:
     """MTLD lexical diversity of the text field (bidirectional, factor threshold 0.72)."""
     th = float(ctx.param("mtld_threshold", MTLD_THRESHOLD))
-    return np.array([mtld(t, th) for t in _texts(ctx)], dtype=np.float64)
+    return _per_row(ctx, "mtld", lambda t: mtld(t, th), _texts(ctx))
 
 
 @signal("ttr", params={"text_field": "response"})
 def _ttr(ctx: ScoreContext) -> np.ndarray:
     """Type-token ratio of the text field."""
-    return np.array([ttr(t) for t in _texts(ctx)], dtype=np.float64)
+    return _per_row(ctx, "ttr", ttr, _texts(ctx))
 
 
 @signal("reasoning_steps", params={"text_field": "response"})
 def _steps(ctx: ScoreContext) -> np.ndarray:
     """Number of step-like segments of the text field (numbered lines, sequencing words, equations)."""
-    return np.array([reasoning_steps(t) for t in _texts(ctx)], dtype=np.float64)
+    return _per_row(ctx, "reasoning_steps", reasoning_steps, _texts(ctx))
 
 
 @signal("code_markers", params={"text_field": "response"})
 def _code(ctx: ScoreContext) -> np.ndarray:
     """Count of code markers in the text field (fences, keyword lines, lines ending in { } ;)."""
-    return np.array([code_markers(t) for t in _texts(ctx)], dtype=np.float64)
+    return _per_row(ctx, "code_markers", code_markers, _texts(ctx))
 
 
 @signal("math_markers", params={"text_field": "response"})
 def _math(ctx: ScoreContext) -> np.ndarray:
     """Count of math markers in the text field (arithmetic, LaTeX, $..$, '=')."""
-    return np.array([math_markers(t) for t in _texts(ctx)], dtype=np.float64)
+    return _per_row(ctx, "math_markers", math_markers, _texts(ctx))
 
 
 def _knn_sims(ctx: ScoreContext) -> np.ndarray:
