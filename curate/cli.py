@@ -135,7 +135,12 @@ def map_cmd(
     """Project, grid, cluster and measure the diversity of the pool."""
     info = _call("map", run, projection=projection, target_cells=target_cells, n_clusters=n_clusters,
                  **_parse_params(param))
+    written = info.pop("written", []) if isinstance(info, dict) else []
     console.print(info)
+    for path in written:
+        console.print(f"wrote: {path}", markup=False, soft_wrap=True)
+    if isinstance(info, dict) and info.get("skipped"):
+        console.print(f"current, not rebuilt: {', '.join(info['skipped'])}", markup=False)
 
 
 @app.command()

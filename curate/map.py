@@ -158,7 +158,59 @@ def map_pool(
 
     Defaults: target_cells ~ sqrt(N) (capped at 10,000) unless cell_size is given; n_clusters ~ sqrt(N/10).
     Each artefact is keyed by the embedding fingerprint and its parameters and skipped when current.
+    With progress, one bar goes over the four steps (N rows each; a skipped step leaves the total) and the
+    steps' own bars show below it. The result's "written" lists the files this call wrote.
     """
+    steps = _Steps(progress)
+    try:
+        return _map_steps(run, steps, projection=projection, dims=dims, fit_sample=fit_sample, cell_size=cell_size,
+                          target_cells=target_cells, n_clusters=n_clusters, seed=seed,
+                          semdedup_threshold=semdedup_threshold, progress=progress)
+    finally:
+        steps.close()
+
+
+class _Steps:
+    """The map stage's outer bar: names the running step, advances N rows per step done, drops skipped ones."""
+
+    def __init__(self, progress: bool) -> None:
+        self.progress, self.bar, self.n = progress, None, 0
+        self.done: dict[str, Any] = {"skipped": [], "written": []}
+
+    def begin(self, n: int) -> dict[str, Any]:
+        """Open the bar over 4 steps of n rows; return the result dict the steps fill in."""
+        from tqdm.auto import tqdm
+
+        self.n = n
+        self.bar = tqdm(total=4 * n, desc="map", unit="rows", unit_scale=True, dynamic_ncols=True,
+                        disable=not self.progress)
+        return self.done
+
+    def close(self) -> None:
+        """Close the bar (if it was opened)."""
+        if self.bar is not None:
+            self.bar.close()
+
+    def start(self, name: str) -> None:
+        """Name the step now running."""
+        self.bar.set_postfix_str(name)
+
+    def finish(self, name: str, written: list[Path] | None) -> None:
+        """Record a step as written (its files) or skipped (None) and move the bar."""
+        if written is None:
+            self.done["skipped"].append(name)
+            self.bar.total = max(self.bar.total - self.n, self.bar.n)
+            self.bar.refresh()
+        else:
+            self.done["written"].extend(str(p) for p in written)
+            self.bar.update(self.n)
+
+
+def _map_steps(
+    run: str | os.PathLike, steps: _Steps, *, projection: str, dims: int, fit_sample: int | str | None,
+    cell_size: float | None, target_cells: int | None, n_clusters: int | None, seed: int,
+    semdedup_threshold: float, progress: bool,
+) -> dict:
     from index.diversity import diversity_report
     from index.grid import assign_cells
     from index.project import project
@@ -169,7 +221,7 @@ def map_pool(
     n = len(ids)
     if vectors.shape[0] != n:
         raise RuntimeError(f"{rd.root}: {vectors.shape[0]} embedding rows for {n} pool rows: re-run `curate embed`")
-    done: dict[str, Any] = {"skipped": []}
+    done = steps.begin(n)
 
     # projection -------------------------------------------------------------------------------
     pkey = {"fingerprint": fp, "method": projection, "dims": int(dims), "fit_sample": fit_sample, "seed": int(seed),
@@ -177,6 +229,7 @@ def map_pool(
     pjson = rd.root / "projection.json"
     stored = _current(pjson, pkey, rd.projection_path)
     names = coord_names(dims)
+    steps.start("projection")
     if stored is None:
         proj = project(vectors, method=projection, dims=dims, fit_sample=fit_sample, seed=seed, progress=progress)
         coords = proj.coords
@@ -184,30 +237,34 @@ def map_pool(
         _write_parquet(rd.projection_path, frame)
         write_json(pjson, {"key": pkey, **proj.info})
         done["projection"] = proj.info
+        steps.finish("projection", [rd.projection_path, pjson])
     else:
         coords = pl.read_parquet(rd.projection_path, columns=names).to_numpy().astype(np.float32)
         done["projection"] = stored
-        done["skipped"].append("projection")
+        steps.finish("projection", None)
 
     # grid -------------------------------------------------------------------------------------
     mdir = rd.map_dir
     tc = None if cell_size is not None else int(target_cells or default_target_cells(n))
     gkey = {"projection": pkey, "cell_size": cell_size, "target_cells": tc}
     stored = _current(mdir / "grid.json", gkey, mdir / "grid.parquet")
+    steps.start("grid")
     if stored is None:
         grid = assign_cells(coords, cell_size=cell_size, target_cells=tc)
         _write_parquet(mdir / "grid.parquet", pl.DataFrame({"id": ids, "cell": grid.cells}))
         ginfo = {"key": gkey, **grid.info}
         write_json(mdir / "grid.json", ginfo)
         done["grid"] = ginfo
+        steps.finish("grid", [mdir / "grid.parquet", mdir / "grid.json"])
     else:
         done["grid"] = stored
-        done["skipped"].append("grid")
+        steps.finish("grid", None)
 
     # clusters ---------------------------------------------------------------------------------
     k = int(n_clusters or default_n_clusters(n))
     ckey = {"fingerprint": fp, "n_clusters": k, "seed": int(seed), "n": n}
     stored = _current(mdir / "clusters.json", ckey, mdir / "clusters.parquet", mdir / "centroids.npy")
+    steps.start("clusters")
     if stored is None:
         from index.cluster import kmeans
 
@@ -218,16 +275,18 @@ def map_pool(
         cinfo = {"key": ckey, "n_clusters": k, "sizes": np.asarray(res.sizes).tolist(), "inertia": float(res.inertia)}
         write_json(mdir / "clusters.json", cinfo)
         done["clusters"] = {kk: v for kk, v in cinfo.items() if kk != "sizes"}
+        steps.finish("clusters", [mdir / "clusters.parquet", mdir / "centroids.npy", mdir / "clusters.json"])
     else:
         labels = pl.read_parquet(mdir / "clusters.parquet", columns=["cluster"])["cluster"].to_numpy()
         done["clusters"] = {kk: v for kk, v in stored.items() if kk != "sizes"}
-        done["skipped"].append("clusters")
+        steps.finish("clusters", None)
 
     # diversity --------------------------------------------------------------------------------
     graph = load_graph(run, fp)
     gstate = read_json(rd.index_dir / INDEX_JSON)["key"] if graph is not None else None
     dkey = {"clusters": ckey, "graph": gstate, "semdedup_threshold": semdedup_threshold, "seed": int(seed)}
     stored = _current(mdir / "diversity.json", dkey)
+    steps.start("diversity")
     if stored is None:
         domains = _domain_labels(rd)
         rep = diversity_report(vectors, graph=graph, labels=domains, clusters=labels,
@@ -237,9 +296,10 @@ def map_pool(
             rep["note"] = "no current kNN graph: run `curate index` for the mean kNN distance"
         write_json(mdir / "diversity.json", {"key": dkey, **rep})
         done["diversity"] = rep
+        steps.finish("diversity", [mdir / "diversity.json"])
     else:
         done["diversity"] = {kk: v for kk, v in stored.items() if kk != "key"}
-        done["skipped"].append("diversity")
+        steps.finish("diversity", None)
     return done
 
 

@@ -89,3 +89,36 @@ def test_build_index_and_map_pool(tiny_run):
     fresh = map_stage.map_pool(rd.root, n_clusters=6, target_cells=10, progress=False)
     assert fresh["skipped"] == []
     assert read_json(rd.map_dir / "diversity.json")["mean_knn_distance"] is None
+
+
+def test_map_pool_progress_bar_and_written_files(tiny_run, capsys):
+    rd, _ = tiny_run
+    out = map_stage.map_pool(rd.root, n_clusters=6, target_cells=20, progress=True)
+    err = capsys.readouterr().err
+    assert "map: 100%" in err and "rows/s" in err and f"{4 * N}/{4 * N}" in err
+    assert "k-means assign" in err  # the steps' own bars below the outer one
+    assert set(out["written"]) == {str(p) for p in (
+        rd.projection_path, rd.root / "projection.json", rd.map_dir / "grid.parquet", rd.map_dir / "grid.json",
+        rd.map_dir / "clusters.parquet", rd.map_dir / "centroids.npy", rd.map_dir / "clusters.json",
+        rd.map_dir / "diversity.json")}  # fmt: skip
+    # a new grid parameter: only the grid step runs, and the bar's total is that step's rows
+    again = map_stage.map_pool(rd.root, n_clusters=6, target_cells=10, progress=True)
+    err = capsys.readouterr().err
+    assert f"{N}/{N}" in err and again["written"] == [str(rd.map_dir / "grid.parquet"), str(rd.map_dir / "grid.json")]
+    map_stage.map_pool(rd.root, n_clusters=6, target_cells=12, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_map_command_prints_the_files_it_wrote(tiny_run):
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    rd, _ = tiny_run
+    res = CliRunner().invoke(app, ["map", "--run", str(rd.root), "--n-clusters", "6", "--target-cells", "20"])
+    assert res.exit_code == 0, res.output
+    wrote = [line.removeprefix("wrote: ") for line in res.output.splitlines() if line.startswith("wrote: ")]
+    assert str(rd.map_dir / "diversity.json") in wrote and len(wrote) == 8
+    res = CliRunner().invoke(app, ["map", "--run", str(rd.root), "--n-clusters", "6", "--target-cells", "20"])
+    assert "wrote: " not in res.output
+    assert "current, not rebuilt: projection, grid, clusters, diversity" in res.output
