@@ -429,9 +429,11 @@ def run_cmd(
         console.print(f"  {name:<8} {seconds:7.1f} s  {_describe(name, result)}")
     for name, result, _ in results:
         if name == "compare":
-            from curate.compare import render
+            from curate.compare import render, save_table
 
             render(result)
+            md, csv = save_table(rec.run, result)
+            console.print(f"full table: {md} (and {csv.name})", markup=False)
     exports = [r for n, r, _ in results if n == "export"]
     for out in exports:
         console.print(f"[green]subset:[/green]   {out}")

@@ -34,8 +34,13 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else len(sa & sb) / union
 
 
-def compare(run: RunDir | str | os.PathLike, names: Sequence[str]) -> pl.DataFrame:
-    """One row per selection of `run`: size, tokens, per-domain counts, coverage, signal means, Jaccard."""
+def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: bool = True) -> pl.DataFrame:
+    """One row per selection of `run`: size, tokens, per-domain counts, coverage, signal means, Jaccard.
+
+    With progress, a bar over the selections' rows (rows/s) names the selection being measured.
+    """
+    from tqdm.auto import tqdm
+
     run = run if isinstance(run, RunDir) else RunDir(run)
     names = list(names)
     if not names:
@@ -51,7 +56,10 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str]) -> pl.DataFra
     values = {s: view.signal(s) for s in signals}
 
     rows: list[dict[str, Any]] = []
+    bar = tqdm(total=sum(len(sel) for sel in sels.values()), desc="compare", unit="rows", unit_scale=True,
+               dynamic_ncols=True, disable=not progress)
     for name, sel in sels.items():
+        bar.set_postfix_str(name)
         pos = sel.positions
         row: dict[str, Any] = {"selection": name, "method": sel.method, "n": len(sel)}
         if TOKENS_SIGNAL in values:
@@ -68,6 +76,8 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str]) -> pl.DataFra
         for other, osel in sels.items():
             row[f"jaccard:{other}"] = jaccard(pos, osel.positions)
         rows.append(row)
+        bar.update(len(sel))
+    bar.close()
     return pl.DataFrame(rows)
 
 

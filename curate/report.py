@@ -197,7 +197,7 @@ def _comparison(ctx: _Ctx) -> str:
 
     if not ctx.names:
         return note_html("No selection yet: run `curate select`.")
-    table = compare(ctx.run, ctx.names)
+    table = compare(ctx.run, ctx.names, progress=False)  # the report has its own bar over sections
     metrics = [c for c in table.columns if c != "selection"]
     rows = {"figure": metrics}
     for row in table.iter_rows(named=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import polars as pl
@@ -26,7 +27,7 @@ def test_compare_known_case(tmp_path):
     Fixed(order=(0, 1, 2, 3)).select(view, "4").save(run, "a")
     Fixed(order=(2, 3, 4, 5)).select(view, "4").save(run, "b")
     Fixed(order=(0, 4)).select(view, "2").save(run, "c")
-    t = compare(run, ["a", "b", "c"])
+    t = compare(run, ["a", "b", "c"], progress=False)
     tokens = view.signal("tokens")
     quality = view.signal("quality")
     rows = {r["selection"]: r for r in t.to_dicts()}
@@ -61,6 +62,32 @@ def test_compare_known_case(tmp_path):
 def test_compare_errors(tmp_path):
     run = make_run(tmp_path, n=4)
     with pytest.raises(FileNotFoundError, match="select --name missing"):
-        compare(run, ["missing"])
+        compare(run, ["missing"], progress=False)
     with pytest.raises(ValueError, match="at least one"):
-        compare(run, [])
+        compare(run, [], progress=False)
+
+
+def test_compare_progress_bar_and_command_output(tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    run = make_run(tmp_path, n=8)
+    view = PoolView.from_run(run)
+    Fixed(order=(0, 1, 2, 3)).select(view, "4").save(run, "a")
+    Fixed(order=(0, 4)).select(view, "2").save(run, "c")
+    compare(run, ["a", "c"], progress=True)
+    err = capsys.readouterr().err
+    assert "compare: 100%" in err and "rows/s" in err and re.search(r"\b6(\.0+)?/6(\.0+)? ", err)  # 4 + 2 rows
+    compare(run, ["a", "c"], progress=False)
+    assert capsys.readouterr().err == ""
+    res = CliRunner().invoke(app, ["compare", "--run", str(run.root), "a", "c"])
+    assert res.exit_code == 0, res.output
+    md = run.root / "compare" / "a-c.md"
+    assert md.exists() and f"full table: {md} (and a-c.csv)" in res.output.replace("\n", "")
+    recipe = tmp_path / "compare.yaml"
+    recipe.write_text(f"run: {run.root}\nstages:\n  - compare: {{names: [c, a]}}\n")
+    res = CliRunner().invoke(app, ["run", str(recipe)])
+    assert res.exit_code == 0, res.output
+    md = run.root / "compare" / "c-a.md"
+    assert md.exists() and f"full table: {md} (and c-a.csv)" in res.output.replace("\n", "")
