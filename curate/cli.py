@@ -169,7 +169,8 @@ def select(
     seed: int = typer.Option(0),
     name: str = typer.Option(None, help="Selection name (default: the method)."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Selector parameters KEY=VALUE."),
-    stratify: str = typer.Option("none", help="none, domain, cluster, or domain:MIXTURE (quotas from mixtures/)."),
+    stratify: str = typer.Option(None, help="none, domain, cluster, or domain:MIXTURE (quotas from mixtures/); "
+                                 "default: the selector's (domain for k-center, facility-location, deita, daar, miw)."),
 ) -> None:
     """Choose a subset with a selector; writes selections/<name>.parquet (id, weight, rank, reason)."""
     sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, stratify=stratify,

@@ -62,7 +62,7 @@ def select(
     seed: int = 0,
     name: str | None = None,
     exclude_reference: bool = True,
-    stratify: str = "none",
+    stratify: str | None = None,
     mixture: str | os.PathLike | None = None,
     **params: Any,
 ) -> Selection:
@@ -72,14 +72,21 @@ def select(
     The selection is saved as selections/<name>.parquet (+ .json); `name` defaults to `method`.
     With `exclude_reference` (default), the rows ILA's reference model was trained on (`reference.json`,
     written by `curate train --reference`) cannot be selected: their depth is measured on training data.
-    `stratify`: "none" (default), "domain" or "cluster": the selector runs within each stratum, quotas in
+    `stratify`: "none", "domain" or "cluster" (default: the selector's `default_stratify`, "domain" for the
+    selectors that won that way on held-out loss; "none" when the pool has neither domains nor map
+    clusters): the selector runs within each stratum, quotas in
     proportion to the strata's eligible rows, or to `mixture` (a mixture name under <run>/mixtures/ or a
     path; its last round's domain weights); "domain:NAME" is short for stratify="domain", mixture=NAME.
     See `curate.select.stratify`.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
-    by, mixture = parse_stratify(stratify, mixture)
     selector = make_selector(method, **params)
+    default_note = None
+    if stratify is None:
+        stratify = type(selector).default_stratify
+        if stratify == "domain" and mixture is None and not _has_strata(run):
+            stratify, default_note = "none", "default stratify=domain not applied: no domains and no map clusters"
+    by, mixture = parse_stratify(stratify, mixture)
     weights = None
     if mixture is not None:
         from curate.mixtures import load_mixture, mixture_file
@@ -93,9 +100,19 @@ def select(
         selection.stats["stratify"]["mixture"] = str(mix_path)
     if exclude is not None:
         selection.stats["excluded_reference_rows"] = int(len(exclude))
+    if default_note:
+        selection.stats["stratify_note"] = default_note
     selection.stats.update(_coverage_stats(run, selection))
     selection.save(run, name or method)
     return selection
+
+
+def _has_strata(run: RunDir) -> bool:
+    """Whether domain strata exist: some pool row has a domain, or the map's k-means clusters are built."""
+    import polars as pl
+
+    has_domain = run.scan_pool().select(pl.col("domain").is_not_null().any()).collect().item()
+    return bool(has_domain) or (run.map_dir / "clusters.parquet").exists()
 
 
 def parse_stratify(stratify: str | None, mixture: str | os.PathLike | None = None) -> tuple[str, str | None]:

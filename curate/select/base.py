@@ -520,6 +520,9 @@ class Selector:
     # stratified selection: "stratum" runs the selector on each stratum's rows alone; "pool" ranks the whole
     # pool once (e.g. DaaR's probes are fitted on the pool) and takes each stratum's rows in that order
     stratify_scope: ClassVar[str] = "stratum"
+    # what the `select` stage does when no stratify is given; chosen from held-out loss after fine-tuning
+    # (bench/selection_quality.py, bench/RESULTS.md): "domain" where running within each domain won
+    default_stratify: ClassVar[str] = "none"
 
     def get_params(self) -> dict[str, Any]:
         """The `__init__` parameters and their values (stored as same-named attributes)."""

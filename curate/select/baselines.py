@@ -191,6 +191,7 @@ class KCenterSelector(Selector):
     """
 
     name = "k-center"
+    default_stratify = "domain"  # won on held-out loss, bench/RESULTS.md (selection quality)
     paper = "k-center greedy core-set (Sener & Savarese, ICLR 2018)"
 
     def __init__(self) -> None:
@@ -218,6 +219,7 @@ class FacilityLocationSelector(Selector):
     """
 
     name = "facility-location"
+    default_stratify = "domain"  # won on held-out loss, bench/RESULTS.md (selection quality)
     paper = "facility location (Lin & Bilmes 2011; apricot)"
     deviations = "similarities restricted to the stored kNN graph"
 

@@ -337,6 +337,7 @@ class DaaRSelector(Selector):
     """
 
     name = "daar"
+    default_stratify = "domain"  # won on held-out loss, bench/RESULTS.md (selection quality)
     stratify_scope = "pool"  # stratified: probes fitted once on the pool, each stratum takes its rows by Ĥ
     paper = "DaaR: Ling et al., Diversity as a Reward (arXiv 2502.04380), methods.md 2.4"
     deviations = (

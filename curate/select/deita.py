@@ -330,6 +330,7 @@ class DeitaSelector(Selector):
     """
 
     name = "deita"
+    default_stratify = "domain"  # won on held-out loss, bench/RESULTS.md (selection quality)
     paper = "Deita: Liu et al., What Makes Good Data for Alignment? (ICLR 2024)"
     deviations = "score = any stored signal or product of signals; pool sentence embeddings"
 

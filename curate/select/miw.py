@@ -60,6 +60,7 @@ class MIWSelector(Selector):
     """
 
     name = "miw"
+    default_stratify = "domain"  # won on held-out loss, bench/RESULTS.md (selection quality)
     paper = "MIW: Song et al., Learning Multi-Indicator Weights for Data Selection (arXiv 2605.09665)"
     deviations = "MIW-style reconstruction of methods.md 5.3 (indicators, proxy and search are ours)"
 
