@@ -115,13 +115,13 @@ def selections(run: Path, budget: int, seeds: int, full_pool: bool, stratified: 
 
     plan = [(f"q-random-s{s}", "random", s, {}) for s in range(seeds)]
     plan += [(f"q-balanced-s{s}", "balanced-random", s, {}) for s in range(seeds)]
-    plan += [
-        ("q-ila", "ila", 0, {"signal": "relative_depth"}),
-        ("q-daar", "daar", 0, {"model": "smollm2"}),
-        ("q-miw", "miw", 0, {}),
-        ("q-deita", "deita", 0, {"signal": "ifd", "threshold": 0.9}),
-        ("q-k-center", "k-center", 0, {}),
-        ("q-facility-location", "facility-location", 0, {}),
+    plan += [  # the papers' global versions (stratify="none"; some selectors default to per-domain now)
+        ("q-ila", "ila", 0, {"signal": "relative_depth", "stratify": "none"}),
+        ("q-daar", "daar", 0, {"model": "smollm2", "stratify": "none"}),
+        ("q-miw", "miw", 0, {"stratify": "none"}),
+        ("q-deita", "deita", 0, {"signal": "ifd", "threshold": 0.9, "stratify": "none"}),
+        ("q-k-center", "k-center", 0, {"stratify": "none"}),
+        ("q-facility-location", "facility-location", 0, {"stratify": "none"}),
     ]
     if stratified:  # every selector run within each domain (quotas ∝ the pool's eligible rows per domain)
         plan += [(f"{n}-strat", m, sd, {**p, "stratify": "domain"}) for n, m, sd, p in plan
