@@ -9,6 +9,7 @@ from its start (accelerate's `skip_first_batches`) sees exactly the batches it w
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -152,12 +153,11 @@ class MixtureBatchSampler:
         self.schedule.append((self.sampler.epoch, self._yielded, q.tolist()))
 
     def proportions_at(self, epoch: int, position: int) -> tuple[int, np.ndarray]:
-        """(number of changes applied, proportions) in force at batch `position` of `epoch`."""
-        q, k = self.initial, 0
-        for e, b, p in self.schedule:
-            if (e, b) <= (epoch, position):
-                q, k = np.asarray(p), k + 1
-        return k, q
+        """(number of changes applied, proportions) in force at batch `position` of `epoch`.
+
+        Changes are recorded in stream order, so a binary search finds the last one at or before the place."""
+        k = bisect.bisect_right(self.schedule, (epoch, position, [np.inf]))
+        return k, (np.asarray(self.schedule[k - 1][2]) if k else self.initial)
 
     def __len__(self) -> int:
         return self.num_batches
