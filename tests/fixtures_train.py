@@ -43,3 +43,25 @@ def train_pool_run(run: Path, n: int = 32, *, preference: bool = False) -> Path:
         "reason": ["test"] * half,
     }).write_parquet(run / "selections" / "sel.parquet")  # fmt: skip
     return run
+
+
+def run_until_killed(statement: str, step: int = 4) -> None:
+    """Run Python `statement` in a fresh process where `Kill()` is a Trainer callback that SIGKILLs the process
+    right after the checkpoint of `step` is saved; the process must die by that signal."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from transformers import TrainerCallback
+
+        class Kill(TrainerCallback):
+            def on_save(self, args, state, control, **kw):
+                if state.global_step == {step}:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        """
+    ) + statement
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]

@@ -5,10 +5,6 @@ DPO AMA-R run, resumption after SIGKILL, and the CLI."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +12,7 @@ import polars as pl
 import pytest
 import torch
 from fixtures_lm import tiny_lm  # noqa: F401
-from fixtures_train import train_pool_run
+from fixtures_train import run_until_killed, train_pool_run
 from safetensors.torch import load_file
 
 from curate.mix.ama import ExcessObjective, Exp3, ExpGrad, ama
@@ -299,30 +295,12 @@ def test_baselines_run_through_the_same_code_and_dpo_ama_r_trains(tiny_lm, tmp_p
         ama(run, "sel", method="nope", model=str(tiny_lm))
 
 
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import os, signal, sys
-    sys.path.insert(0, {tests!r})
-    from transformers import TrainerCallback
-    from curate.mix.ama import ama
-
-    class Kill(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            if state.global_step == 4:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    ama({run!r}, "sel", model={model!r}, name="killed", callbacks=[Kill()], **{kw!r})
-    """
-)
-
-
 def test_a_killed_ama_s_run_resumes_to_the_same_weights_and_mixture(tiny_lm, tmp_path):  # noqa: F811
     run = train_pool_run(tmp_path / "run", 24)
     kw = {"method": "ama-s", "eta": 0.5, "max_steps": 8, "save_every": 2, "specialist": {"max_steps": 3},
           **{**FAST, "batch_tokens": 48}}
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), run=str(run), model=str(tiny_lm), kw=kw)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_until_killed(f"from curate.mix.ama import ama\nama({str(run)!r}, 'sel', model={str(tiny_lm)!r}, "
+                     f"name='killed', callbacks=[Kill()], **{kw!r})")
     ck = run / "train" / "killed" / "checkpoints" / "checkpoint-4"
     assert (ck / "COMPLETE").exists() and (ck / "objective.json").exists()
     assert not (run / "mixtures" / "killed.json").exists()

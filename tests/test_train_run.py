@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 from fixtures_lm import tiny_lm, tiny_lm_ref  # noqa: F401
-from fixtures_train import train_pool_run
+from fixtures_train import run_until_killed, train_pool_run
 from safetensors.torch import load_file
 
 from curate.signals.lm import LMScorer
@@ -66,28 +66,10 @@ def test_two_domain_selection_trains_evaluates_per_domain_and_leaves_reloadable_
         train(run, "sel", model=str(tiny_lm), heldout_split=8, epochs=3, **FAST)
 
 
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import os, signal, sys
-    sys.path.insert(0, {tests!r})
-    from transformers import TrainerCallback
-    from curate.train import train
-
-    class Kill(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            if state.global_step == 4:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    train({run!r}, "sel", model={model!r}, name="killed", max_steps=8, save_every=2, callbacks=[Kill()], **{fast!r})
-    """
-)
-
-
 def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_lm, tmp_path):  # noqa: F811
     run = train_pool_run(tmp_path / "run", 24)
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), run=str(run), model=str(tiny_lm), fast=FAST)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_until_killed(f"from curate.train import train\ntrain({str(run)!r}, 'sel', model={str(tiny_lm)!r}, "
+                     f"name='killed', max_steps=8, save_every=2, callbacks=[Kill()], **{FAST!r})")
     ck = run / "train" / "killed" / "checkpoints"
     assert (ck / "checkpoint-4" / "COMPLETE").exists() and not (run / "train" / "killed" / "metrics.json").exists()
 
