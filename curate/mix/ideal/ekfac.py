@@ -121,7 +121,6 @@ class EKFAC:
                 self.lam = lam_kfac
             else:
                 lam = {n: torch.zeros_like(v) for n, v in lam_kfac.items()}
-                n_ex2 = torch.zeros(1, dtype=torch.float64)
                 for batch in batches():
                     _run_backward(model, batch, sampled_loss)
                     for name in self.modules:
@@ -129,9 +128,7 @@ class EKFAC:
                         G = torch.einsum("bto,bti,bt->boi", g, a, w)  # per-example gradients
                         P = self.Q_S[name].T @ G @ self.Q_A[name]
                         lam[name] += (P**2).sum(0)
-                    n_ex2 += batch_size(batch, caps)
-                n_ex2 = _reduce(n_ex2)
-                self.lam = {n: _reduce(v) / n_ex2 for n, v in lam.items()}
+                self.lam = {n: _reduce(v) / n_ex for n, v in lam.items()}  # the same batches as pass 1
             self.stats = {"tokens": float(n_tok), "examples": float(n_ex)}
         finally:
             caps.close()
@@ -189,11 +186,6 @@ class EKFAC:
         for name in self.modules:
             self.Q_A[name], self.Q_S[name], self.lam[name] = t[f"{name}::Q_A"], t[f"{name}::Q_S"], t[f"{name}::lam"]
         return self
-
-
-def batch_size(batch, caps: _Capture) -> int:
-    """Number of examples in a batch (from any captured input)."""
-    return next(iter(caps.a.values())).shape[0]
 
 
 def mean_gradient(

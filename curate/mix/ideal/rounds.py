@@ -97,18 +97,18 @@ def influence_round(
     cache: Path | None = None,
 ) -> dict[str, Any]:
     """EK-FAC fit and the influence matrix of one trained model; returns {influence, timings, ...}."""
-    import torch
-
     from curate.mix.ideal import lm
     from curate.mix.ideal.ekfac import EKFAC, influence, mean_gradient
     from curate.models import model_fingerprint
     from curate.signals.lm import LMScorer
     from curate.train.data import encode_rows
+    from curate.train.model import unwrap
+    from curate.train.stage import evaluate_rows
 
     timings: dict[str, float] = {}
     model, tok = _load(model_dir, layers)
-    scorer = LMScorer.from_model(_unwrap(model), tok, path=model_dir, dtype="float32", device="cpu",
-                                 fingerprint=model_fingerprint(_weights_dir(model_dir), "float32"),
+    scorer = LMScorer.from_model(unwrap(model), tok, path=model_dir, dtype="float32", device="cpu",
+                                 fingerprint=model_fingerprint(model_dir, "float32"),
                                  max_length=max_length)
     modules = lm.pick_modules(model, layers)
     lm.only_these_require_grad(model, modules)
@@ -153,16 +153,9 @@ def influence_round(
             s = influence(ek, g_ref, g)
             matrix[r][d] = s * (sizes[d] / total) if scaling == "sum" else s
     timings["influence_s"] = time.perf_counter() - t
-    with torch.no_grad():
-        from curate.train.stage import evaluate_rows
-
-        ref_loss = evaluate_rows(scorer, reference)
+    ref_loss = evaluate_rows(scorer, reference)  # under inference_mode, in LMScorer.nll
     return {"influence": matrix, "timings": timings, "reference_loss": ref_loss, "ekfac": ek.stats,
             "modules": len(modules)}
-
-
-def _weights_dir(model_dir: Path) -> Path:
-    return model_dir if any(model_dir.glob("*.safetensors")) and (model_dir / "config.json").exists() else model_dir
 
 
 def _load(model_dir: Path, layers):
@@ -176,10 +169,6 @@ def _load(model_dir: Path, layers):
 
         return AutoPeftModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), tok
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True), tok
-
-
-def _unwrap(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def ideal(
