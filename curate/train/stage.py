@@ -391,9 +391,11 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def _held_sequences(scorer, held: tdata.TrainRows) -> list:
-    """Held-out rows encoded once, with the scorer's encoder (as the training rows)."""
-    ids = held.frame["id"].to_list()
-    return [scorer.encode(m, where=f"{held.source}: row {i} (id {ids[i]})") for i, m in enumerate(held.messages())]
+    """Held-out rows encoded once, by the same `encode_rows` as the training rows."""
+    from curate.signals.lm import Encoded
+
+    f = tdata.encode_rows(scorer, held, preference=False)
+    return [Encoded(ids, int(p)) for ids, p in zip(f.ids, f.n_prompt, strict=True)]
 
 
 def _evaluate(scorer, seqs: list, domains: list[str], dtype: str = "float32") -> dict[str, Any]:
