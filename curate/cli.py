@@ -171,10 +171,14 @@ def select(
     param: list[str] = typer.Option(None, "--param", "-p", help="Selector parameters KEY=VALUE."),
     stratify: str = typer.Option(None, help="none, domain, cluster, or domain:MIXTURE (quotas from mixtures/); "
                                  "default: the selector's (domain for k-center, facility-location, deita, daar, miw)."),
+    max_ifd: str = typer.Option(None, "--max-ifd", help="deita, ila, top-signal: rows with ifd >= this are not "
+                                "ranked; 'none' turns it off (default 1.0 when ranking by ifd)."),
 ) -> None:
     """Choose a subset with a selector; writes selections/<name>.parquet (id, weight, rank, reason)."""
-    sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, stratify=stratify,
-                **_parse_params(param))
+    params = _parse_params(param)
+    if max_ifd is not None:
+        params["max_ifd"] = max_ifd
+    sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, stratify=stratify, **params)
     console.print(f"selected {len(sel.ids)} rows with {method}: {run / 'selections' / (name or method)}.parquet")
     if sel.stats.get("note"):
         console.print(f"note: {sel.stats['note']}", markup=False)

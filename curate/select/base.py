@@ -548,6 +548,10 @@ class Selector:
         Stratified selection sizes its quotas from these rows (minus excluded ones)."""
         return None
 
+    def filter_stats(self, view: PoolView, excluded: np.ndarray | None = None) -> dict[str, Any]:
+        """Pool-level stats of a row filter the selector applies before ranking (e.g. `max_ifd`), or {}."""
+        return {}
+
     def rank_pool(self, view: PoolView, *, seed: int, budget: Budget) -> Ranking:
         """Every row this method can rank, best first (used when `stratify_scope == "pool"`)."""
         try:
@@ -590,6 +594,7 @@ class Selector:
         stats = dict(taken.stats)
         stats.update(_basic_stats(view, taken.positions))
         stats["mix"] = domain_mix(view, taken.positions, excluded)
+        stats.update(self.filter_stats(view, excluded))
         return Selection(
             positions=taken.positions,
             ids=[str(ids[i]) for i in taken.positions],

@@ -21,6 +21,7 @@ from curate.select.base import (
     ShortRankingError,
     register_selector,
 )
+from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
 
 NO_DOMAIN = "(none)"
 
@@ -143,38 +144,46 @@ class LongestSelector(Selector):
 
 
 @register_selector
-class TopSignalSelector(Selector):
+class TopSignalSelector(IFDFilter, Selector):
     """Top-k of any stored signal (`signal=NAME`), highest first (`descending=True`) or lowest first.
 
     Rows whose value is NaN are never ranked (counted in stats as `n_nan`); ties by pool position.
+    `max_ifd` ("auto": 1.0 when `signal` is `ifd`, else off): rows with IFD >= max_ifd are never ranked.
     """
 
     name = "top-signal"
     paper = "score-then-top-k baseline (e.g. IFD / Alpagasus-style filtering)"
 
-    def __init__(self, signal: str = "", descending: bool = True) -> None:
+    def __init__(self, signal: str = "", descending: bool = True, max_ifd: float | str | None = "auto") -> None:
         if not signal:
             raise ParameterError(
                 "top-signal needs signal=NAME (a stored signal)", "e.g. `curate score --run RUN --signal mtld`, then `-p signal=mtld`"
             )
         self.signal = signal
         self.descending = bool(descending)
+        self.max_ifd = resolve_max_ifd(max_ifd, signal == IFD_SIGNAL)
 
     def eligible(self, view: PoolView) -> np.ndarray:
-        """Rows whose signal is not NaN."""
-        return ~np.isnan(np.asarray(view.signal(self.signal), dtype=np.float64))
+        """Rows whose signal is not NaN and that the IFD filter keeps."""
+        ok = ~np.isnan(np.asarray(view.signal(self.signal), dtype=np.float64))
+        keep = self.ifd_keep(view)
+        return ok if keep is None else ok & keep
 
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         values = np.asarray(view.signal(self.signal), dtype=np.float64)
-        ok = np.flatnonzero(~np.isnan(values))
+        keep = self.ifd_keep(view)
+        ok = np.flatnonzero(~np.isnan(values) & (True if keep is None else keep))
         key = -values[ok] if self.descending else values[ok]
         order = ok[np.argsort(key, kind="stable")]
         word = "highest" if self.descending else "lowest"
         reasons = [f"top-signal: {self.signal}={values[i]:.4g} ({word} first)" for i in order]
-        ranking = Ranking(order, reasons=reasons, stats={"signal": self.signal, "n_nan": int(values.size - ok.size)})
+        n_nan = int(np.isnan(values).sum())
+        stats = {"signal": self.signal, "n_nan": n_nan, **self.ifd_stats(view, keep)}
+        ranking = Ranking(order, reasons=reasons, stats=stats)
         if order.size < min(k, view.n) and budget.kind != "tokens":
+            removed = "" if keep is None else f" and the IFD filter removes {int((~keep).sum())} (max_ifd={self.max_ifd:g})"
             raise ShortRankingError(
-                f"top-signal: signal {self.signal!r} has {values.size - ok.size} NaN rows, "
+                f"top-signal: signal {self.signal!r} has {n_nan} NaN rows{removed}, "
                 f"so only {order.size} rows can be ranked and the budget needs {k}",
                 ranking,
             )

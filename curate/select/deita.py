@@ -30,6 +30,7 @@ import numpy as np
 
 from curate.errors import ParameterError
 from curate.select.base import Budget, PoolView, Ranking, Selector, ShortRankingError, register_selector
+from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
 
 
 def fp32_margin(d: int) -> float:
@@ -310,20 +311,28 @@ def deita_filter_reference(
     return np.asarray(kept, dtype=np.int64)
 
 
+def _ifd_note(max_ifd: float | None, keep: np.ndarray | None) -> str:
+    """", and N rows with ifd >= M" for error messages (empty when the IFD filter is off)."""
+    if keep is None:
+        return ""
+    return f" and {int((~keep).sum())} rows with {IFD_SIGNAL} >= {max_ifd:g} (max_ifd; -p max_ifd=none turns it off)"
+
+
 def _names(signal: str | Sequence[str]) -> list[str]:
     names = [n.strip() for n in signal.split(",")] if isinstance(signal, str) else [str(n) for n in signal]
     return [n for n in names if n]
 
 
 @register_selector
-class DeitaSelector(Selector):
+class DeitaSelector(IFDFilter, Selector):
     """Deita-style: rank by a score (one signal, or the product of several), then drop near-duplicates.
 
     A row is kept only if the cosine to its nearest already-kept row is < `threshold` (default 0.9), walking
     rows by score until the budget is reached. Exact blocked implementation of the sequential filter (`screen`:
     "auto", "bf16", "fp32" or "faiss" changes only the speed). When
     fewer rows survive than the budget needs it raises, unless `fill=True` (tops up with the dropped rows in
-    score order, reason "deita: fill").
+    score order, reason "deita: fill"). `max_ifd` ("auto": 1.0 when `ifd` is one of the score's signals):
+    rows with IFD >= max_ifd are never ranked (`curate.select.ifd_filter`).
     paper: Liu et al., Deita (ICLR 2024), the score-first diversity filter; the baseline of ILA and DaaR.
     deviations: any stored signal(s) as the score (Deita's complexity x quality scorers are not bundled);
     the pool's sentence embeddings instead of Deita's Llama-13B embeddings; ties by pool position.
@@ -341,6 +350,7 @@ class DeitaSelector(Selector):
         block: int = 512,
         fill: bool = False,
         screen: str = "auto",
+        max_ifd: float | str | None = "auto",
     ) -> None:
         names = _names(signal)
         if not names:
@@ -359,12 +369,15 @@ class DeitaSelector(Selector):
         if screen != "auto" and screen not in _SCREENS:
             raise ValueError(f"deita: screen must be 'auto' or one of {sorted(_SCREENS)}, got {screen!r}")
         self.screen = screen
+        self.max_ifd = resolve_max_ifd(max_ifd, IFD_SIGNAL in names)
 
     def _score(self, view: PoolView) -> np.ndarray:
+        """The product of the score signals; NaN where the IFD filter removes the row."""
         score = np.ones(view.n, dtype=np.float64)
         for n in _names(self.signal):
             score = score * np.asarray(view.signal(n), dtype=np.float64)
-        return score
+        keep = self.ifd_keep(view)
+        return score if keep is None else np.where(keep, score, np.nan)
 
     def eligible(self, view: PoolView) -> np.ndarray:
         """Rows with a finite score."""
@@ -373,6 +386,7 @@ class DeitaSelector(Selector):
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         names = _names(self.signal)
         score = self._score(view)
+        keep = self.ifd_keep(view)
         order = score_order(score)
         kept = deita_filter(
             view.vectors(),
@@ -389,10 +403,11 @@ class DeitaSelector(Selector):
             if not self.fill:
                 raise ShortRankingError(
                     f"deita: only {kept.size} rows remain once near-duplicates (cosine >= {self.threshold:g}) are "
-                    f"dropped, the budget needs {k}: lower the budget, raise the threshold, or pass fill=True "
-                    "(tops up with the dropped rows in score order)",
+                    f"dropped{_ifd_note(self.max_ifd, keep)}, the budget needs {k}: lower the budget, raise the "
+                    "threshold, or pass fill=True (tops up with the dropped rows in score order)",
                     Ranking(kept, reasons=[f"deita: {label}={v:.4g}, nearest kept cosine < {self.threshold:g}"
-                                           for v in score[kept].tolist()], stats={"score": label}),
+                                           for v in score[kept].tolist()],
+                            stats={"score": label, **self.ifd_stats(view, keep)}),
                 )
             rest = order[~np.isin(order, kept)][: k - kept.size]
             n_filled = int(rest.size)
@@ -412,6 +427,7 @@ class DeitaSelector(Selector):
             "rows_dropped_as_near_duplicates": walked - int(kept.size),
             "mean_score": float(score[kept].mean()) if kept.size else None,
             "n_filled": n_filled,
-            "n_nan_score": int(view.n - order.size),
+            "n_nan_score": int((~np.isfinite(score) & (True if keep is None else keep)).sum()),
+            **self.ifd_stats(view, keep),
         }
         return Ranking(kept, reasons=reasons, stats=stats)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from curate.select.base import Budget, PoolView, Ranking, Selector, ShortRankingError, register_selector
+from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
 
 CELL_ORDERS = ("random", "best")
 
@@ -190,14 +191,15 @@ def ila_select_reference(
 
 
 @register_selector
-class ILASelector(Selector):
+class ILASelector(IFDFilter, Selector):
     """ILA round-robin over coverage-grid cells, deepest (relative-depth) row per cell per pass.
 
     paper: Wu et al., arXiv 2509.06463 (ILA), selection as reconstructed in methods.md 4.3.
     deviations: see `curate.select.ila` (quota exponent τ by Adams' divisor method; partial last level
     filled by depth; optional depth threshold). Cells come from the run's map (`curate map`); the depth
     signal defaults to `relative_depth`. Stats: `grid_coverage` (cells hit / non-empty pool cells),
-    `mean_depth`, `n_passes`.
+    `mean_depth`, `n_passes`. `max_ifd` ("auto": 1.0 when `signal` is `ifd`, else off): rows with
+    IFD >= max_ifd are never taken (`curate.select.ifd_filter`).
     """
 
     name = "ila"
@@ -210,6 +212,7 @@ class ILASelector(Selector):
         tau: float = 0.0,
         cell_order: str = "random",
         threshold: float | None = None,
+        max_ifd: float | str | None = "auto",
     ) -> None:
         if cell_order not in CELL_ORDERS:
             raise ValueError(f"ila: cell_order must be one of {CELL_ORDERS}, got {cell_order!r}")
@@ -219,19 +222,23 @@ class ILASelector(Selector):
         self.tau = float(tau)
         self.cell_order = cell_order
         self.threshold = None if threshold is None else float(threshold)
+        self.max_ifd = resolve_max_ifd(max_ifd, signal == IFD_SIGNAL)
 
     def eligible(self, view: PoolView) -> np.ndarray:
-        """Rows with a finite depth (at least `threshold` when set)."""
+        """Rows with a finite depth (at least `threshold` when set) that the IFD filter keeps."""
         depth = np.asarray(view.signal(self.signal), dtype=np.float64)
         ok = np.isfinite(depth)
+        keep = self.ifd_keep(view)
+        ok = ok if keep is None else ok & keep
         return ok if self.threshold is None else ok & (depth >= self.threshold)
 
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         depth = view.signal(self.signal)  # first: a missing signal is named with the command that makes it
         cells = view.cells()
+        keep = self.ifd_keep(view)
         res = ila_select(
             cells,
-            depth,
+            depth if keep is None else np.where(keep, depth, np.nan),
             int(k),
             tau=self.tau,
             cell_order=self.cell_order,
@@ -248,10 +255,13 @@ class ILASelector(Selector):
             "grid_coverage": st.pop("coverage"),
             **st,
             "signal": self.signal,
+            **self.ifd_stats(view, keep),
         }
         ranking = Ranking(res.positions, reasons=reasons, stats=stats)
         if res.positions.size < min(k, view.n) and budget.kind != "tokens":
             rule = "finite depth" if self.threshold is None else f"depth >= {self.threshold:g}"
+            if keep is not None:
+                rule += f", {IFD_SIGNAL} < {self.max_ifd:g} (max_ifd; -p max_ifd=none turns it off)"
             raise ShortRankingError(
                 f"ila: only {res.stats['n_eligible']} rows are eligible ({rule} in signal {self.signal!r}), "
                 f"the budget needs {k}",
