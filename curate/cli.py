@@ -173,13 +173,23 @@ def select(
                                  "default: the selector's (domain for k-center, facility-location, deita, daar, miw)."),
     max_ifd: str = typer.Option(None, "--max-ifd", help="deita, ila, top-signal: rows with ifd >= this are not "
                                 "ranked; 'none' turns it off (default 1.0 when ranking by ifd)."),
+    validation: Path = typer.Option(None, help="Target task's validation set (jsonl): rds scores against it; "
+                                    "pool copies of its rows are left out."),
+    decontaminate: bool = typer.Option(None, "--decontaminate/--no-decontaminate",
+                                       help="Leave out pool rows that copy validation rows (default: on)."),
 ) -> None:
     """Choose a subset with a selector; writes selections/<name>.parquet (id, weight, rank, reason)."""
     params = _parse_params(param)
     if max_ifd is not None:
         params["max_ifd"] = max_ifd
-    sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, stratify=stratify, **params)
+    sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, stratify=stratify,
+                validation=validation, decontaminate=decontaminate, **params)
     console.print(f"selected {len(sel.ids)} rows with {method}: {run / 'selections' / (name or method)}.parquet")
+    dec = sel.stats.get("decontamination")
+    if dec and dec["contaminated_rows"]:
+        what = "left out" if dec["excluded"] else f"kept eligible ({dec['selected_contaminated_rows']} selected)"
+        console.print(f"decontamination: {dec['contaminated_rows']} pool rows copy validation rows, {what}",
+                      markup=False)
     if sel.stats.get("note"):
         console.print(f"note: {sel.stats['note']}", markup=False)
 

@@ -6,6 +6,7 @@ budget, seed)`. This module imports every selector module so they register thems
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -64,6 +65,9 @@ def select(
     exclude_reference: bool = True,
     stratify: str | None = None,
     mixture: str | os.PathLike | None = None,
+    validation: str | os.PathLike | None = None,
+    decontaminate: bool = True,
+    decontam_threshold: float | None = None,
     **params: Any,
 ) -> Selection:
     """Run selector `method` on the pool of `run` within `budget`; save and return the selection.
@@ -78,9 +82,23 @@ def select(
     proportion to the strata's eligible rows, or to `mixture` (a mixture name under <run>/mixtures/ or a
     path; its last round's domain weights); "domain:NAME" is short for stratify="domain", mixture=NAME.
     See `curate.select.stratify`.
+    `validation`: the target task's validation file; selectors that score against it (`rds`) read it, and
+    the pool rows that copy its rows are found (`curate.signals.decontam`, cosine >= `decontam_threshold`,
+    default 0.95). With `decontaminate` (default) every row recorded as a copy of a validation row, by this
+    call or by `curate score --validation`, cannot be selected; the sidecar's `stats.decontamination` lists
+    them with their reason. `decontaminate=False` keeps them eligible and counts how many were selected.
     """
+    from curate.signals import decontam
+
     run = run if isinstance(run, RunDir) else RunDir(run)
+    if validation is not None and "validation" in inspect.signature(SELECTORS.get(method).__init__).parameters:
+        params["validation"] = str(validation)
     selector = make_selector(method, **params)
+    if validation is None and isinstance(getattr(selector, "validation", None), (str, os.PathLike)):
+        validation = selector.validation
+    threshold = decontam.DEFAULT_THRESHOLD if decontam_threshold is None else float(decontam_threshold)
+    if validation is not None:
+        decontam.decontaminate(run, validation, threshold=threshold)
     default_note = None
     if stratify is None:
         stratify = type(selector).default_stratify
@@ -95,11 +113,21 @@ def select(
         weights = load_mixture(mix_path)["weights"]
     view = PoolView.from_run(run)
     exclude = reference_positions(run, view.ids) if exclude_reference else None
+    n_reference = None if exclude is None else int(len(exclude))
+    records = decontam.contamination(run)
+    leaked = decontam.contaminated_positions(view.ids, records)
+    if decontaminate and leaked.size:
+        exclude = leaked if exclude is None else np.union1d(exclude, leaked)
     selection = selector.select(view, Budget.parse(budget), seed=seed, exclude=exclude, stratify=by, mixture=weights)
+    if records:
+        selection.stats["decontamination"] = {
+            "excluded": bool(decontaminate),
+            **decontam.summary(records, view.ids, selection.positions),
+        }
     if mixture is not None:
         selection.stats["stratify"]["mixture"] = str(mix_path)
-    if exclude is not None:
-        selection.stats["excluded_reference_rows"] = int(len(exclude))
+    if n_reference is not None:
+        selection.stats["excluded_reference_rows"] = n_reference
     if default_note:
         selection.stats["stratify_note"] = default_note
     selection.stats.update(_coverage_stats(run, selection))

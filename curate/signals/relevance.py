@@ -39,34 +39,13 @@ def relevance_scores(vectors: np.ndarray, val_vectors: np.ndarray, mode: str = "
 @signal("relevance", params={"relevance_mode": "mean", "n_val": 32, "icl_seed": 0}, roles=("embedder", "validation"))
 def _relevance(ctx: ScoreContext) -> np.ndarray:
     """Cosine of the row's embedding to the validation set's mean embedding (or max cosine)."""
-    from curate.embed import current_fingerprint, load_vectors
-    from index.embed import Encoder
-    from index.io import read_json
+    from curate.embed import load_vectors
+    from curate.signals.decontam import encode_like_pool
 
     if ctx.validation is None:
         raise ValueError("relevance needs a validation set: pass validation=PATH (CLI --validation)")
-    fp = current_fingerprint(ctx.rd.root)
-    cur = read_json(ctx.rd.root / "embeddings" / "current.json")
-    fields = list(cur.get("fields") or ["prompt", "response"])
     n_val = ctx.param("n_val", 32)
     val = read_validation(ctx.validation, None if n_val is None else int(n_val), int(ctx.param("icl_seed", 0)))
-    texts = []
-    for item in val:
-        parts = {"prompt": item.question_text, "response": item.answer}
-        missing = [f for f in fields if f not in parts]
-        if missing:
-            raise ValueError(f"embeddings of {ctx.rd.root} use field(s) {missing} that a validation row lacks")
-        texts.append("\n".join(parts[f] for f in fields))
-    enc = Encoder.load(cur["model_path"], dtype=cur.get("dtype", "float32"), device=ctx.device or "auto")
-    if enc.fingerprint_with({"fields": fields}) != fp:  # embedded with an explicit max_seq_length?
-        from curate.embed import embedding_meta
-
-        msl = embedding_meta(ctx.rd.root, fp).get("max_seq_length")
-        enc = Encoder.load(cur["model_path"], dtype=cur.get("dtype", "float32"), device=ctx.device or "auto",
-                           max_seq_length=msl)
-        if enc.fingerprint_with({"fields": fields}) != fp:
-            raise ValueError(
-                f"cannot rebuild the encoder of embeddings {fp} (model {cur['model_path']}): re-run `curate embed`"
-            )
-    vectors = load_vectors(ctx.rd.root, fp)
-    return relevance_scores(vectors, enc.encode(texts), ctx.param("relevance_mode", "mean"))
+    val_vectors = encode_like_pool(ctx.rd, val, ctx.device)
+    vectors = load_vectors(ctx.rd.root)
+    return relevance_scores(vectors, val_vectors, ctx.param("relevance_mode", "mean"))

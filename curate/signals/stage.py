@@ -66,7 +66,9 @@ def score(
 
     model: causal LM (directory or "smollm2") for loss, perplexity, ifd, icl, miw_score and token counts;
     base_model / ref_model: the two LMs of ILA depth (base defaults to `model`); validation: tiny
-    validation set (jsonl) for icl, relevance, miw_score. dtype "auto" = bf16 on GPU, float32 on CPU.
+    validation set (jsonl) for icl, relevance, miw_score; the pool rows that copy its rows (exact or cosine
+    >= `decontam_threshold`, default 0.95) are recorded under <run>/decontam/ (curate.signals.decontam) and
+    left out of selections by default. dtype "auto" = bf16 on GPU, float32 on CPU.
     Other keyword parameters (max_length, tags_field, depth_group, icl_k, n_val, miw_*, ...) are the
     signals' parameters; they enter the cache key of the signals that use them. A stored signal whose key
     (model fingerprints + parameters + pool) equals the request is skipped; otherwise it is recomputed.
@@ -83,6 +85,11 @@ def score(
         params=params,
         device=device,
     )
+    if validation is not None:  # the validation step: record the pool rows that copy validation rows
+        from curate.signals.decontam import DEFAULT_THRESHOLD, decontaminate
+
+        decontaminate(run, validation, threshold=float(params.get("decontam_threshold", DEFAULT_THRESHOLD)),
+                      device=device)
     return {n: ensure_signal(ctx, n)[0] for n in names}
 
 

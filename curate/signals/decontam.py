@@ -1,0 +1,276 @@
+"""Decontamination: pool rows that are (near-)copies of validation rows, found at the validation step.
+
+A validation set used by `icl`, `relevance`, `miw_score` or the `rds` selector must not leak into the training
+subset: a pool row identical to a validation item has the highest ICL gain and relevance of all, so those
+signals would pull it in. A pool row is contaminated by a validation file when
+
+- `exact_id`: its id equals the content id the pool would give the validation item (kind sft, the item's
+  question turns then its answer as the assistant turn; `curate.pool.ids.content_id`);
+- `exact_text`: its prompt and response, whitespace-collapsed and case-folded, equal the item's (the prompt
+  rendered as ingest renders it, `curate.pool.layouts.render_prompt`); this catches copies stored in
+  another layout or kind (e.g. a preference row whose chosen answer is the item's answer);
+- `near_duplicate`: the cosine between its embedding (the run's current embeddings) and the item's (same
+  encoder, model, dtype, text fields and max length as the run's embed stage) is at or above `threshold`
+  (default 0.95). Without embeddings only the exact checks run, and the record says so.
+
+Each validation file gets one record, `<run>/decontam/<validation fingerprint>.json` (threshold, embedding
+fingerprint, pool digest, counts per reason and every contaminated row with its reason, validation row and
+cosine). The score stage writes it whenever it is given a validation file; the select stage writes it for a
+validation file given to it, refreshes stale records (pool or embeddings changed since) whose file is still
+there, and by default excludes every recorded row from selection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate.errors import CurateError
+from curate.run import RunDir
+from curate.signals.validation import ValItem, read_validation
+from index.io import read_json, write_json
+
+DEFAULT_THRESHOLD = 0.95
+REASONS = ("exact_id", "exact_text", "near_duplicate")
+DECONTAM_DIR = "decontam"
+
+
+class DecontaminationError(CurateError):
+    """A validation set cannot be checked against the pool (bad threshold, encoder mismatch)."""
+
+
+def validation_fingerprint(path: str | os.PathLike) -> str:
+    """The key of a validation file: a hash of its bytes (the same key its signals use)."""
+    return "val-" + hashlib.blake2b(Path(path).read_bytes(), digest_size=8).hexdigest()
+
+
+def text_key(prompt: str | None, response: str | None) -> str:
+    """Whitespace-collapsed, case-folded prompt and response: equal keys mean the same exchange."""
+    def norm(s: str | None) -> str:
+        return " ".join((s or "").split()).casefold()
+
+    return norm(prompt) + "\x1f" + norm(response)
+
+
+def item_id(item: ValItem) -> str:
+    """The pool id a validation item would get if it were ingested as an sft row."""
+    from curate.pool.ids import content_id
+
+    return content_id("sft", [*item.question, {"role": "assistant", "content": item.answer}])
+
+
+def item_text_key(item: ValItem) -> str:
+    """`text_key` of a validation item, its prompt rendered the way ingest renders a pool row's prompt."""
+    from curate.pool.layouts import render_prompt
+
+    return text_key(render_prompt(list(item.question)), item.answer)
+
+
+def find_contamination(
+    pool_ids: Sequence[str],
+    prompts: Sequence[str | None],
+    responses: Sequence[str | None],
+    items: Sequence[ValItem],
+    *,
+    vectors: np.ndarray | None = None,
+    val_vectors: np.ndarray | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    chunk: int = 65536,
+) -> list[dict[str, Any]]:
+    """Contaminated pool rows, one dict each: position, id, reason, val_row, cosine (None for exact matches).
+
+    A row matching several ways gets the first reason of `REASONS`; `vectors` (pool, unit rows) and
+    `val_vectors` (validation, unit rows) enable the near-duplicate check.
+    """
+    if not 0.0 < float(threshold) <= 1.0:
+        raise DecontaminationError(f"decontamination threshold must lie in (0, 1], got {threshold!r}")
+    found: dict[int, dict[str, Any]] = {}
+    by_id = {item_id(it): v for v, it in enumerate(items)}
+    by_text = {item_text_key(it): v for v, it in enumerate(items)}
+    for p, rid in enumerate(pool_ids):
+        v = by_id.get(str(rid))
+        if v is not None:
+            found[p] = {"reason": "exact_id", "val_row": v, "cosine": None}
+            continue
+        v = by_text.get(text_key(prompts[p], responses[p]))
+        if v is not None:
+            found[p] = {"reason": "exact_text", "val_row": v, "cosine": None}
+    if vectors is not None and val_vectors is not None and len(items):
+        val = np.asarray(val_vectors, dtype=np.float32)
+        for lo in range(0, len(vectors), chunk):
+            sims = np.asarray(vectors[lo : lo + chunk], dtype=np.float32) @ val.T
+            best = sims.argmax(axis=1)
+            cos = sims[np.arange(len(best)), best]
+            for j in np.flatnonzero(cos >= threshold):
+                p = lo + int(j)
+                if p not in found:
+                    found[p] = {"reason": "near_duplicate", "val_row": int(best[j]), "cosine": float(cos[j])}
+                else:
+                    found[p]["cosine"] = float(cos[j])
+    return [{"position": p, "id": str(pool_ids[p]), **found[p]} for p in sorted(found)]
+
+
+def encode_like_pool(run: RunDir | str | os.PathLike, items: Sequence[ValItem], device: str | None = None) -> np.ndarray:
+    """Unit embeddings of validation items made exactly as the run's embed stage made the pool's.
+
+    The item's "prompt" field is its question text and "response" its answer, joined by a newline as the embed
+    stage joins the fields it embedded (read from embeddings/current.json).
+    """
+    from curate.embed import current_fingerprint, embedding_meta
+    from index.embed import Encoder
+
+    root = RunDir(run).root
+    fp = current_fingerprint(root)
+    cur = read_json(root / "embeddings" / "current.json")
+    fields = list(cur.get("fields") or ["prompt", "response"])
+    texts = []
+    for item in items:
+        parts = {"prompt": item.question_text, "response": item.answer}
+        missing = [f for f in fields if f not in parts]
+        if missing:
+            raise DecontaminationError(f"embeddings of {root} use field(s) {missing} that a validation row lacks")
+        texts.append("\n".join(parts[f] for f in fields))
+    enc = Encoder.load(cur["model_path"], dtype=cur.get("dtype", "float32"), device=device or "auto")
+    if enc.fingerprint_with({"fields": fields}) != fp:  # embedded with an explicit max_seq_length?
+        msl = embedding_meta(root, fp).get("max_seq_length")
+        enc = Encoder.load(cur["model_path"], dtype=cur.get("dtype", "float32"), device=device or "auto",
+                           max_seq_length=msl)
+        if enc.fingerprint_with({"fields": fields}) != fp:
+            raise DecontaminationError(
+                f"cannot rebuild the encoder of embeddings {fp} (model {cur['model_path']}): re-run `curate embed`"
+            )
+    return enc.encode(texts)
+
+
+def _embedding_fp(root: Path) -> str | None:
+    from curate.embed import current_fingerprint
+
+    try:
+        fp = current_fingerprint(root)
+    except FileNotFoundError:
+        return None
+    meta = root / "embeddings" / fp / "meta.json"
+    return fp if meta.exists() and read_json(meta).get("complete") else None
+
+
+def _pool_digest(ids: Sequence[str]) -> str:
+    from curate.signals.base import ids_digest
+
+    return ids_digest([str(i) for i in ids])
+
+
+def record_path(run: RunDir | str | os.PathLike, validation: str | os.PathLike) -> Path:
+    """Where the decontamination record of a validation file lives."""
+    return RunDir(run).root / DECONTAM_DIR / f"{validation_fingerprint(validation)}.json"
+
+
+def decontaminate(
+    run: RunDir | str | os.PathLike,
+    validation: str | os.PathLike,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Check every row of the pool of `run` against the whole validation file; write and return its record.
+
+    A record with the same validation file, threshold, pool and embeddings is reused as it is.
+    """
+    rd = RunDir(run)
+    validation = Path(validation)
+    if not validation.exists():
+        raise FileNotFoundError(f"validation file {validation} does not exist")
+    frame = rd.read_pool(["id", "prompt", "response"])
+    ids = frame["id"].to_list()
+    emb = _embedding_fp(rd.root)
+    vectors = val_vectors = None
+    if emb is not None:
+        from curate.embed import load_vectors
+        from curate.errors import MissingArtefactError
+
+        try:
+            vectors = load_vectors(rd.root, emb)
+        except MissingArtefactError:  # embedded before the pool was re-ingested: exact checks only
+            emb = None
+    key = {
+        "validation_fingerprint": validation_fingerprint(validation),
+        "threshold": float(threshold),
+        "embeddings": emb,
+        "pool": _pool_digest(ids),
+    }
+    path = record_path(rd, validation)
+    if path.exists():
+        old = read_json(path)
+        if all(old.get(k) == v for k, v in key.items()):
+            return old
+    items = read_validation(validation)
+    if vectors is not None:
+        val_vectors = encode_like_pool(rd, items, device)
+    rows = find_contamination(ids, frame["prompt"].to_list(), frame["response"].to_list(), items,
+                              vectors=vectors, val_vectors=val_vectors, threshold=threshold)
+    counts = {r: sum(1 for x in rows if x["reason"] == r) for r in REASONS}
+    record: dict[str, Any] = {
+        "validation": str(validation),
+        **key,
+        "n_validation": len(items),
+        "counts": {**counts, "total": len(rows)},
+        "rows": [{k: v for k, v in x.items() if k != "position"} for x in rows],
+    }
+    if emb is None:
+        record["note"] = "near duplicates not checked: the run has no current embeddings (run `curate embed`)"
+    write_json(path, record)
+    return record
+
+
+def contamination(run: RunDir | str | os.PathLike, *, refresh: bool = True, device: str | None = None) -> list[dict]:
+    """Every decontamination record of `run` (refreshed first where stale and the validation file still exists)."""
+    rd = RunDir(run)
+    folder = rd.root / DECONTAM_DIR
+    if not folder.is_dir():
+        return []
+    records = []
+    for path in sorted(folder.glob("val-*.json")):
+        rec = read_json(path)
+        src = Path(rec.get("validation", ""))
+        if refresh and src.is_file() and validation_fingerprint(src) == rec.get("validation_fingerprint"):
+            stale = rec.get("embeddings") != _embedding_fp(rd.root) or (
+                rec.get("pool") != _pool_digest(rd.read_pool(["id"])["id"].to_list())
+            )
+            if stale:
+                rec = decontaminate(rd, src, threshold=float(rec.get("threshold", DEFAULT_THRESHOLD)), device=device)
+        records.append(rec)
+    return records
+
+
+def contaminated_positions(ids: Sequence[str], records: Sequence[dict]) -> np.ndarray:
+    """Pool positions (ascending) of the rows any record lists."""
+    bad = {r["id"] for rec in records for r in rec.get("rows", [])}
+    return np.flatnonzero(np.isin(np.asarray(ids, dtype=object), np.asarray(sorted(bad), dtype=object)))
+
+
+def summary(records: Sequence[dict], ids: Sequence[str], chosen: np.ndarray | None = None) -> dict[str, Any]:
+    """What a selection sidecar records: the validation sets checked, counts per reason, the excluded rows."""
+    pool = set(map(str, ids))
+    rows = {}
+    for rec in records:
+        for r in rec.get("rows", []):
+            if r["id"] in pool and r["id"] not in rows:
+                rows[r["id"]] = {**r, "validation": rec.get("validation")}
+    out: dict[str, Any] = {
+        "validation_sets": [
+            {k: rec.get(k) for k in ("validation", "validation_fingerprint", "threshold", "embeddings", "counts",
+                                     "note") if rec.get(k) is not None}
+            for rec in records
+        ],
+        "contaminated_rows": len(rows),
+        "by_reason": {r: sum(1 for x in rows.values() if x["reason"] == r) for r in REASONS},
+        "rows": list(rows.values()),
+    }
+    if chosen is not None:
+        chosen_ids = {str(ids[int(i)]) for i in np.asarray(chosen, dtype=np.int64)}
+        out["selected_contaminated_rows"] = len(chosen_ids & set(rows))
+    return out
