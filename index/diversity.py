@@ -41,15 +41,29 @@ def domain_centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
 
 
 def daar_scores(
-    vectors: np.ndarray, labels: np.ndarray, centroids: np.ndarray | None = None, batch_size: int = 65_536
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    centroids: np.ndarray | None = None,
+    batch_size: int = 65_536,
+    names: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row DaaR (inter, intra) scores, float64 [N] each.
 
-    `labels` are the rows' domains; `centroids` [K, d] in the order of the sorted unique labels
-    (default: the domain means).
+    `labels` are the rows' domains; `centroids` [K, d] in the order of `names` (sorted; default the sorted
+    unique labels; default centroids: the domain means). Give `names` to score a subset against every domain
+    of its pool, including domains the subset has no row of.
     """
-    names, codes = _codes(labels)
+    if names is None:
+        names, codes = _codes(labels)
+    else:
+        names = np.asarray(names)
+        lab = np.asarray(labels).ravel()
+        codes = np.searchsorted(names, lab).astype(np.int64)
+        if lab.size and (codes.max() >= names.size or np.any(names[np.minimum(codes, names.size - 1)] != lab)):
+            raise ValueError("daar_scores: a label is not among `names` (sorted)")
     if centroids is None:
+        if names.size != np.unique(np.asarray(labels)).size:
+            raise ValueError("daar_scores: give the centroids of `names` when some have no row here")
         _, centroids = domain_centroids(vectors, labels)
     if centroids.shape[0] != names.size:
         raise ValueError(f"{centroids.shape[0]} centroids for {names.size} domains")
@@ -227,9 +241,15 @@ def diversity_report(
 ) -> dict[str, Any]:
     """Gather the diversity figures for the pool (subset=None) or a subset of pool positions.
 
-    labels: domain per pool row (adds DaaR Phi figures, per-domain figures); centroids: domain centroids in
-    sorted-label order (default: means of the rows considered); clusters: k-means cluster per pool row
+    labels: domain per pool row (adds DaaR Phi figures, per-domain figures); centroids: the pool's domain
+    centroids in sorted-label order (default: the pool's domain means); clusters: k-means cluster per pool row
     (adds the near-duplicate fraction); graph: pool KnnGraph (pool mean kNN distance, facility location).
+
+    Per-row DaaR scores (per-domain `mean_inter`, `mean_intra`) are always taken against the POOL's centroids
+    of every domain, also for a subset (one that lacks a domain still sums over that domain's centroid), so
+    they are comparable across subsets of one pool. `phi_inter` and `phi_intra` are set-level: the pairwise
+    centroid distance and the within-domain variance of the rows considered (a subset's own domain means;
+    `phi_inter_domains` says over how many domains).
     """
     n = vectors.shape[0]
     rows = np.arange(n) if subset is None else np.asarray(subset, dtype=np.int64)
@@ -253,15 +273,21 @@ def diversity_report(
         rep["near_duplicate_fraction"] = frac
         rep["semdedup_threshold"] = semdedup_threshold
     if labels is not None:
-        lab = np.asarray(labels)[rows]
-        names, cents = domain_centroids(sub_vecs, lab)
-        if centroids is not None:
-            all_names = np.unique(np.asarray(labels))
-            cents = np.asarray(centroids)[np.searchsorted(all_names, names)]
-        inter, intra = daar_scores(sub_vecs, lab, cents)
+        all_labels = np.asarray(labels)
+        if len(all_labels) != n:
+            raise ValueError(f"labels has {len(all_labels)} entries for {n} vectors")
+        if centroids is None:
+            pool_names, pool_cents = domain_centroids(vectors, all_labels)
+        else:
+            pool_names, pool_cents = np.unique(all_labels), np.asarray(centroids)
+        lab = all_labels[rows]
+        names, own_cents = domain_centroids(sub_vecs, lab)
+        inter, intra = daar_scores(sub_vecs, lab, pool_cents, names=pool_names)
         within = phi_intra(sub_vecs, lab)
         _, codes = _codes(lab)
-        rep["phi_inter"] = phi_inter(cents)
+        rep["phi_inter"] = phi_inter(own_cents)
+        rep["phi_inter_domains"] = int(names.size)
+        rep["pool_domains"] = int(pool_names.size)
         rep["domains"] = {
             str(name): {
                 "n": int((codes == j).sum()),

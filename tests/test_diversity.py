@@ -123,3 +123,38 @@ def test_diversity_report_pool_and_subset():
     rep = diversity_report(x, subset=sub, labels=lab, clusters=cl)
     assert rep["n"] == 100 and rep["covering_radius"] > 0
     assert rep["mean_knn_distance"] == pytest.approx(mean_knn_distance(vectors=x, subset=sub, k=10))
+
+
+def test_subset_daar_figures_use_every_pool_centroid():
+    # three domains on orthogonal axes: pool centroids a=(1,0,0), b=(0,1,0), c=(.6,0,.8)
+    x = np.array(
+        [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0.6, 0, 0.8], [0.6, 0, 0.8]], dtype=np.float32
+    )
+    lab = np.array(["a", "a", "b", "b", "c", "c"])
+    pool = diversity_report(x, labels=lab, covering=False)
+    # a row of a: cos to b's centroid 0, to c's 0.6
+    assert pool["domains"]["a"]["mean_inter"] == pytest.approx(0.6, abs=1e-6)
+    only_a = diversity_report(x, subset=np.array([0, 1]), labels=lab, covering=False)
+    a_and_b = diversity_report(x, subset=np.array([0, 2]), labels=lab, covering=False)
+    # the same rows of a score the same whatever else the subset holds (was 0.0 with only a's centroid)
+    assert only_a["domains"]["a"]["mean_inter"] == pytest.approx(0.6, abs=1e-6)
+    assert a_and_b["domains"]["a"]["mean_inter"] == pytest.approx(0.6, abs=1e-6)
+    assert a_and_b["domains"]["b"]["mean_inter"] == pytest.approx(0.0, abs=1e-6)  # cos to a 0, to c 0
+    assert only_a["domains"]["a"]["mean_intra"] == pytest.approx(1.0, abs=1e-6)
+    # given centroids (coverage_report passes the pool's) give the same figures
+    _, cents = domain_centroids(x, lab)
+    given = diversity_report(x, subset=np.array([0, 1]), labels=lab, centroids=cents, covering=False)
+    assert given["domains"] == only_a["domains"]
+    # set level: the subset's own domain means; a and b orthogonal -> distance 1, over 2 of 3 domains
+    assert a_and_b["phi_inter"] == pytest.approx(1.0, abs=1e-6)
+    assert a_and_b["phi_inter_domains"] == 2 and a_and_b["pool_domains"] == 3
+    assert only_a["phi_inter"] == 0.0 and only_a["phi_inter_domains"] == 1
+
+
+def test_daar_scores_against_named_centroids():
+    x = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    cents = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    inter, intra = daar_scores(x[:1], np.array(["a"]), cents, names=np.array(["a", "b", "c"]))
+    assert intra.tolist() == pytest.approx([1.0]) and inter.tolist() == pytest.approx([-1.0])
+    with pytest.raises(ValueError, match="not among"):
+        daar_scores(x[:1], np.array(["z"]), cents, names=np.array(["a", "b", "c"]))
