@@ -9,6 +9,15 @@ scores rows s_w = I_norm @ w and selects the top-r% (ties broken by pool positio
   noise); P(w) = mean ICL value of the demos at those positions, over all draws;
 - or any callable proxy(selected_positions) -> float.
 
+`KShotProxy` is the proxy of methods.md 5.3 step 3 itself: each of `draws` draws takes k demos from the
+selected rows (the same rank positions for every w), builds the k-shot prompt for every validation question
+and scores the gold answer's log-likelihood with the LM, against the zero-shot prompt; P = the mean gain over
+draws and questions. Each demo tuple is scored once (cached), so re-evaluating a set costs nothing.
+
+`split_candidates` splits the candidate rows in two: the search runs on one part and the chosen weights are
+reported on the other (`heldout_proxy`), against uniform weights, so the reported improvement is not
+in-sample (on the search part "best >= uniform" holds by construction).
+
 Search: the simplex centre, then `n_random` Dirichlet(1) samples; then `n_refine` local steps from the
 best so far, alternating a Dirichlet around it (concentration growing from 20 to 2000) and a coordinate
 move (mass moved from one indicator to another, step shrinking from 0.2 to 0.01); a step is kept only
@@ -159,3 +168,66 @@ def learn_weights(
         if p > best_p:
             best_w, best_p = np.clip(w, 0, None) / np.clip(w, 0, None).sum(), p
     return MIWResult(names, best_w, best_p, uniform, history)
+
+
+def split_candidates(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of n candidate indices into (search, held-out), each sorted; `holdout` is the held-out share."""
+    if not 0 < holdout < 1:
+        raise ValueError(f"miw_holdout must lie in (0, 1), got {holdout}")
+    n_held = int(round(holdout * n))
+    if n_held < 1 or n - n_held < 1:
+        raise ValueError(f"cannot split {n} candidate rows into a search and a held-out part (holdout={holdout})")
+    perm = np.random.default_rng([int(seed), 1]).permutation(n)
+    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+
+
+class KShotProxy:
+    """P(S): mean gain in the validation answers' log-likelihood from k-shot prompts of demos drawn from S.
+
+    `nll(conversations) -> summed answer NLL per conversation` scores with the target LM; `rows[i]` is
+    candidate i's conversation; `val` the validation items. For a selected set S (candidate indices, best first),
+    draw r takes the rows at the fixed rank positions `ranks[r]` of S (common random numbers across sets,
+    drawn once with `seed`), placed in that order before the question:
+
+        P(S) = mean_r mean_v [ log p(a_v | demos_r, q_v) - log p(a_v | q_v) ]
+    """
+
+    def __init__(self, nll: Callable[[list[list[dict]]], np.ndarray], rows: Sequence[Sequence[dict]],
+                 val: Sequence, *, k: int, draws: int, seed: int, n_top: int) -> None:
+        from curate.signals.icl import icl_conversation
+
+        if k < 1 or draws < 1:
+            raise ValueError(f"k-shot proxy needs k >= 1 and draws >= 1, got k={k}, draws={draws}")
+        self._conv = icl_conversation
+        self.nll, self.rows, self.val = nll, rows, list(val)
+        self.k = min(int(k), int(n_top))
+        rng = np.random.default_rng([int(seed), 2])
+        self.ranks = np.argsort(rng.random((int(draws), int(n_top))), axis=1)[:, : self.k]
+        self.base = np.asarray(self.nll([self._conv([], item) for item in self.val]), dtype=np.float64)
+        self.cache: dict[tuple[int, ...], float] = {}
+
+    def gains(self, demo_sets: Sequence[tuple[int, ...]]) -> list[float]:
+        """Mean log-likelihood gain over the validation rows of each demo tuple (scored once, then cached)."""
+        todo = sorted({d for d in demo_sets if d not in self.cache})
+        if todo:
+            convs = [self._conv([self.rows[i] for i in d], item) for d in todo for item in self.val]
+            s = np.asarray(self.nll(convs), dtype=np.float64).reshape(len(todo), len(self.val))
+            for d, row in zip(todo, s, strict=True):
+                self.cache[d] = float((self.base - row).mean())
+        return [self.cache[d] for d in demo_sets]
+
+    def __call__(self, selected: np.ndarray) -> float:
+        selected = np.asarray(selected, dtype=np.int64)
+        if selected.size < self.ranks.max() + 1:
+            raise ValueError(f"k-shot proxy: {selected.size} selected rows, the draws need {self.ranks.max() + 1}")
+        return float(np.mean(self.gains([tuple(int(x) for x in selected[r]) for r in self.ranks])))
+
+
+def heldout_proxy(
+    normalised: np.ndarray, weights: np.ndarray, proxy: Callable[[np.ndarray], float], ratio: float
+) -> dict[str, float]:
+    """Proxy of the top-`ratio` held-out rows under `weights` and under uniform weights, and their difference."""
+    d = normalised.shape[1]
+    best = float(proxy(top_positions(normalised @ np.asarray(weights, dtype=np.float64), ratio)))
+    uniform = float(proxy(top_positions(normalised @ np.full(d, 1.0 / d), ratio)))
+    return {"best": best, "uniform": uniform, "improvement": best - uniform}
