@@ -320,7 +320,9 @@ def _positions(rd: RunDir, ids: pl.Series, positions_or_ids: Any) -> np.ndarray:
 def coverage_report(run: str | os.PathLike, positions_or_ids: Any, *, k: int = 10) -> dict:
     """Coverage (grid cells, density-weighted), diversity and DaaR figures of a subset of the pool.
 
-    Accepts pool positions or pool ids; needs `map_pool` to have run on the current embeddings.
+    Accepts pool positions or pool ids; needs `map_pool` to have run on the current embeddings. Besides
+    `coverage` on the map's grid (the one ILA fills), coverage on finer grids (`fine_coverage`) and, with a
+    kNN graph, the grid-free `knn_coverage` (`index.diversity.knn_coverage`).
     """
     from index.diversity import diversity_report, domain_centroids
     from index.grid import coverage, density_coverage
@@ -346,4 +348,34 @@ def coverage_report(run: str | os.PathLike, positions_or_ids: Any, *, k: int = 1
     rep["coverage"] = coverage(cells, pos)
     rep["density_coverage"] = density_coverage(cells, pos)
     rep["n_cells"] = int(np.unique(cells).size)
+    rep.update(fine_coverage(rd, pos))
     return rep
+
+
+#: finer grids `coverage_report` also measures coverage on: the map's cell side divided by each factor
+FINE_GRID_FACTORS = (2, 4)
+
+
+def fine_coverage(run: str | os.PathLike | RunDir, positions: np.ndarray) -> dict[str, Any]:
+    """Coverage of a subset on grids finer than the map's (cell side / 2 and / 4, same origin, same projection).
+
+    ILA fills the map's own grid (about sqrt(N) cells), so its `coverage` there is 1.0 by construction at most
+    budgets; no selector sees these grids. Keys `coverage_fine<f>` and `n_cells_fine<f>`; {} without a map.
+    """
+    from index.grid import assign_cells, coverage
+
+    rd = run if isinstance(run, RunDir) else RunDir(run)
+    gjson = rd.map_dir / "grid.json"
+    if not gjson.exists() or not rd.projection_path.exists():
+        return {}
+    size = read_json(gjson).get("cell_size")
+    if not size:
+        return {}
+    proj = pl.read_parquet(rd.projection_path)
+    coords = proj.drop("id").to_numpy().astype(np.float64)
+    out: dict[str, Any] = {}
+    for f in FINE_GRID_FACTORS:
+        cells = assign_cells(coords, cell_size=float(size) / f).cells
+        out[f"coverage_fine{f}"] = coverage(cells, positions)
+        out[f"n_cells_fine{f}"] = int(np.unique(cells).size)
+    return out

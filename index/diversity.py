@@ -6,8 +6,9 @@
   mean cosine distance 1 - cos(C_j, C_k) over centroid pairs j < k; Phi_intra(k) = within-domain variance
   = mean squared Euclidean distance of the members to their centroid (trace of the domain covariance).
 - mean kNN distance (1 - cosine), k-center covering radius (max over the pool of the cosine distance to the
-  nearest subset row), facility-location value on the kNN graph, Vendi score, and SemDeDup-style
-  near-duplicate fraction.
+  nearest subset row), kNN coverage (the share of pool rows whose nearest subset row lies within the pool's
+  median distance to the k-th neighbour: a coverage figure with no grid), facility-location value on the kNN
+  graph, Vendi score, and SemDeDup-style near-duplicate fraction.
 """
 
 from __future__ import annotations
@@ -147,23 +148,48 @@ def mean_knn_distance(
     return total / count
 
 
+def nearest_selected_distance(vectors: np.ndarray, subset: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
+    """Cosine distance (1 - cos, float64 [N]) of every pool row to its nearest subset row (exact, faiss flat)."""
+    sub = np.asarray(subset, dtype=np.int64)
+    if sub.size == 0:
+        raise ValueError("the distance to a subset needs a non-empty subset")
+    index = _flat_ip(_normalise(vectors[sub]))
+    out = np.empty(vectors.shape[0], dtype=np.float64)
+    for s in range(0, vectors.shape[0], batch_size):
+        sims, _ = index.search(_normalise(vectors[s : s + batch_size]), 1)
+        out[s : s + sims.shape[0]] = 1.0 - sims[:, 0].astype(np.float64)
+    return np.maximum(out, 0.0)
+
+
 def covering_radius(
     vectors: np.ndarray, subset: np.ndarray, batch_size: int = 65_536, return_argmax: bool = False
 ) -> float | tuple[float, int]:
     """k-center covering radius: max over pool rows of the cosine distance to the nearest subset row."""
-    sub = np.asarray(subset, dtype=np.int64)
-    if sub.size == 0:
-        raise ValueError("covering_radius needs a non-empty subset")
-    index = _flat_ip(_normalise(vectors[sub]))
-    worst, arg = -np.inf, -1
-    for s in range(0, vectors.shape[0], batch_size):
-        sims, _ = index.search(_normalise(vectors[s : s + batch_size]), 1)
-        dist = 1.0 - sims[:, 0].astype(np.float64)
-        i = int(dist.argmax())
-        if dist[i] > worst:
-            worst, arg = float(dist[i]), s + i
-    worst = max(worst, 0.0)
+    dist = nearest_selected_distance(vectors, subset, batch_size)
+    arg = int(dist.argmax())
+    worst = float(dist[arg])
     return (worst, arg) if return_argmax else worst
+
+
+def median_knn_radius(graph: Any, k: int | None = None) -> float:
+    """The pool's median kNN distance: median over rows of the cosine distance to their k-th nearest neighbour
+    (k = the graph's k by default; rows without a k-th neighbour are skipped)."""
+    kk = graph.k if k is None else int(k)
+    if not 1 <= kk <= graph.k:
+        raise ValueError(f"k={kk} must lie in 1..{graph.k} (the graph's neighbours)")
+    nb = np.asarray(graph.neighbors)[:, kk - 1]
+    sims = np.asarray(graph.sims)[:, kk - 1].astype(np.float64)
+    ok = nb >= 0
+    if not ok.any():
+        return float("nan")
+    return float(np.median(1.0 - sims[ok]))
+
+
+def knn_coverage(distances: np.ndarray, radius: float, tol: float = 1e-6) -> float:
+    """Grid-free coverage: the fraction of pool rows whose nearest subset row lies within `radius` (cosine
+    distance; `distances` from `nearest_selected_distance`; `tol` absorbs float32 rounding at the boundary)."""
+    d = np.asarray(distances, dtype=np.float64)
+    return float(np.mean(d <= radius + tol)) if d.size else 0.0
 
 
 def vendi_score(vectors: np.ndarray, sample: int | None = 5_000, seed: int = 0) -> float:
@@ -262,7 +288,13 @@ def diversity_report(
     rep["vendi"] = vendi_score(sub_vecs, sample=vendi_sample, seed=seed)
     rep["vendi_sample"] = int(min(rows.size, vendi_sample or rows.size))
     if subset is not None and covering:
-        rep["covering_radius"] = covering_radius(vectors, rows)
+        dist = nearest_selected_distance(vectors, rows)
+        rep["covering_radius"] = float(dist.max())
+        if graph is not None:
+            radius = median_knn_radius(graph, min(k, graph.k))
+            rep["knn_coverage"] = knn_coverage(dist, radius)
+            rep["knn_coverage_radius"] = radius
+            rep["knn_coverage_k"] = int(min(k, graph.k))
     if graph is not None and subset is not None:  # the whole pool's value is trivially maximal
         from index.facility import facility_location_value
 
