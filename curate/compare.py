@@ -5,8 +5,11 @@ Columns: selection, method, n, tokens (when the `tokens` signal is stored), doma
 domain), stratify (how it was stratified: none, domain, cluster), mix_tv / mix_kl (total variation and
 KL(selection || pool) between its domain mix and the pool's), mix_flag ("DIVERGES" when mix_tv exceeds
 `MIX_FLAG_TV`, the selection skews the pool's domain mix strongly), coverage / density_coverage and the diversity figures of `curate.map.coverage_report` (when the map
-is built), mean:<signal> (mean of every stored signal over the subset, NaN ignored), jaccard:<other>
-(|A & B| / |A | B| with every other selection).
+is built: `coverage` on the map's grid, which ILA fills, `coverage_fine2` / `coverage_fine4` on finer grids
+no selector sees, `knn_coverage` with no grid), median:<signal> (median of every stored signal over the subset,
+non-finite values ignored) and mean:<signal> only for signals whose pool mean is meaningful (`mean_is_meaningful`:
+heavy-tailed signals such as perplexity get no mean column), jaccard:<other> (|A & B| / |A | B| with every
+other selection).
 """
 
 from __future__ import annotations
@@ -25,6 +28,25 @@ from curate.select.stratify import MIX_FLAG_TV, mix_divergence
 
 # scalar figures taken from coverage_report when present
 COVERAGE_KEYS = ("coverage", "density_coverage")
+#: a signal's mean is reported only when, over the pool, it lies within this many interquartile ranges of the
+#: median (a robust skewness bound: a few huge values, like perplexities in the thousands, move the mean far
+#: outside the bulk; a normal or uniform signal has mean = median)
+MEAN_SKEW_IQR = 0.5
+
+
+def mean_is_meaningful(values: np.ndarray) -> bool:
+    """Whether a signal's mean describes its bulk: |mean - median| <= MEAN_SKEW_IQR x IQR over finite values."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return False
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return bool(abs(float(v.mean()) - med) <= MEAN_SKEW_IQR * (q3 - q1))
+
+
+def _median(v: np.ndarray) -> float | None:
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -35,7 +57,7 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: bool = True) -> pl.DataFrame:
-    """One row per selection of `run`: size, tokens, per-domain counts, coverage, signal means, Jaccard.
+    """One row per selection of `run`: size, tokens, per-domain counts, coverage, signal medians (means), Jaccard.
 
     With progress, a bar over the selections' rows (rows/s) names the selection being measured.
     """
@@ -54,6 +76,7 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: 
     pool_counts = {str(d): int(c) for d, c in domains.value_counts().iter_rows()}
     signals = view.signal_names()
     values = {s: view.signal(s) for s in signals}
+    with_mean = {s for s in signals if mean_is_meaningful(values[s])}
 
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=sum(len(sel) for sel in sels.values()), desc="compare", unit="rows", unit_scale=True,
@@ -71,8 +94,11 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: 
         row.update(_mix_figures(sel, pool_counts, got))
         row.update(_coverage_figures(run, pos))
         for s in signals:
-            v = values[s][pos]
-            row[f"mean:{s}"] = float(np.nanmean(v)) if np.any(~np.isnan(v)) else None
+            v = np.asarray(values[s][pos], dtype=np.float64)
+            row[f"median:{s}"] = _median(v)
+            if s in with_mean:
+                fin = v[np.isfinite(v)]
+                row[f"mean:{s}"] = float(fin.mean()) if fin.size else None
         for other, osel in sels.items():
             row[f"jaccard:{other}"] = jaccard(pos, osel.positions)
         rows.append(row)

@@ -34,8 +34,9 @@ def test_compare_known_case(tmp_path):
     assert t["selection"].to_list() == ["a", "b", "c"]
     assert [rows[k]["n"] for k in "abc"] == [4, 4, 2]
     assert rows["a"]["tokens"] == int(tokens[[0, 1, 2, 3]].sum())
-    assert rows["c"]["mean:quality"] == pytest.approx(quality[[0, 4]].mean())
-    assert rows["b"]["mean:tokens"] == pytest.approx(tokens[[2, 3, 4, 5]].mean())
+    assert rows["c"]["median:quality"] == pytest.approx(np.median(quality[[0, 4]]))
+    assert rows["b"]["median:tokens"] == pytest.approx(np.median(tokens[[2, 3, 4, 5]]))
+    assert rows["c"]["mean:quality"] == pytest.approx(quality[[0, 4]].mean())  # uniform: the mean is kept
     assert {k: rows["c"][f"domain:{k}"] for k in ["(none)", "chat", "code", "math"]} == {
         "(none)": 0, "chat": 0, "code": 2, "math": 0
     }
@@ -57,6 +58,30 @@ def test_compare_known_case(tmp_path):
     assert md.read_text().splitlines()[0] == "| figure | a | b | c |"
     assert "| jaccard:b | 0.3333 | 1 | 0.2 |" in md.read_text()
     assert pl.read_csv(csv)["selection"].to_list() == ["a", "b", "c"]
+
+
+def test_heavy_tailed_signals_get_medians_not_means(tmp_path):
+    from fixtures_pool import write_signal
+
+    from curate.compare import mean_is_meaningful
+
+    run = make_run(tmp_path, n=40)
+    view = PoolView.from_run(run)
+    # perplexity-like: a bulk around 40 and two rows in the tens of thousands (end-of-turn artefacts)
+    ppl = np.linspace(20.0, 60.0, 40)
+    ppl[[3, 17]] = [46_504.0, 25_000.0]
+    ppl[5] = np.nan
+    write_signal(run, "perplexity", view.ids.tolist(), ppl)
+    Fixed(order=(0, 1, 2, 3, 4)).select(view, "5").save(run, "a")
+    Fixed(order=(10, 11, 12, 13, 14, 15, 16, 17)).select(view, "8").save(run, "b")
+    rows = {r["selection"]: r for r in compare(run, ["a", "b"], progress=False).to_dicts()}
+    assert "mean:perplexity" not in rows["a"]  # 1,800 over the pool against a median of 41
+    assert rows["a"]["median:perplexity"] == pytest.approx(np.median(ppl[[0, 1, 2, 3, 4]]))
+    assert rows["b"]["median:perplexity"] == pytest.approx(np.median(ppl[10:18]))
+    assert rows["b"]["median:perplexity"] < 100 and rows["a"]["median:perplexity"] < 100
+    assert "mean:quality" in rows["a"]
+    assert mean_is_meaningful(np.arange(100.0)) and mean_is_meaningful(np.ones(5))
+    assert not mean_is_meaningful(np.r_[np.arange(100.0), 1e5]) and not mean_is_meaningful(np.full(3, np.nan))
 
 
 def test_compare_errors(tmp_path):

@@ -48,7 +48,7 @@ def test_report_of_a_real_run_is_complete_and_offline(viz_run, tmp_path):  # noq
     assert "malformed_json" in page and "empty_text" in page  # quarantine reasons
     for name in SELECTIONS:
         assert f"<th>{name}</th>" in page  # comparison columns
-    assert "jaccard:k-center" in page and "mean:tokens" in page
+    assert "jaccard:k-center" in page and "median:tokens" in page
     assert "nearest neighbours in the kNN graph" in page
     assert "No row was quarantined" not in page and "is missing" not in page
 
