@@ -5,7 +5,9 @@ hidden state. Like the released code, the pooled tensor is layer L's output pass
 norm (the last `hidden_states` entry of an HF decoder is normed). Unlike the released code, pooling is MASKED:
 padding positions are excluded, so a row's feature does not depend on the batch it was padded with
 (methods.md 2.5). `input_embedding_features` is the cheaper e(x) of methods.md 2.2: the masked mean of the input
-token embeddings (DaaR's clustering space).
+token embeddings (DaaR's clustering space). `pooling="weighted_mean"` is the position-weighted mean of SGPT
+(Muennighoff 2022) that RDS+ uses (Ivison et al. 2025): the i-th real token (1-based) weighs i / sum_j j, so
+later tokens, which have seen more of the text, count more.
 
 Features are cached as float32 shards `<out_dir>/shard-*.npy` (+ `meta.json`), written atomically and resumed
 shard by shard through `index.io.run_shards`.
@@ -25,6 +27,7 @@ import numpy as np
 from index.io import read_json, run_shards, shard_name, write_json
 
 KINDS = ("truncated", "input_embeddings")
+POOLINGS = ("mean", "weighted_mean")
 
 
 def _model_digest(model_path: Path) -> str:
@@ -39,15 +42,20 @@ def _model_digest(model_path: Path) -> str:
     return h.hexdigest()
 
 
-def feature_fingerprint(model_path: str | os.PathLike, *, kind: str, layer: int, max_length: int) -> str:
-    """Key of a feature cache: model directory digest + kind + layer + max length."""
+def feature_fingerprint(
+    model_path: str | os.PathLike, *, kind: str, layer: int, max_length: int, pooling: str = "mean"
+) -> str:
+    """Key of a feature cache: model directory digest + kind + layer + max length (+ pooling unless mean)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     p = Path(model_path)
     if not p.is_dir():
         raise FileNotFoundError(f"model directory {p} does not exist")
     tag = f"{p.name}-{_model_digest(p)}-{kind}"
-    return f"{tag}-L{layer}-len{max_length}" if kind == "truncated" else f"{tag}-len{max_length}"
+    fp = f"{tag}-L{layer}-len{max_length}" if kind == "truncated" else f"{tag}-len{max_length}"
+    return fp if pooling == "mean" else f"{fp}-{pooling}"
 
 
 def load_truncated_lm(
@@ -94,6 +102,14 @@ def masked_mean(hidden, mask):
     return s / m.sum(dim=1).float().clamp_min(1.0)
 
 
+def position_weighted_mean(hidden, mask):
+    """SGPT / RDS+ pooling: sum_i w_i h_i with w_i = i / sum_j j over the real tokens i = 1..n (padding 0)."""
+    m = mask.to(hidden.dtype)
+    pos = m.cumsum(dim=1) * m  # 1, 2, ..., n on real tokens (right padding), 0 on padding
+    w = (pos / pos.sum(dim=1, keepdim=True).clamp_min(1.0)).unsqueeze(-1)
+    return (hidden * w).sum(dim=1).float()
+
+
 def masked_mean_features(
     tokenizer: Any,
     base: Any,
@@ -102,12 +118,17 @@ def masked_mean_features(
     kind: str = "truncated",
     max_length: int = 1024,
     batch_size: int = 16,
+    pooling: str = "mean",
 ) -> np.ndarray:
-    """Features of `texts` [n, d] float32: masked mean of the truncated LM's last state, or of input embeddings."""
+    """Features of `texts` [n, d] float32: masked (or position-weighted) mean of the truncated LM's last state,
+    or of the input embeddings."""
     import torch
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    pool = masked_mean if pooling == "mean" else position_weighted_mean
     device = next(base.parameters()).device
     out = []
     for i in range(0, len(texts), batch_size):
@@ -123,7 +144,7 @@ def masked_mean_features(
                 h = base.get_input_embeddings()(enc["input_ids"])
             else:
                 h = base(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        out.append(masked_mean(h, enc["attention_mask"]).cpu().numpy().astype(np.float32))
+        out.append(pool(h, enc["attention_mask"]).cpu().numpy().astype(np.float32))
     if not out:
         return np.zeros((0, base.config.hidden_size), dtype=np.float32)
     return np.concatenate(out)
@@ -142,6 +163,7 @@ def cached_features(
     device: str = "cpu",
     dtype: str = "auto",
     progress: bool = True,
+    pooling: str = "mean",
 ) -> np.ndarray:
     """Compute (or resume) features of `texts` into `out_dir/shard-*.npy` and return them [n, d] float32.
 
@@ -157,7 +179,7 @@ def cached_features(
         "max_length": max_length,
         "n_rows": n,
         "shard_size": shard_size,
-        "pooling": "masked_mean",
+        "pooling": "masked_mean" if pooling == "mean" else pooling,
         "text_digest": hashlib.blake2b("\x00".join(texts).encode(), digest_size=8).hexdigest(),
     }
     meta_path = out_dir / "meta.json"
@@ -183,7 +205,7 @@ def cached_features(
         tok, base = state["model"]
         chunk = texts[i * shard_size : (i + 1) * shard_size]
         feats = masked_mean_features(
-            tok, base, chunk, kind=kind, max_length=max_length, batch_size=batch_size
+            tok, base, chunk, kind=kind, max_length=max_length, batch_size=batch_size, pooling=pooling
         )
         with open(tmp, "wb") as fh:
             np.save(fh, feats)

@@ -16,7 +16,7 @@ from curate.errors import ParameterError
 from curate.run import RunDir
 
 # importing the selector modules registers them in SELECTORS
-from curate.select import baselines, daar, deita, ila, miw  # noqa: E402, F401
+from curate.select import baselines, daar, deita, ila, miw, rds  # noqa: E402, F401
 from curate.select.base import (
     SELECTORS,
     Budget,

@@ -3,7 +3,7 @@
 Accepted records: {"messages": [..., {"role": "assistant", ...}]} (the last turn is the answer), or a
 question field (prompt | instruction | question | input | inputs; "instruction" + "input" are joined by
 a newline) with an answer field (response | output | answer | target | targets | completion | chosen;
-a list takes its first element).
+a list takes its first element). An optional `domain` (or `task`) names the target task of the row.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class ValItem:
 
     question: list[dict]
     answer: str
+    domain: str | None = None  # the record's `domain` (or `task`): the target task it belongs to (rds)
 
     @property
     def question_text(self) -> str:
@@ -36,11 +37,14 @@ class ValItem:
 def _record(rec: dict, where: str) -> ValItem:
     if not isinstance(rec, dict):
         raise ValueError(f"{where}: expected a JSON object")
+    domain = rec.get("domain", rec.get("task"))
+    domain = None if domain is None or str(domain).strip() == "" else str(domain)
     if "messages" in rec:
         msgs = rec["messages"]
         if not msgs or msgs[-1].get("role") != "assistant":
             raise ValueError(f"{where}: messages must end with an assistant turn (the answer)")
-        return ValItem([{"role": m["role"], "content": str(m["content"])} for m in msgs[:-1]], str(msgs[-1]["content"]))
+        return ValItem([{"role": m["role"], "content": str(m["content"])} for m in msgs[:-1]], str(msgs[-1]["content"]),
+                       domain)
     question = None
     if "instruction" in rec:
         question = str(rec["instruction"])
@@ -61,7 +65,7 @@ def _record(rec: dict, where: str) -> ValItem:
     if question is None or answer is None or str(answer) == "":
         raise ValueError(f"{where}: needs messages, or a question field {_Q + ('instruction', 'input')} "
                          f"and a non-empty answer field {_A}")
-    return ValItem([{"role": "user", "content": question}], str(answer))
+    return ValItem([{"role": "user", "content": question}], str(answer), domain)
 
 
 def read_validation(path: str | os.PathLike, n_val: int | None = None, seed: int = 0) -> list[ValItem]:
