@@ -146,3 +146,33 @@ def test_miw_candidates_leave_out_validation_copies(tmp_path, tiny_lm):  # noqa:
     used = set(saved["heldout"]["rows"]) | set(saved["search"]["rows"])
     assert copy_id not in used and len(used) == len(rows) - 1
     assert saved["candidates_left_out_as_contaminated"] == 1
+
+
+def test_miw_kshot_search_proxy(tmp_path, tiny_lm):  # noqa: F811
+    """miw_proxy=kshot scores each weight vector with real k-shot prompts from the search rows' top set."""
+    import polars as pl
+
+    from curate.signals.icl import icl_conversation
+    from curate.signals.lm import LMScorer
+    from curate.signals.validation import read_validation
+
+    run = make_pool(tmp_path / "run")
+    val = write_validation(tmp_path / "val.jsonl")
+    score(run, ["miw_score"], model=str(tiny_lm), validation=val, progress=False, miw_proxy="kshot",
+          miw_indicators=["response_tokens", "mtld"], miw_candidates=10, miw_k=2, miw_draws=2,
+          miw_random=2, miw_refine=2, miw_ratio=0.4, miw_eval_draws=2)
+    saved = json.loads((run / "signals" / "miw_weights.json").read_text())
+    assert saved["search"]["proxy"] == "kshot" and len(saved["history"]) == 1 + 2 + 2
+    pool = pl.read_parquet(run / "pool" / "shard-00000.parquet")
+    pos = [pool["id"].to_list().index(i) for i in saved["search"]["rows"]]
+    convs = [pool["messages"][p].to_list() for p in pos]
+    norm = normalise_indicators(np.column_stack([load_signal(run, k) for k in saved["weights"]]))[pos]
+    items = read_validation(val)
+    lm = LMScorer(str(tiny_lm), dtype="float32", device="cpu")
+    base = lm.conversation_nll([icl_conversation([], it) for it in items])[0]
+    ranks = np.argsort(np.random.default_rng([0, 2]).random((2, 2)), axis=1)[:, :2]
+    w, p = saved["history"][0]["w"], saved["history"][0]["proxy"]  # the uniform weights, scored first
+    top = top_positions(norm @ np.asarray(w), 0.4)
+    gains = [(base - lm.conversation_nll([icl_conversation([convs[top[i]] for i in r], it) for it in items])[0])
+             .mean() for r in ranks]
+    assert w == pytest.approx([0.5, 0.5]) and p == pytest.approx(float(np.mean(gains)), abs=1e-6)
