@@ -4,7 +4,8 @@
 Columns: selection, method, n, tokens (when the `tokens` signal is stored), domain:<name> (rows per
 domain), stratify (how it was stratified: none, domain, cluster), mix_tv / mix_kl (total variation and
 KL(selection || pool) between its domain mix and the pool's), mix_flag ("DIVERGES" when mix_tv exceeds
-`MIX_FLAG_TV`, the selection skews the pool's domain mix strongly), coverage / density_coverage and the diversity figures of `curate.map.coverage_report` (when the map
+`MIX_FLAG_TV`, the selection skews the pool's domain mix strongly), daar_probe_r2 (DaaR's diversity probe,
+held-out R^2) and ifd_removed (rows the `max_ifd` filter removed) where a selection has them, coverage / density_coverage and the diversity figures of `curate.map.coverage_report` (when the map
 is built: `coverage` on the map's grid, which ILA fills, `coverage_fine2` / `coverage_fine4` on finer grids
 no selector sees, `knn_coverage` with no grid), median:<signal> (median of every stored signal over the subset,
 non-finite values ignored) and mean:<signal> only for signals whose pool mean is meaningful (`mean_is_meaningful`:
@@ -92,6 +93,7 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: 
         for d in dom_names:
             row[f"domain:{d}"] = int(got.get(d, 0))
         row.update(_mix_figures(sel, pool_counts, got))
+        row.update(_selector_figures(sel))
         row.update(_coverage_figures(run, pos))
         for s in signals:
             v = np.asarray(values[s][pos], dtype=np.float64)
@@ -118,6 +120,17 @@ def _mix_figures(sel: Selection, pool: dict[str, int], got: dict[str, int]) -> d
         "mix_kl": div["kl"],
         "mix_flag": "DIVERGES" if tv is not None and tv > MIX_FLAG_TV else "",
     }
+
+
+def _selector_figures(sel: Selection) -> dict[str, Any]:
+    """Diagnostics a selector recorded: DaaR's held-out probe R^2, rows the IFD filter removed (when present)."""
+    stats = sel.stats if isinstance(sel.stats, dict) else {}
+    out: dict[str, Any] = {}
+    if "probe_heldout_r2" in stats:
+        out["daar_probe_r2"] = stats["probe_heldout_r2"]
+    if isinstance(stats.get("ifd_filter"), dict):
+        out["ifd_removed"] = stats["ifd_filter"].get("removed")
+    return out
 
 
 def _coverage_figures(run: RunDir, positions: np.ndarray) -> dict[str, Any]:

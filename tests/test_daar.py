@@ -133,14 +133,16 @@ def test_boundary_rows_get_the_highest_predicted_entropy() -> None:
     h = res.predicted_entropy
     top = np.argsort(-h)[: int(mixed.sum())]
     assert mixed[top].mean() >= 0.8  # base rate 0.1
-    assert h[mixed].mean() > 4 * h[~mixed].mean()
+    assert h[mixed].mean() > 3 * h[~mixed].mean()  # out of fold (3.7x here); in-sample predictions were > 4x
     paper = daar_entropy(x, lab, np.arange(x.shape[0]), epochs=30, seed=0, folds=1)  # in-sample targets
     assert mixed[np.argsort(-paper.predicted_entropy)[: int(mixed.sum())]].mean() >= 0.8
 
 
 def test_selector_on_sentence_embeddings_selects_boundary_rows() -> None:
     # here the pseudo-labels come from k-means (a function of the same features), so boundary rows are only
-    # near the decision boundary, not ambiguous: the selection must still be dominated by them (base rate 10%)
+    # near the decision boundary, not ambiguous: the selection must still be enriched in them (base rate 10%).
+    # Every row's entropy is predicted out of fold (0.30 here, held-out R^2 0.21); the probe predicting its own
+    # training rows reached 0.5 by repeating their targets.
     x, lab, mixed = _mixed_clusters(n=400, d=12, seed=4, noise=0.3)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     domains = [f"d{lab[i]}" if (i % 10 == 5) else None for i in range(len(lab))]  # 10% labelled seed rows
@@ -148,7 +150,7 @@ def test_selector_on_sentence_embeddings_selects_boundary_rows() -> None:
     sel = make_selector(
         "daar", cluster_features="embeddings", probe_features="embeddings", probe_size=400, epochs=30
     ).select(view, 40, seed=0)
-    assert mixed[sel.positions].mean() >= 0.5
+    assert mixed[sel.positions].mean() >= 0.2
     assert sel.stats["daar_domains"] == ["d0", "d1", "d2"]
     assert sel.reasons[0].startswith("daar: predicted entropy")
 

@@ -19,10 +19,16 @@ Deviations (documented, deliberate):
 - Masked mean pooling (the released code pools the padding too; methods.md 2.5); one text format
   "Instruction: {prompt}\\nOutput: {response}" for seeds, probe training and inference (the code mixes two).
 - The probe set is a seeded sample of the pool itself (the paper uses 5,000 disjoint rows of the same
-  distribution). Entropy targets are cross-fitted (`folds`=3: each row's H comes from a ψ_dom that did not
-  train on it; reported accuracy is out-of-fold), fixing the optimistic in-sample targets of the released code
-  (methods.md 2.5): a converged probe memorises its own training rows, so in-sample entropies collapse to ~0.
-  `folds=1` gives the paper's in-sample targets.
+  distribution), so the probes are cross-fitted over the pool (`folds`=3): every pool row gets a fold; each
+  probe row's entropy target comes from a ψ_dom that did not train on it, and each pool row's Ĥ from a ψ_div
+  that did not train on it. This fixes the optimistic in-sample targets of the released code (methods.md
+  2.5: a converged probe memorises its own training rows, so in-sample entropies collapse to ~0), and the
+  ranking no longer favours the probe's own training rows. The domain accuracy and ψ_div's R² are out of fold
+  (`probe_heldout_r2` in the selection stats; a warning when it is below 0). `folds=1` gives the paper's
+  in-sample targets and one ψ_div.
+- Pseudo-label k-means trains on every probe row (faiss's default would subsample to K x 256 rows) for
+  `kmeans_iter` Lloyd iterations (20); the stats say whether the labels had converged (equal to
+  scikit-learn's Lloyd from the same centroids; tested).
 - LLM generation of seeds is optional and off by default (`generate_seeds=True` with `domain_descriptions`;
   `curate.select.daar_seeds`): one pair per request, cosine rejection on the pool's sentence encoder (else the
   LM's input-embedding mean) instead of the instruct model's embedding layer. Otherwise centroids come from
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,20 +206,63 @@ class DaaRResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+def pseudo_label_fit(
+    cluster_feats: np.ndarray, centroids: np.ndarray, *, seed: int = 42, niter: int = 20
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """DaaR's pseudo-labels: k-means on `cluster_feats` initialised at `centroids` (single init, plain Lloyd
+    from them: the centroids move), trained on EVERY row (faiss would otherwise subsample to k x 256 rows).
+
+    Returns (labels int64 [n], info): rows trained on, iterations, inertia, and `converged` (one more Lloyd
+    step from the final centroids changes no label).
+    """
+    from index.cluster import assign, kmeans
+
+    x = np.ascontiguousarray(cluster_feats, dtype=np.float32)
+    k = int(centroids.shape[0])
+    per = max(256, -(-x.shape[0] // max(k, 1)))  # faiss trains on at most k * per rows: here all of them
+    res = kmeans(
+        x,
+        k,
+        seed=seed,
+        niter=niter,
+        init_centroids=np.ascontiguousarray(centroids, dtype=np.float32),
+        max_points_per_centroid=per,
+    )
+    labels = np.asarray(res.labels, dtype=np.int64)
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, x.astype(np.float64))
+    sizes = np.bincount(labels, minlength=k)
+    nxt = np.where(sizes[:, None] > 0, sums / np.maximum(sizes, 1)[:, None], res.centroids)
+    again, _ = assign(x, nxt.astype(np.float32))
+    info = {
+        "rows": int(x.shape[0]),
+        "k": k,
+        "iterations": int(niter),
+        "inertia": float(res.inertia),
+        "converged": bool(np.array_equal(again, labels)),
+    }
+    return labels, info
+
+
 def pseudo_labels(
     cluster_feats: np.ndarray, centroids: np.ndarray, *, seed: int = 42, niter: int = 20
 ) -> np.ndarray:
     """k-means cluster ids of `cluster_feats`, initialised at `centroids` (single init): DaaR's pseudo-labels."""
-    from index.cluster import kmeans
+    return pseudo_label_fit(cluster_feats, centroids, seed=seed, niter=niter)[0]
 
-    res = kmeans(
-        np.ascontiguousarray(cluster_feats, dtype=np.float32),
-        int(centroids.shape[0]),
-        seed=seed,
-        niter=niter,
-        init_centroids=np.ascontiguousarray(centroids, dtype=np.float32),
-    )
-    return np.asarray(res.labels, dtype=np.int64)
+
+def _folds(n: int, probe_rows: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold of every pool row: the probe rows split evenly over `folds`, the other rows too."""
+    fold = np.empty(n, dtype=np.int64)
+    fold[probe_rows] = rng.permutation(probe_rows.size) % folds
+    rest = np.setdiff1d(np.arange(n), probe_rows)
+    fold[rest] = rng.permutation(rest.size) % folds
+    return fold
+
+
+def _r2(pred: np.ndarray, y: np.ndarray) -> float | None:
+    var = float(np.var(y))
+    return 1.0 - float(np.mean((pred - y) ** 2)) / var if y.size > 1 and var > 0 else None
 
 
 def daar_entropy(
@@ -230,17 +280,23 @@ def daar_entropy(
     """Stages (d) and (e) of DaaR on arrays: ψ_dom on the probe rows' pseudo-`labels`, entropy targets, ψ_div,
     and the predicted entropy of every row of `probe_feats` ([N, d], pool order).
 
-    `folds` > 1: entropy targets are cross-fitted (each probe row's H comes from a ψ_dom trained on the other
-    folds), and the reported domain accuracy is out-of-fold. `folds` <= 1: the paper's in-sample targets.
+    `folds` > 1 (cross-fitting over the pool): every pool row gets a fold; for each fold f a ψ_dom trained on
+    the probe rows of the other folds gives the entropy targets of fold f's probe rows, and a ψ_div trained on
+    the other folds' probe rows and targets predicts every pool row of fold f. So no row's Ĥ comes from a
+    probe that saw it, and the domain accuracy and ψ_div's R² (`diversity_probe.oof_r2`, against the targets)
+    are held out. `folds` <= 1: the paper's in-sample targets and one ψ_div for the pool (R² on its `holdout`).
     """
     labels = np.asarray(labels, dtype=np.int64)
+    probe_rows = np.asarray(probe_rows, dtype=np.int64)
     if labels.shape != (len(probe_rows),):
         raise ValueError(f"{labels.shape[0]} pseudo-labels for {len(probe_rows)} probe rows")
     n_classes = int(labels.max()) + 1
+    n = probe_feats.shape[0]
     x = probe_feats[probe_rows]
     kw = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "holdout": holdout}
     if folds > 1 and x.shape[0] >= 2 * folds:
-        fold = np.random.default_rng(seed).permutation(x.shape[0]) % folds
+        pool_fold = _folds(n, probe_rows, folds, np.random.default_rng(seed))
+        fold = pool_fold[probe_rows]
         h = np.empty(x.shape[0])
         hit = np.empty(x.shape[0], dtype=bool)
         infos = []
@@ -262,20 +318,45 @@ def daar_entropy(
             "lr": lr,
             "batch_size": batch_size,
         }
+        pred = np.empty(n)
+        div_infos = []
+        for f in range(folds):
+            tr = fold != f
+            div = train_probe(x[tr], h[tr], task="regress", seed=seed + 1 + 100 * f, **{**kw, "holdout": 0.0})
+            rows = np.flatnonzero(pool_fold == f)
+            pred[rows] = predict(div, probe_feats[rows])[:, 0]
+            div_infos.append(div.info)
+        oof = pred[probe_rows]
+        r2 = _r2(oof, h)
+        div_info = {
+            "folds": folds,
+            "oof_r2": r2,
+            "oof_mse": float(np.mean((oof - h) ** 2)),
+            "train_r2_mean": float(np.mean([i["train_r2"] for i in div_infos if i.get("train_r2") is not None]))
+            if any(i.get("train_r2") is not None for i in div_infos) else None,
+            "n_train_per_fold": [int(i["n_train"]) for i in div_infos],
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+        }
     else:
         dom = train_probe(x, labels, task="classify", seed=seed, **kw)
         h = entropy(predict(dom, x))
         dom_info = {**dom.info, "folds": 1}
-    div = train_probe(x, h, task="regress", seed=seed + 1, **kw)
-    pred = predict(div, probe_feats)[:, 0]
+        div = train_probe(x, h, task="regress", seed=seed + 1, **kw)
+        pred = predict(div, probe_feats)[:, 0]
+        r2 = div.info.get("holdout_r2")
+        div_info = {**div.info, "folds": 1}
     stats = {
         "domain_probe": dom_info,
-        "diversity_probe": div.info,
+        "diversity_probe": div_info,
+        "probe_heldout_r2": r2,
+        "predicted_out_of_fold": bool(folds > 1 and x.shape[0] >= 2 * folds),
         "pseudo_label_sizes": np.bincount(labels, minlength=n_classes).tolist(),
         "entropy_target_mean": float(h.mean()),
         "entropy_max": float(np.log(n_classes)) if n_classes > 1 else 0.0,
     }
-    return DaaRResult(pred, np.asarray(probe_rows), labels, stats)
+    return DaaRResult(pred, probe_rows, labels, stats)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -599,7 +680,7 @@ class DaaRSelector(Selector):
         )
         rng = np.random.default_rng(seed)
         probe_rows = np.sort(rng.choice(view.n, size=min(self.probe_size, view.n), replace=False))
-        labels = pseudo_labels(
+        labels, km_info = pseudo_label_fit(
             np.asarray(cluster)[probe_rows], centroids, seed=self.kmeans_seed, niter=self.kmeans_iter
         )
         res = daar_entropy(
@@ -622,12 +703,22 @@ class DaaRSelector(Selector):
             reasons = [f"daar: predicted entropy {v:.4f}" for v in h[order].tolist()]
         stats = {
             **res.stats,
+            "pseudo_label_kmeans": km_info,
             "daar_domains": names,
             "seeds": seed_note,
             "probe_rows": int(probe_rows.size),
             "mean_predicted_entropy_selected": float(h[order[:k]].mean()) if k else None,
             "mean_predicted_entropy_pool": float(h.mean()),
         }
+        r2 = res.stats["probe_heldout_r2"]
+        if r2 is not None and r2 < 0:
+            msg = (
+                f"daar: the diversity probe's held-out R^2 is {r2:.3f} (< 0): its predicted entropy ranks rows "
+                "worse than a constant would; the selection is close to arbitrary (more probe rows, other "
+                "features or fewer epochs may help)"
+            )
+            warnings.warn(msg, stacklevel=2)
+            stats["warnings"] = [msg]
         return Ranking(order, reasons=reasons, stats=stats)
 
 
