@@ -15,13 +15,30 @@ from curate.signals import load_signal, percentile_rank, score
 from curate.signals.lm import Encoded, LMScorer, labels_for
 
 
-def direct_nll(scorer: LMScorer, seq: Encoded) -> float:
-    """Unbatched reference: HF's own mean loss over the labelled tokens x their number."""
+def end_tokens(scorer: LMScorer, seq: Encoded) -> int:
+    """The fixture templates' end-of-turn tokens after a response: one "<|end|>" (chat template) or the
+    EOS id (plain fallback), told from the token ids alone."""
+    ends = {scorer.tokenizer.convert_tokens_to_ids("<|end|>"), scorer.tokenizer.eos_token_id}
+    return int(len(seq.ids) > seq.n_prompt and seq.ids[-1] in ends)
+
+
+def direct_nll(scorer: LMScorer, seq: Encoded, eot: bool = True) -> float:
+    """Unbatched reference: HF's own mean loss over the labelled tokens x their number (without the
+    end-of-turn tokens unless `eot`)."""
     ids = torch.tensor([seq.ids])
-    labels = torch.tensor([labels_for(seq)])
+    labels = labels_for(seq)
+    n_eot = 0 if eot else end_tokens(scorer, seq)
+    labels[len(labels) - n_eot :] = [-100] * n_eot
+    n = sum(t != -100 for t in labels)
     with torch.no_grad():
-        loss = scorer.model(input_ids=ids, labels=labels).loss.item()
-    return loss * (len(seq.ids) - max(seq.n_prompt, 1))
+        loss = scorer.model(input_ids=ids, labels=torch.tensor([labels])).loss.item()
+    return loss * n
+
+
+def mean_direct(scorer: LMScorer, seq: Encoded, eot: bool = False) -> float:
+    """Per-token mean of `direct_nll` (response tokens only by default, as the signals score)."""
+    n = len(seq.ids) - seq.n_prompt - (0 if eot else end_tokens(scorer, seq))
+    return direct_nll(scorer, seq, eot) / n
 
 
 def convs(system: bool = False):
@@ -55,9 +72,15 @@ def test_prompt_mask_is_exact(scorer):
     assert seq.ids[: seq.n_prompt] == prompt_ids and seq.n_prompt == len(prompt_ids)
     resp_ids = scorer._tok(" " + conv[1]["content"] + " <|end|> ")
     assert seq.ids[seq.n_prompt :] == resp_ids  # labelled = response + end-of-turn marker, nothing else
+    assert seq.n_eot == 1 and seq.ids[-1] == scorer.tokenizer.convert_tokens_to_ids("<|end|>")
     labels = labels_for(seq)
     assert labels[: seq.n_prompt] == [-100] * seq.n_prompt
     assert labels[seq.n_prompt :] == seq.ids[seq.n_prompt :]
+    # scoring without the marker: the response tokens only, and their NLL is HF's over those labels
+    resp_sum, resp_n = scorer.nll([seq], eot=False)
+    assert resp_n[0] == len(resp_ids) - 1 and resp_sum[0] == pytest.approx(direct_nll(scorer, seq, eot=False), abs=1e-4)
+    parts = scorer.nll_parts([seq])
+    assert parts.eot_n[0] == 1 and parts.resp_sum[0] + parts.eot_sum[0] == pytest.approx(scorer.nll([seq])[0][0])
     ours = scorer.nll([seq])[0][0]
     # labelling the prompt too would change the loss: the mask is what makes ours differ
     full = torch.tensor([seq.ids])
@@ -79,28 +102,69 @@ def test_plain_fallback_and_truncation(tiny_lm_plain):  # noqa: F811
     assert full.ids[0] == sc.tokenizer.bos_token_id and full.ids[-1] == sc.tokenizer.eos_token_id
     assert full.ids[: full.n_prompt] == [sc.tokenizer.bos_token_id] + sc._tok("User: what is two plus three ?\nAssistant: ")
     assert sc.nll([full])[1][0] == 2  # "five" + eos
+    assert full.n_eot == 1 and sc.nll([full], eot=False)[1][0] == 1  # "five" alone
     long_resp = [conv[0], {"role": "assistant", "content": "the answer is five . " * 4}]
     enc = sc.encode(long_resp)
     untrunc = LMScorer(tiny_lm_plain).encode(long_resp)
     assert enc.truncated and len(enc.ids) == 12 and enc.n_prompt == 6  # prompt keeps max_length // 2
     assert enc.ids[:6] == untrunc.ids[untrunc.n_prompt - 6 : untrunc.n_prompt]  # prompt tail
     assert enc.ids[6:] == untrunc.ids[untrunc.n_prompt : untrunc.n_prompt + 6]  # response head
+    assert untrunc.n_eot == 1 and enc.n_eot == 0  # the end-of-turn token was cut with the response's tail
 
 
-def test_loss_ifd_perplexity_match_hand(tmp_path, tiny_lm, scorer):  # noqa: F811
+def test_loss_ifd_perplexity_match_hand(tmp_path, tiny_lm, scorer, monkeypatch):  # noqa: F811
     run = make_pool(tmp_path / "run")
     paths = score(run, ["loss", "perplexity", "ifd"], model=str(tiny_lm), progress=False)
     assert set(paths) == {"loss", "perplexity", "ifd"}
     cs = convs()
     cond = [scorer.encode(c) for c in cs]
     alone = [scorer.encode([{"role": "user", "content": ""}, c[-1]]) for c in cs]
-    exp_loss = np.array([direct_nll(scorer, s) / (len(s.ids) - s.n_prompt) for s in cond])
-    exp_alone = np.array([direct_nll(scorer, s) / (len(s.ids) - s.n_prompt) for s in alone])
+    assert all(end_tokens(scorer, s) == 1 for s in cond + alone)
+    # default: the response tokens only (the template's end-of-turn marker is not scored)
+    exp_loss = np.array([mean_direct(scorer, s) for s in cond])
+    exp_alone = np.array([mean_direct(scorer, s) for s in alone])
     np.testing.assert_allclose(load_signal(run, "loss"), exp_loss, atol=1e-5)
     np.testing.assert_allclose(load_signal(run, "perplexity"), np.exp(exp_loss), rtol=1e-4)
     np.testing.assert_allclose(load_signal(run, "ifd"), exp_loss / exp_alone, rtol=1e-4)
-    side = json.loads(RunDir(run).signal_path("ifd").with_suffix(".json").read_text())
-    assert side["name"] == "ifd" and side["n"] == len(ROWS) and side["key"]["models"]["model"]
+    for name in ("loss", "perplexity", "ifd"):
+        side = json.loads(RunDir(run).signal_path(name).with_suffix(".json").read_text())
+        assert side["name"] == name and side["n"] == len(ROWS) and side["key"]["models"]["model"]
+        assert side["stats"]["scored_tokens"] == "response" and side["key"]["params"]["score_eot"] is False
+    # score_eot=True: the end-of-turn tokens too, from the same cached pass (no new model pass)
+    nll_calls = []
+    real = LMScorer.nll_parts
+    monkeypatch.setattr(LMScorer, "nll_parts", lambda self, *a, **k: nll_calls.append(1) or real(self, *a, **k))
+    score(run, ["loss", "ifd"], model=str(tiny_lm), progress=False, score_eot=True)
+    monkeypatch.setattr(LMScorer, "nll_parts", real)
+    assert nll_calls == []
+    with_eot = np.array([mean_direct(scorer, s, eot=True) for s in cond])
+    alone_eot = np.array([mean_direct(scorer, s, eot=True) for s in alone])
+    np.testing.assert_allclose(load_signal(run, "loss"), with_eot, atol=1e-5)
+    np.testing.assert_allclose(load_signal(run, "ifd"), with_eot / alone_eot, rtol=1e-4)
+    assert not np.allclose(with_eot, exp_loss, atol=1e-3)
+    side = json.loads(RunDir(run).signal_path("loss").with_suffix(".json").read_text())
+    assert side["stats"]["scored_tokens"] == "response+end_of_turn"
+
+
+def test_training_still_labels_the_end_of_turn_tokens(tmp_path, tiny_lm, scorer):  # noqa: F811
+    """Training must keep learning to stop: its labels hold the end-of-turn marker the signals leave out."""
+    from fixtures_train import train_pool_run
+
+    from curate.train.data import encode_rows, from_selection
+    from curate.train.trainer import Collator
+
+    rows = from_selection(train_pool_run(tmp_path / "run", 8), "sel")
+    feats = encode_rows(scorer, rows, preference=False)
+    items = [{"input_ids": ids, "n_prompt": int(p), "weight": 1.0, "domain": 0}
+             for ids, p in zip(feats.ids, feats.n_prompt, strict=True)]
+    batch = Collator(scorer.pad_id)(items)
+    end = scorer.tokenizer.convert_tokens_to_ids("<|end|>")
+    for b, m in enumerate(rows.messages()):
+        seq = scorer.encode(m)
+        labels = batch["labels"][b, : len(seq.ids)].tolist()
+        assert seq.n_eot == 1 and labels[-1] == end  # the marker is a training target
+        assert labels == labels_for(seq)  # every labelled token, response and marker
+        assert sum(t != -100 for t in labels) == len(seq.ids) - seq.n_prompt
 
 
 def test_depth_and_relative_depth(tmp_path, tiny_lm, tiny_lm_ref, scorer):  # noqa: F811
@@ -108,8 +172,8 @@ def test_depth_and_relative_depth(tmp_path, tiny_lm, tiny_lm_ref, scorer):  # no
     score(run, ["relative_depth"], base_model=str(tiny_lm), ref_model=str(tiny_lm_ref), progress=False)
     ref = LMScorer(tiny_lm_ref)
     tags = np.array([len(set(t)) if t else 1 for *_, t in ROWS], dtype=float)
-    lb = np.array([direct_nll(scorer, s) / (len(s.ids) - s.n_prompt) for s in map(scorer.encode, convs())])
-    lr = np.array([direct_nll(ref, s) / (len(s.ids) - s.n_prompt) for s in map(ref.encode, convs())])
+    lb = np.array([mean_direct(scorer, s) for s in map(scorer.encode, convs())])
+    lr = np.array([mean_direct(ref, s) for s in map(ref.encode, convs())])
     depth = (lb - lr) * tags
     np.testing.assert_allclose(load_signal(run, "depth"), depth, atol=1e-4)
     rel = load_signal(run, "relative_depth")
@@ -133,16 +197,16 @@ def test_icl_proxy_equals_explicit_difference(tmp_path, tiny_lm, scorer):  # noq
         ([{"role": "user", "content": "sort : cherry apple"}], "apple cherry"),
     ]
 
-    def logp(msgs):
+    def logp(msgs):  # the answer's tokens only: its end-of-turn marker is not scored by default
         s = scorer.encode(msgs)
-        return -direct_nll(scorer, s)
+        return -direct_nll(scorer, s, eot=False)
 
     for i, conv in enumerate(convs()[:4]):
         gains = [logp(conv + q + [{"role": "assistant", "content": a}]) - logp(q + [{"role": "assistant", "content": a}])
                  for q, a in val]
         assert got[i] == pytest.approx(np.mean(gains), abs=1e-4)
     side = json.loads(RunDir(run).signal_path("icl").with_suffix(".json").read_text())
-    assert side["stats"]["forward_tokens_per_row"] > 0
+    assert side["stats"]["forward_tokens_per_row"] > 0 and side["stats"]["scored_tokens"] == "response"
 
     # k = 2: the other demo is drawn from the pool (seeded) and sits before the row in both terms
     from curate.signals.base import ScoreContext
@@ -164,7 +228,7 @@ def test_shards_resume_without_recomputation(tmp_path, tiny_lm, monkeypatch):  #
     run = make_pool(tmp_path / "run")
     calls = []
     kill = {"at": 2}
-    real = LMScorer.nll
+    real = LMScorer.nll_parts
 
     def flaky(self, seqs, **kw):
         calls.append(len(seqs))
@@ -172,7 +236,7 @@ def test_shards_resume_without_recomputation(tmp_path, tiny_lm, monkeypatch):  #
             raise RuntimeError("killed")
         return real(self, seqs, **kw)
 
-    monkeypatch.setattr(LMScorer, "nll", flaky)
+    monkeypatch.setattr(LMScorer, "nll_parts", flaky)
     with pytest.raises(RuntimeError, match="killed"):
         score(run, ["loss"], model=str(tiny_lm), progress=False, shard_rows=4)
     shards = sorted((run / "signals" / "_lm").rglob("shard-*.parquet"))
@@ -181,7 +245,7 @@ def test_shards_resume_without_recomputation(tmp_path, tiny_lm, monkeypatch):  #
     kill["at"] = -1
     score(run, ["loss"], model=str(tiny_lm), progress=False, shard_rows=4)
     assert calls == [4, 2]  # only shards 1 and 2 (rows 4-7, 8-9) are computed on resume
-    monkeypatch.setattr(LMScorer, "nll", real)
+    monkeypatch.setattr(LMScorer, "nll_parts", real)
     fresh = make_pool(tmp_path / "fresh")
     score(fresh, ["loss"], model=str(tiny_lm), progress=False, shard_rows=4)
     np.testing.assert_allclose(load_signal(run, "loss"), load_signal(fresh, "loss"), atol=1e-9)

@@ -8,9 +8,17 @@ of demos dropped), and D_x the other k-1 demonstrations for k-shot (k = `icl_k`)
 without x from the pool with a generator seeded by (icl_seed, x's pool position), placed before x. For
 k = 1 the baseline log p(a_v | q_v) is shared by all rows.
 
-Cost per row: n_val forward sequences of (demo tokens + question + answer) for k = 1 (the n_val baselines
-are shared), 2 x n_val sequences holding k demos for k > 1. `forward_tokens_per_row` (all tokens
-forwarded / rows, shared baselines amortised) is recorded in the signal's sidecar.
+Scored tokens: the answer's tokens only by default; `score_eot=True` adds the chat template's end-of-turn
+tokens after it (see curate.signals.lm). With them, a one-word demo teaches the model to stop after one
+word and gains on the end-of-turn token whatever its content; the sidecar says which was scored.
+
+Cost per row: the n_val sequences of a row share the demonstration as a token prefix. With `icl_cache`
+(default) its keys and values are computed once and each sequence forwards only its question and answer
+behind them (`LMScorer.nll_shared_prefix`): demo + n_val x (question + answer) tokens for k = 1 (the
+n_val baselines are shared), twice that (with and without the row) for k > 1. Without the cache every
+sequence is forwarded whole (n_val x (demo + question + answer)); the gains are equal within float
+rounding. `forward_tokens_per_row` (all tokens forwarded / rows, shared baselines amortised) is recorded
+in the signal's sidecar.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from curate.signals.base import ScoreContext, short_hash, signal
+from curate.signals.lm_signals import score_eot, scored_tokens
 from curate.signals.rowcache import cached_rows
 from curate.signals.validation import ValItem, read_validation
 
@@ -41,28 +50,39 @@ def icl_gains(
     val: Sequence[ValItem],
     *,
     others: Sequence[Sequence[Sequence[dict]]] | None = None,
+    eot: bool = False,
+    cache: bool = True,
     progress: bool = False,
 ) -> tuple[np.ndarray, float]:
     """ICL gain of each row (mean over validation rows) and the forward tokens spent per row.
 
     `others[i]` are the extra demonstrations placed before row i (k-1 of them); None means one-shot.
+    `eot`: score the end-of-turn tokens after each answer too. `cache`: forward each shared demo prefix
+    once (`LMScorer.nll_shared_prefix`) instead of once per validation row.
     """
     n, V = len(rows), len(val)
-    with_seqs, base_seqs = [], []
+    with_groups, base_groups = [], []
     for i, conv in enumerate(rows):
         extra = list(others[i]) if others is not None else []
-        for v, item in enumerate(val):
-            with_seqs.append(scorer.encode(icl_conversation([*extra, conv], item), where=f"icl row {i} val {v}"))
-            if others is not None:
-                base_seqs.append(scorer.encode(icl_conversation(extra, item), where=f"icl base {i} val {v}"))
+        with_groups.append([scorer.encode(icl_conversation([*extra, conv], item), where=f"icl row {i} val {v}")
+                            for v, item in enumerate(val)])
+        if others is not None:
+            base_groups.append([scorer.encode(icl_conversation(extra, item), where=f"icl base {i} val {v}")
+                                for v, item in enumerate(val)])
     if others is None:
-        base_seqs = [scorer.encode(icl_conversation([], item), where=f"icl base val {v}") for v, item in enumerate(val)]
-    s_with, _ = scorer.nll(with_seqs, progress=progress, desc="icl")
-    s_base, _ = scorer.nll(base_seqs, progress=False)
+        base_groups = [[scorer.encode(icl_conversation([], item), where=f"icl base val {v}")
+                        for v, item in enumerate(val)]]
+    if cache:
+        parts, total = scorer.nll_shared_prefix(with_groups + base_groups, progress=progress, desc="icl")
+        s_all = parts.sums(eot)
+        s_with, s_base = s_all[: n * V], s_all[n * V :]
+    else:
+        s_with = scorer.nll_parts([s for g in with_groups for s in g], progress=progress, desc="icl").sums(eot)
+        s_base = scorer.nll_parts([s for g in base_groups for s in g]).sums(eot)
+        total = sum(len(s.ids) for g in with_groups + base_groups for s in g)
     s_with = s_with.reshape(n, V)
     s_base = s_base.reshape(n, V) if others is not None else np.broadcast_to(s_base, (n, V))
     gains = (s_base - s_with).mean(axis=1)  # log p(with) - log p(without) = nll(without) - nll(with)
-    total = sum(len(s.ids) for s in with_seqs) + sum(len(s.ids) for s in base_seqs)
     return gains, total / max(n, 1)  # shared k=1 baselines amortised over the rows
 
 
@@ -88,11 +108,13 @@ def icl_for_positions(ctx: ScoreContext, positions: np.ndarray, tag: str) -> tup
     k = int(ctx.param("icl_k", 1))
     seed = int(ctx.param("icl_seed", 0))
     n_val = ctx.param("n_val", 32)
+    eot = score_eot(ctx)
     val = read_validation(ctx.validation, None if n_val is None else int(n_val), seed)
     key = {
         "model": ctx.fingerprint("model"),
         "validation": ctx.fingerprint("validation"),
-        "params": {"icl_k": k, "icl_seed": seed, "n_val": n_val, "max_length": int(ctx.param("max_length", 2048))},
+        "params": {"icl_k": k, "icl_seed": seed, "n_val": n_val, "max_length": int(ctx.param("max_length", 2048)),
+                   "score_eot": eot},
         "pool": ctx.key_pool(),
         "positions": short_hash(np.asarray(positions).tolist(), 16),
     }
@@ -103,7 +125,7 @@ def icl_for_positions(ctx: ScoreContext, positions: np.ndarray, tag: str) -> tup
         pos = positions[lo:hi]
         rows = [ctx.messages(int(p), int(p) + 1)[0] for p in pos]
         gains, toks = icl_gains(ctx.scorer("model"), rows, val, others=other_demos(ctx, pos, k, seed),
-                                progress=ctx.progress)
+                                eot=eot, cache=bool(ctx.param("icl_cache", True)), progress=ctx.progress)
         return {"icl": gains, "tokens_per_row": np.full(len(pos), toks)}
 
     cols, _ = cached_rows(folder, len(positions), int(ctx.param("icl_shard_rows", 256)), key, work)
@@ -112,11 +134,11 @@ def icl_for_positions(ctx: ScoreContext, positions: np.ndarray, tag: str) -> tup
 
 @signal(
     "icl",
-    params={"icl_k": 1, "icl_seed": 0, "n_val": 32, "max_length": 2048},
+    params={"icl_k": 1, "icl_seed": 0, "n_val": 32, "max_length": 2048, "score_eot": False},
     roles=("model", "validation"),
 )
 def _icl(ctx: ScoreContext) -> np.ndarray:
     """ICL proxy: mean gain in the validation answers' log-likelihood when the row is a demonstration."""
     values, toks = icl_for_positions(ctx, np.arange(ctx.n), "pool")
-    ctx.extra["icl"] = {"forward_tokens_per_row": toks}
+    ctx.extra["icl"] = {"forward_tokens_per_row": toks, **scored_tokens(ctx)}
     return values

@@ -12,6 +12,14 @@ merges across the boundary) but the full text starts with the prompt text, the b
 character offsets instead (tokens ending at or before the prompt's last character are prompt); otherwise a
 ValueError names the row.
 
+End of turn: the labelled tokens after the response text (the template's end-of-turn marker and what follows
+it, e.g. SmolLM2's "<|im_end|>" and "\n"; the EOS id in the plain fallback) are counted in `Encoded.n_eot`.
+Training labels them (a model must learn to stop); scoring signals leave them out by default, because for a
+short answer the marker dominates the loss (`nll(..., eot=False)`). The response's end is found by locating
+its text after the prompt in the rendered conversation (as given, else stripped); tokens that start before
+that character are response. A template that rewrites the response so that its text cannot be found gets
+n_eot = 0 (every labelled token counts as response).
+
 Truncation to `max_length` keeps the prompt's TAIL and the response's HEAD: the prompt keeps
 min(len(prompt), max(max_length - len(response), max_length // 2)) of its last tokens and the response
 fills the rest of the window from its start. `n_tokens` counts the labelled tokens actually scored.
@@ -58,6 +66,13 @@ class Encoded:
     ids: list[int]
     n_prompt: int
     truncated: bool = False
+    n_eot: int = 0  # trailing labelled tokens that are the template's end-of-turn marker, not the response
+
+    def label_span(self, eot: bool = True) -> tuple[int, int]:
+        """[start, stop) of the labelled positions: the response, plus the end-of-turn tokens when `eot`."""
+        start = max(self.n_prompt, 1)  # the first token of a sequence has no context to predict it
+        stop = len(self.ids) if eot else len(self.ids) - self.n_eot
+        return start, max(start, stop)
 
 
 class LMScorer:
@@ -151,13 +166,16 @@ class LMScorer:
             f_text = self.render(messages, generation_prompt=False)
             p_ids, f_ids = self._tok(p_text), self._tok(f_text)
             if f_ids[: len(p_ids)] == p_ids and len(f_ids) > len(p_ids):
-                return self._truncate(f_ids, len(p_ids))
-            if f_text.startswith(p_text):
-                return self._truncate(f_ids, self._offset_boundary(f_text, len(p_text), where))
-            raise ValueError(
-                f"{where}: the chat template renders the prompt differently inside the full conversation "
-                "(prompt text is not a prefix of the conversation text); cannot mask the prompt exactly"
-            )
+                n_p = len(p_ids)
+            elif f_text.startswith(p_text):
+                n_p = self._offset_boundary(f_text, len(p_text), where)
+            else:
+                raise ValueError(
+                    f"{where}: the chat template renders the prompt differently inside the full conversation "
+                    "(prompt text is not a prefix of the conversation text); cannot mask the prompt exactly"
+                )
+            n_resp_end = max(n_p, self._response_end(f_text, len(p_text), resp, f_ids))
+            return self._truncate(f_ids, n_p, len(f_ids) - n_resp_end)
         p_text = self.render(prompt_msgs, generation_prompt=True)
         f_text = p_text + resp
         p_ids, f_ids = self._tok(p_text), self._tok(f_text)
@@ -167,7 +185,7 @@ class LMScorer:
             n_p = len(p_ids)
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        return self._truncate(bos + f_ids + eos, n_p + len(bos))
+        return self._truncate(bos + f_ids + eos, n_p + len(bos), len(eos))
 
     def encode_alone(self, messages: Sequence[dict], *, where: str = "row") -> Encoded:
         """The response scored without its instruction: the same format with one empty user turn.
@@ -176,6 +194,25 @@ class LMScorer:
         as in `encode`, so IFD compares like with like.
         """
         return self.encode([{"role": "user", "content": ""}, messages[-1]], where=where)
+
+    def _response_end(self, text: str, start: int, resp: str, ids: list[int]) -> int:
+        """Number of leading tokens of `ids` (the tokens of `text`) up to the end of the response text.
+
+        The response is looked up in `text` from character `start` (the end of the prompt), as given or
+        stripped (templates that trim). Not found: len(ids), i.e. no end-of-turn tokens are told apart.
+        """
+        pos, content = text.find(resp, start), resp
+        if pos < 0:
+            content = resp.strip()
+            pos = text.find(content, start)
+        if pos < 0:
+            return len(ids)
+        end = pos + len(content)
+        head = self._tok(text[:end])
+        if ids[: len(head)] == head:
+            return len(head)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return sum(1 for s, _ in enc["offset_mapping"] if s < end)  # a token straddling the end is response
 
     def _offset_boundary(self, text: str, n_chars: int, where: str) -> int:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -189,26 +226,35 @@ class LMScorer:
             raise ValueError(f"{where}: the response is empty after tokenisation")
         return n
 
-    def _truncate(self, ids: list[int], n_prompt: int) -> Encoded:
+    def _truncate(self, ids: list[int], n_prompt: int, n_eot: int = 0) -> Encoded:
         L = self.max_length
         if len(ids) <= L:
-            return Encoded(ids, n_prompt)
+            return Encoded(ids, n_prompt, n_eot=n_eot)
         p, r = ids[:n_prompt], ids[n_prompt:]
         keep_p = min(len(p), max(L - len(r), L // 2))
         p = p[len(p) - keep_p :]
+        cut = len(r) - (L - keep_p)
         r = r[: L - keep_p]
-        return Encoded(p + r, len(p), truncated=True)
+        return Encoded(p + r, len(p), truncated=True, n_eot=max(0, n_eot - max(cut, 0)))
 
     # scoring ----------------------------------------------------------------------------------
     def nll(
-        self, seqs: Sequence[Encoded], *, progress: bool = False, desc: str = "nll"
+        self, seqs: Sequence[Encoded], *, eot: bool = True, progress: bool = False, desc: str = "nll"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Summed NLL (float64, nats) and labelled-token count of each sequence, in input order."""
+        """Summed NLL (float64, nats) and labelled-token count of each sequence, in input order.
+
+        eot=True counts every labelled token (the training loss); eot=False leaves out the trailing
+        end-of-turn tokens (`Encoded.n_eot`), as the scoring signals do by default.
+        """
+        parts = self.nll_parts(seqs, progress=progress, desc=desc)
+        return parts.sums(eot), parts.counts(eot)
+
+    def nll_parts(self, seqs: Sequence[Encoded], *, progress: bool = False, desc: str = "nll") -> NLLParts:
+        """Per-sequence NLL of the response tokens and of the end-of-turn tokens, from one forward pass."""
         import torch
 
         n = len(seqs)
-        sums = np.zeros(n, dtype=np.float64)
-        counts = np.array([max(0, len(s.ids) - max(s.n_prompt, 1)) for s in seqs], dtype=np.int64)
+        sums = np.zeros((n, 2), dtype=np.float64)
         order = sorted(range(n), key=lambda i: -len(seqs[i].ids))
         batches = _budget_batches([len(seqs[i].ids) for i in order], self.batch_tokens)
         bar = _progress(n, desc, progress)
@@ -223,34 +269,43 @@ class LMScorer:
                     bar.set_postfix(tok_s=f"{toks / max(time.perf_counter() - t0, 1e-9):.0f}")
         if bar is not None:
             bar.close()
-        return sums, counts
+        return NLLParts.of(seqs, sums)
 
     def _batch_nll(self, batch: list[Encoded]) -> np.ndarray:
         import torch
 
         T = max(len(s.ids) for s in batch)
-        B = len(batch)
-        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, T), dtype=torch.long)
-        rows, pos, tgt = [], [], []
+        ids = torch.full((len(batch), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), T), dtype=torch.long)
         for b, s in enumerate(batch):
             ids[b, : len(s.ids)] = torch.tensor(s.ids, dtype=torch.long)
             mask[b, : len(s.ids)] = 1
-            start = max(s.n_prompt, 1)  # the first token of a sequence has no context to predict it
+        return self._labelled_nll(batch, [0] * len(batch), input_ids=ids, attention_mask=mask)
+
+    def _labelled_nll(self, batch: list[Encoded], offsets: list[int], **inputs) -> np.ndarray:
+        """Forward `inputs` and sum the NLL of each sequence's labelled tokens: [len(batch), 2] (response,
+        end of turn). Row b of the input holds batch[b]'s tokens from position offsets[b] on (the rest is
+        in the past key values)."""
+        import torch
+
+        rows, pos, tgt, part = [], [], [], []
+        for b, (s, off) in enumerate(zip(batch, offsets, strict=True)):
+            start, stop = s.label_span(eot=False)
             for t in range(start, len(s.ids)):
                 rows.append(b)
-                pos.append(t - 1)
+                pos.append(t - 1 - off)
                 tgt.append(s.ids[t])
-        out = np.zeros(B, dtype=np.float64)
+                part.append(0 if t < stop else 1)
+        out = np.zeros((len(batch), 2), dtype=np.float64)
         if not rows:
             return out
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
         rows_t = torch.tensor(rows, device=self.device)
         pos_t = torch.tensor(pos, device=self.device)
         tgt_t = torch.tensor(tgt, device=self.device)
         if self._split is not None:
             base, head = self._split
-            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = base(**inputs).last_hidden_state
             sel = hidden[rows_t, pos_t]
             tok_nll = torch.cat(
                 [
@@ -259,19 +314,147 @@ class LMScorer:
                 ]
             )
         else:
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            logits = self.model(**inputs).logits
             tok_nll = _token_nll(logits[rows_t, pos_t].float(), tgt_t)
-        acc = torch.zeros(B, dtype=torch.float64, device=self.device)
-        acc.index_add_(0, rows_t, tok_nll.double())
-        return acc.cpu().numpy()
+        acc = torch.zeros(len(batch) * 2, dtype=torch.float64, device=self.device)
+        acc.index_add_(0, rows_t * 2 + torch.tensor(part, device=self.device), tok_nll.double())
+        return acc.view(len(batch), 2).cpu().numpy()
+
+    def nll_shared_prefix(
+        self, groups: Sequence[Sequence[Encoded]], *, progress: bool = False, desc: str = "nll"
+    ) -> tuple[NLLParts, int]:
+        """`nll_parts` of the sequences of all groups (flattened in order), and the tokens forwarded.
+
+        The sequences of a group share a token prefix (an ICL demonstration before each validation row):
+        its keys and values are computed once (the HF key/value cache) and each sequence forwards only its
+        remaining tokens behind them. The prefix is the group's longest common prefix, cut so that every
+        labelled token is predicted from a forwarded position; the labelled tokens and their NLL are those
+        of `nll_parts` (equal within float rounding). Groups are batched under `batch_tokens` as if their
+        rows were whole sequences (attention memory), prefixes right-padded and masked.
+        """
+        import torch
+
+        flat = [s for g in groups for s in g]
+        firsts = np.cumsum([0] + [len(g) for g in groups])
+        plen = [_shared_prefix(g) for g in groups]
+        sums = np.zeros((len(flat), 2), dtype=np.float64)
+        plain = [i for i, g in enumerate(groups) if len(g) and plen[i] == 0]
+        if plain:
+            idx = [j for i in plain for j in range(firsts[i], firsts[i + 1])]
+            sums[idx] = self.nll_parts([flat[j] for j in idx]).stack()
+        todo = sorted((i for i, g in enumerate(groups) if len(g) and plen[i] > 0),
+                      key=lambda i: -(plen[i] + max(len(s.ids) for s in groups[i]) - plen[i]))
+        batches, cur, rows, width = [], [], 0, 0
+        for i in todo:
+            w = max(len(s.ids) for s in groups[i])
+            if cur and (rows + len(groups[i])) * max(width, w) > self.batch_tokens:
+                batches.append(cur)
+                cur, rows, width = [], 0, 0
+            cur.append(i)
+            rows, width = rows + len(groups[i]), max(width, w)
+        if cur:
+            batches.append(cur)
+        bar = _progress(len(flat), desc, progress)
+        forwarded = sum(len(s.ids) for i in plain for s in groups[i])
+        with torch.inference_mode():
+            for batch in batches:
+                sums[[j for i in batch for j in range(firsts[i], firsts[i + 1])]] = self._prefix_batch(
+                    [groups[i] for i in batch], [plen[i] for i in batch]
+                )
+                forwarded += sum(plen[i] + sum(len(s.ids) - plen[i] for s in groups[i]) for i in batch)
+                if bar is not None:
+                    bar.update(sum(len(groups[i]) for i in batch))
+        if bar is not None:
+            bar.close()
+        return NLLParts.of(flat, sums), forwarded
+
+    def _prefix_batch(self, groups: list[Sequence[Encoded]], plen: list[int]) -> np.ndarray:
+        """One batch of `nll_shared_prefix`: the prefixes in one pass, then every suffix behind its cache."""
+        import torch
+
+        G, P = len(groups), max(plen)
+        pre = torch.full((G, P), self.pad_id, dtype=torch.long)
+        pre_mask = torch.zeros((G, P), dtype=torch.long)
+        for g, (grp, n) in enumerate(zip(groups, plen, strict=True)):
+            pre[g, :n] = torch.tensor(grp[0].ids[:n], dtype=torch.long)
+            pre_mask[g, :n] = 1
+        net = self._split[0] if self._split is not None else self.model
+        cache = net(input_ids=pre.to(self.device), attention_mask=pre_mask.to(self.device), use_cache=True).cache
+        owner = [g for g, grp in enumerate(groups) for _ in grp]
+        seqs = [s for grp in groups for s in grp]
+        offs = [plen[g] for g in owner]
+        S = max(len(s.ids) - o for s, o in zip(seqs, offs, strict=True))
+        ids = torch.full((len(seqs), S), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), P + S), dtype=torch.long)
+        mask[:, :P] = pre_mask[owner]
+        positions = torch.zeros((len(seqs), S), dtype=torch.long)
+        for b, (s, o) in enumerate(zip(seqs, offs, strict=True)):
+            ids[b, : len(s.ids) - o] = torch.tensor(s.ids[o:], dtype=torch.long)
+            mask[b, P : P + len(s.ids) - o] = 1
+            positions[b] = torch.arange(o, o + S)  # positions continue from the row's own prefix
+        cache.batch_select_indices(torch.tensor(owner, device=self.device))
+        return self._labelled_nll(seqs, offs, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                  cache=cache, use_cache=True)
 
     def conversation_nll(
-        self, conversations: Sequence[Sequence[dict]], *, alone: bool = False, progress: bool = False
+        self,
+        conversations: Sequence[Sequence[dict]],
+        *,
+        alone: bool = False,
+        eot: bool = True,
+        progress: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Response NLL sums and token counts of conversations (response alone when `alone`)."""
+        """Response NLL sums and token counts of conversations (response alone when `alone`; with the
+        end-of-turn tokens, as training labels them, unless eot=False)."""
         enc = self.encode_alone if alone else self.encode
         seqs = [enc(m, where=f"row {i}") for i, m in enumerate(conversations)]
-        return self.nll(seqs, progress=progress)
+        return self.nll(seqs, eot=eot, progress=progress)
+
+
+@dataclass
+class NLLParts:
+    """Per-sequence summed NLL and token count of the response tokens and of the end-of-turn tokens."""
+
+    resp_sum: np.ndarray
+    resp_n: np.ndarray
+    eot_sum: np.ndarray
+    eot_n: np.ndarray
+
+    @classmethod
+    def of(cls, seqs: Sequence[Encoded], sums: np.ndarray) -> NLLParts:
+        """From [n, 2] sums (response, end of turn) and the sequences' label spans."""
+        spans = [s.label_span(eot=False) for s in seqs]
+        resp_n = np.array([b - a for a, b in spans], dtype=np.int64)
+        total = np.array([max(0, len(s.ids) - a) for s, (a, _) in zip(seqs, spans, strict=True)], dtype=np.int64)
+        sums = np.asarray(sums, dtype=np.float64).reshape(len(seqs), 2)
+        return cls(sums[:, 0].copy(), resp_n, sums[:, 1].copy(), total - resp_n)
+
+    def sums(self, eot: bool) -> np.ndarray:
+        """Summed NLL of the response tokens, plus the end-of-turn tokens when `eot`."""
+        return self.resp_sum + self.eot_sum if eot else self.resp_sum.copy()
+
+    def counts(self, eot: bool) -> np.ndarray:
+        """Token counts matching `sums(eot)`."""
+        return self.resp_n + self.eot_n if eot else self.resp_n.copy()
+
+    def stack(self) -> np.ndarray:
+        """The [n, 2] sums (response, end of turn)."""
+        return np.stack([self.resp_sum, self.eot_sum], axis=1)
+
+
+def _shared_prefix(group: Sequence[Encoded]) -> int:
+    """Tokens all sequences of a group start with, cut before the first predicting position of any of them."""
+    if not group:
+        return 0
+    first = group[0].ids
+    n = min(len(s.ids) for s in group)
+    for s in group[1:]:
+        ids = s.ids
+        k = 0
+        while k < n and ids[k] == first[k]:
+            k += 1
+        n = k
+    return max(0, min(n, min(s.label_span()[0] - 1 for s in group)))
 
 
 def labels_for(seq: Encoded) -> list[int]:

@@ -3,6 +3,10 @@
 All of them read per-row (NLL sum, token count) tables computed once per model and format, cached under
 `<run>/signals/_lm/<model fingerprint>-<params>/<variant>/` in resumable shards, so `loss`, `perplexity`
 and `ifd` share one pass of the model, and a killed run resumes without recomputing finished shards.
+
+Scored tokens: the response tokens only by default; `score_eot=True` adds the chat template's end-of-turn
+tokens (see curate.signals.lm). The cache holds both parts, so switching the option costs no model pass;
+each signal's sidecar says which it scored (`stats.scored_tokens`).
 """
 
 from __future__ import annotations
@@ -14,13 +18,31 @@ import numpy as np
 from curate.signals.base import ScoreContext, short_hash, signal
 from curate.signals.rowcache import cached_rows
 
-LM_PARAMS = {"max_length": 2048}
+LM_PARAMS = {"max_length": 2048, "score_eot": False}
 
 
-def lm_stats(ctx: ScoreContext, role: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """(nll_sum, n_tokens) of every pool row under the model of `role`; variant 'cond' or 'alone'."""
+def score_eot(ctx: ScoreContext) -> bool:
+    """Whether LM signals score the end-of-turn tokens too (parameter `score_eot`, default False)."""
+    value = ctx.param("score_eot", False)
+    if isinstance(value, str):
+        value = value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def scored_tokens(ctx: ScoreContext) -> dict:
+    """The sidecar note of an LM signal: which labelled tokens it scored."""
+    eot = score_eot(ctx)
+    return {"scored_tokens": "response+end_of_turn" if eot else "response", "score_eot": eot}
+
+
+def lm_stats(ctx: ScoreContext, role: str, variant: str, eot: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(nll_sum, n_tokens) of every pool row under the model of `role`; variant 'cond' or 'alone'.
+
+    Response tokens only, plus the end-of-turn tokens when `eot` (default: the `score_eot` parameter).
+    """
+    eot = score_eot(ctx) if eot is None else eot
     fp = ctx.fingerprint(role)
-    params = {"max_length": int(ctx.param("max_length", 2048)), "variant": variant}
+    params = {"max_length": int(ctx.param("max_length", 2048)), "variant": variant, "parts": "response,eot"}
     folder = ctx.rd.root / "signals" / "_lm" / f"{fp}-{short_hash(params)}" / variant
     shard_rows = int(ctx.param("shard_rows", 2048))
 
@@ -31,17 +53,22 @@ def lm_stats(ctx: ScoreContext, role: str, variant: str) -> tuple[np.ndarray, np
         # prompt-only rows (kind "prompt") have no response to score: 0 tokens, so their signal is NaN
         scored = [i for i, m in enumerate(convs) if m and m[-1]["role"] == "assistant"]
         seqs = [enc(convs[i], where=f"pool row {lo + i} (id {ctx.ids[lo + i]})") for i in scored]
-        part_sums, part_counts = scorer.nll(seqs, progress=ctx.progress, desc=f"{variant} nll [{lo}:{hi}]")
-        sums = np.zeros(len(convs), dtype=np.asarray(part_sums).dtype)
-        counts = np.zeros(len(convs), dtype=np.asarray(part_counts).dtype)
-        truncated = np.zeros(len(convs), dtype=bool)
-        sums[scored], counts[scored] = part_sums, part_counts
-        truncated[scored] = [s.truncated for s in seqs]
-        return {"nll_sum": sums, "n_tokens": counts, "truncated": truncated}
+        parts = scorer.nll_parts(seqs, progress=ctx.progress, desc=f"{variant} nll [{lo}:{hi}]")
+        cols = {"nll_sum": parts.resp_sum, "n_tokens": parts.resp_n, "eot_nll_sum": parts.eot_sum,
+                "eot_n_tokens": parts.eot_n}
+        out = {k: np.zeros(len(convs), dtype=np.asarray(v).dtype) for k, v in cols.items()}
+        for k, v in cols.items():
+            out[k][scored] = v
+        out["truncated"] = np.zeros(len(convs), dtype=bool)
+        out["truncated"][scored] = [s.truncated for s in seqs]
+        return out
 
     key = {"model": fp, "params": params, "pool": ctx.key_pool()}
     cols, _ = cached_rows(folder, ctx.n, shard_rows, key, work)
-    return cols["nll_sum"].astype(np.float64), cols["n_tokens"].astype(np.int64)
+    sums, counts = cols["nll_sum"].astype(np.float64), cols["n_tokens"].astype(np.int64)
+    if eot:
+        sums, counts = sums + cols["eot_nll_sum"], counts + cols["eot_n_tokens"].astype(np.int64)
+    return sums, counts
 
 
 def mean_nll(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -52,13 +79,15 @@ def mean_nll(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 @signal("loss", params=LM_PARAMS, roles=("model",))
 def _loss(ctx: ScoreContext) -> np.ndarray:
-    """Mean response NLL (nats/token) given the prompt, under `model`."""
+    """Mean response NLL (nats/token) given the prompt, under `model` (end-of-turn tokens with score_eot)."""
+    ctx.extra["loss"] = scored_tokens(ctx)
     return mean_nll(*lm_stats(ctx, "model", "cond"))
 
 
 @signal("perplexity", params=LM_PARAMS, roles=("model",))
 def _ppl(ctx: ScoreContext) -> np.ndarray:
-    """exp(mean response NLL given the prompt) under `model`."""
+    """exp(mean response NLL given the prompt) under `model` (end-of-turn tokens with score_eot)."""
+    ctx.extra["perplexity"] = scored_tokens(ctx)
     return np.exp(mean_nll(*lm_stats(ctx, "model", "cond")))
 
 
@@ -67,8 +96,10 @@ def _ifd(ctx: ScoreContext) -> np.ndarray:
     """Instruction-following difficulty: mean NLL of the response given the prompt / of the response alone.
 
     "Alone" is the same format with an empty user turn (see LMScorer.encode_alone), as in Cherry /
-    Superfiltering's conditioned vs direct answer score; > 1 means the prompt does not help.
+    Superfiltering's conditioned vs direct answer score; > 1 means the prompt does not help. Both scores
+    count the response tokens only (with the end-of-turn tokens when score_eot).
     """
+    ctx.extra["ifd"] = scored_tokens(ctx)
     cond = mean_nll(*lm_stats(ctx, "model", "cond"))
     alone = mean_nll(*lm_stats(ctx, "model", "alone"))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -114,8 +145,10 @@ def _depth(ctx: ScoreContext) -> np.ndarray:
     (length-normalised: each model's summed NLL divided by its own token count), multiplied by the
     number of distinct skill tags: from meta[tags_field] (a list or comma string; rows without the field
     count 1; if no row has it the multiplier is 1 everywhere) or from a stored signal `tags_signal`.
+    Response tokens only (with the end-of-turn tokens when score_eot).
     """
     check_depth_models(ctx)
+    ctx.extra["depth"] = scored_tokens(ctx)
     base = mean_nll(*lm_stats(ctx, "base_model", "cond"))
     ref = mean_nll(*lm_stats(ctx, "ref_model", "cond"))
     return (base - ref) * tag_counts(ctx)
@@ -168,4 +201,5 @@ def _relative_depth(ctx: ScoreContext) -> np.ndarray:
     from curate.signals.rank import percentile_rank
 
     depth = ctx.signal("depth")
+    ctx.extra["relative_depth"] = scored_tokens(ctx)
     return percentile_rank(depth, group_labels(ctx, ctx.param("depth_group", "domain")))
