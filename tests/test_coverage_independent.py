@@ -84,7 +84,8 @@ def test_coverage_report_gives_independent_figures_where_ila_scores_one(tmp_path
     rd = RunDir(tmp_path / "run")
     rd.pool_dir.mkdir(parents=True)
     pl.DataFrame({"id": [f"{i:032x}" for i in range(n)], "domain": ["a", "b", "c"] * (n // 3),
-                  "prompt": ["p"] * n, "response": ["r"] * n}).write_parquet(rd.pool_dir / "shard-00000.parquet")
+                  "prompt": ["p"] * n, "response": ["r"] * n, "kind": ["sft"] * n,
+                  "n_duplicates": [0] * n}).write_parquet(rd.pool_dir / "shard-00000.parquet")
     monkeypatch.setattr(embed_stage, "current_fingerprint", lambda run: "fp")
     monkeypatch.setattr(embed_stage, "load_vectors", lambda run, fingerprint=None, **kw: vec)
     map_stage.build_index(rd.root, k=5, progress=False)
@@ -101,3 +102,20 @@ def test_coverage_report_gives_independent_figures_where_ila_scores_one(tmp_path
     expected = float(np.mean(1 - sims.max(axis=1) <= radius + 1e-6))
     assert rep["knn_coverage"] == pytest.approx(expected) and 0 < rep["knn_coverage"] < 1
     assert rep["knn_coverage_radius"] == pytest.approx(radius, abs=1e-6)
+
+    # compare shows the independent figures next to the grid ILA filled, and DaaR's held-out R^2
+    from fixtures_pool import Fixed
+
+    from curate.compare import compare
+    from curate.select import PoolView
+
+    view = PoolView.from_run(rd)
+    ila = Fixed(order=tuple(chosen.tolist())).select(view, len(chosen))
+    ila.save(rd, "ila")
+    daar = Fixed(order=tuple(range(24))).select(view, 24)
+    daar.stats["probe_heldout_r2"] = -1.02
+    daar.save(rd, "daar")
+    table = {r["selection"]: r for r in compare(rd.root, ["ila", "daar"], progress=False).to_dicts()}
+    assert table["ila"]["coverage"] == 1.0 and table["ila"]["coverage_fine4"] == rep["coverage_fine4"]
+    assert table["ila"]["knn_coverage"] == pytest.approx(rep["knn_coverage"])
+    assert table["daar"]["daar_probe_r2"] == -1.02 and table["ila"]["daar_probe_r2"] is None
