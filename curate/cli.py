@@ -152,11 +152,17 @@ def score(
     ref_model: str = typer.Option(None, help="Reference (fine-tuned) LM for ILA depth."),
     validation: Path = typer.Option(None, help="Tiny validation set (jsonl) for icl, relevance, miw_score."),
     dtype: str = typer.Option(None, help="auto (bf16 on GPU, float32 on CPU), float32 or bfloat16."),
+    score_eot: bool = typer.Option(None, "--score-eot/--no-score-eot",
+                                   help="LM signals: score the chat template's end-of-turn tokens too "
+                                   "(default: the response tokens only)."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Extra KEY=VALUE parameters."),
 ) -> None:
     """Compute per-row signals (heuristics, LM losses, IFD, depth, ICL proxy) into signals/<name>.parquet."""
+    params = _parse_params(param)
+    if score_eot is not None:
+        params["score_eot"] = score_eot
     paths = _call("score", run, names=signal, model=model, base_model=base_model, ref_model=ref_model,
-                  validation=validation, dtype=dtype, **_parse_params(param))
+                  validation=validation, dtype=dtype, **params)
     for name, path in (paths.items() if isinstance(paths, dict) else []):
         console.print(f"signal {name:<16} {path}", markup=False, soft_wrap=True)
 

@@ -278,3 +278,18 @@ def test_missing_signal_error_names_command(tmp_path):
         score(run, ["nope"])
     with pytest.raises(ValueError, match="base_model"):
         score(run, ["depth"], progress=False)
+
+
+def test_cli_score_eot_flag_reaches_the_signals(tmp_path, tiny_lm):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    run = make_pool(tmp_path / "run")
+    for flag, scored in (("--score-eot", "response+end_of_turn"), ("--no-score-eot", "response")):
+        result = CliRunner().invoke(app, ["score", "--run", str(run), "--signal", "loss", "--model", str(tiny_lm),
+                                          flag])
+        assert result.exit_code == 0, result.output
+        side = json.loads(RunDir(run).signal_path("loss").with_suffix(".json").read_text())
+        assert side["stats"]["scored_tokens"] == scored
+        assert side["key"]["params"]["score_eot"] is (flag == "--score-eot")
