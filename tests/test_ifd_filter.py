@@ -125,3 +125,32 @@ def test_stratified_quotas_are_sized_after_the_filter():
         assert sel.stats["ifd_filter"]["removed"] == 6
         assert strata["a"]["stats"]["ifd_filter"]["removed"] == 6
         assert strata["b"]["stats"]["ifd_filter"]["removed"] == 0
+
+
+def test_cli_flag_stats_in_the_saved_selection_and_manifest(tmp_path):
+    from fixtures_pool import make_run, write_signal
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+    from curate.export import export
+    from curate.select import load_selection
+    from index.io import read_json
+
+    run = make_run(tmp_path / "run", n=20)
+    ids = PoolView.from_run(run).ids.tolist()
+    ifd = np.r_[IFD, IFD * 0.3]  # rows 0, 2, 5 at or above 1; 0.9 and 0.95 at or above 0.9
+    write_signal(run, "ifd", ids, ifd)
+    args = ["select", "--run", str(run.root), "-m", "top-signal", "-b", "5", "-p", "signal=ifd", "--stratify", "none"]
+    res = CliRunner().invoke(app, args + ["--name", "auto"])
+    assert res.exit_code == 0, res.output
+    sel = load_selection(run, "auto")
+    assert sel.params["max_ifd"] == 1.0 and sel.stats["ifd_filter"]["removed"] == int((ifd >= 1).sum()) == 3
+    res = CliRunner().invoke(app, args + ["--name", "strict", "--max-ifd", "0.9"])
+    assert res.exit_code == 0, res.output
+    assert load_selection(run, "strict").stats["ifd_filter"]["removed"] == int((ifd >= 0.9).sum()) == 5
+    res = CliRunner().invoke(app, args + ["--name", "off", "--max-ifd", "none"])
+    assert res.exit_code == 0, res.output
+    off = load_selection(run, "off")
+    assert off.params["max_ifd"] is None and off.ids[0] == ids[5]
+    manifest = read_json(export(run, "auto") / "manifest.json")
+    assert manifest["selection_stats"]["ifd_filter"]["removed"] == 3
