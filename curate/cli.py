@@ -177,7 +177,7 @@ def select(
     param: list[str] = typer.Option(None, "--param", "-p", help="Selector parameters KEY=VALUE."),
     stratify: str = typer.Option(None, help="none, domain, cluster, or domain:MIXTURE (quotas from mixtures/); "
                                  "default: the selector's (domain for k-center, facility-location, deita, daar, miw)."),
-    max_ifd: str = typer.Option(None, "--max-ifd", help="deita, ila, top-signal: rows with ifd >= this are not "
+    max_ifd: str = typer.Option(None, "--max-ifd", help="deita, ila, top-signal, miw: rows with ifd >= this are not "
                                 "ranked; 'none' turns it off (default 1.0 when ranking by ifd)."),
     validation: Path = typer.Option(None, help="Target task's validation set (jsonl): rds scores against it; "
                                     "pool copies of its rows are left out."),

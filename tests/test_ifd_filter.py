@@ -55,6 +55,8 @@ def test_resolve_max_ifd():
         ("deita", {"signal": "ifd", "threshold": 1.0}),
         ("ila", {"signal": "ifd"}),
         ("top-signal", {"signal": "ifd"}),
+        ("miw", {"signal": "ifd"}),
+        ("miw", {"weights": {"ifd": 1.0}}),
     ],
 )
 def test_ranking_by_ifd_drops_rows_at_or_above_one_and_counts_them(method, params):
@@ -85,6 +87,9 @@ def test_other_signals_are_not_filtered_unless_asked():
     view = _view(IFD, depth=depth)
     plain = make_selector("ila", signal="depth", cell_order="best")
     assert plain.max_ifd is None
+    assert make_selector("miw").max_ifd is None and make_selector("miw", weights={"mtld": 1.0}).max_ifd is None
+    assert make_selector("deita", signal="mtld").max_ifd is None
+    assert make_selector("deita", signal="ifd,mtld").max_ifd == 1.0
     assert 0 in plain.select(view, 4, seed=0).positions.tolist()
     asked = make_selector("ila", signal="depth", cell_order="best", max_ifd=1.0)
     sel = asked.select(view, 4, seed=0)

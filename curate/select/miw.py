@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from curate.select.base import Budget, PoolView, Ranking, Selector, ShortRankingError, register_selector
+from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
 
 WEIGHTS_FILE = "miw_weights.json"
 
@@ -48,7 +49,7 @@ def _file_weights(view: PoolView) -> dict[str, float]:
 
 
 @register_selector
-class MIWSelector(Selector):
+class MIWSelector(IFDFilter, Selector):
     """Top rows by the MIW-style learned weighted indicator score.
 
     `weights=None`: rank by the stored signal `signal` (default `miw_score`, which already applies the
@@ -57,6 +58,8 @@ class MIWSelector(Selector):
     the score is sum_k w_k * percentile_rank(I_k)).
     paper: Song et al., Learning Multi-Indicator Weights for Data Selection (arXiv 2605.09665).
     deviations: methods.md 5.3 reconstruction ("MIW-style"); ties by pool position.
+    `max_ifd` ("auto": 1.0 when the score is the `ifd` signal or a given weights dict weighs `ifd`, else off):
+    rows with IFD >= max_ifd are never ranked (`curate.select.ifd_filter`).
     """
 
     name = "miw"
@@ -64,7 +67,12 @@ class MIWSelector(Selector):
     paper = "MIW: Song et al., Learning Multi-Indicator Weights for Data Selection (arXiv 2605.09665)"
     deviations = "MIW-style reconstruction of methods.md 5.3 (indicators, proxy and search are ours)"
 
-    def __init__(self, signal: str = "miw_score", weights: str | dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        signal: str = "miw_score",
+        weights: str | dict[str, float] | None = None,
+        max_ifd: float | str | None = "auto",
+    ) -> None:
         if weights is not None and not isinstance(weights, Mapping) and weights != "file":
             raise ValueError(
                 f"miw: weights must be None, 'file' or a {{indicator: weight}} dict, got {weights!r}"
@@ -73,16 +81,25 @@ class MIWSelector(Selector):
             raise ValueError("miw: the weights dict is empty")
         self.signal = signal
         self.weights = dict(weights) if isinstance(weights, Mapping) else weights
+        by_ifd = signal == IFD_SIGNAL if weights is None else (
+            isinstance(weights, Mapping) and float(weights.get(IFD_SIGNAL, 0.0)) != 0.0
+        )
+        self.max_ifd = resolve_max_ifd(max_ifd, by_ifd)
 
     def score(self, view: PoolView) -> tuple[np.ndarray, dict[str, Any]]:
-        """The per-row score and a description of how it was made."""
+        """The per-row score and a description of how it was made (NaN where the IFD filter removes the row)."""
         if self.weights is None:
-            return np.asarray(view.signal(self.signal), dtype=np.float64), {"score": self.signal}
-        from curate.signals import weighted_score
+            score, how = np.asarray(view.signal(self.signal), dtype=np.float64), {"score": self.signal}
+        else:
+            from curate.signals import weighted_score
 
-        w = _file_weights(view) if self.weights == "file" else {k: float(v) for k, v in self.weights.items()}
-        indicators = {name: view.signal(name) for name in w}
-        return weighted_score(indicators, w), {"score": "weighted indicators", "weights": w}
+            w = _file_weights(view) if self.weights == "file" else {k: float(v) for k, v in self.weights.items()}
+            indicators = {name: view.signal(name) for name in w}
+            score, how = weighted_score(indicators, w), {"score": "weighted indicators", "weights": w}
+        keep = self.ifd_keep(view)
+        if keep is None:
+            return score, how
+        return np.where(keep, score, np.nan), {**how, **self.ifd_stats(view, keep)}
 
     def eligible(self, view: PoolView) -> np.ndarray:
         """Rows whose score is not NaN."""
@@ -93,7 +110,9 @@ class MIWSelector(Selector):
         order = rank_by_score(score)
         if order.size < min(k, view.n) and budget.kind != "tokens":
             raise ShortRankingError(
-                f"miw: only {order.size} rows have a score (the others are NaN), the budget needs {k}",
+                f"miw: only {order.size} rows have a score (the others are NaN"
+                + (f" or have {IFD_SIGNAL} >= max_ifd={self.max_ifd:g}" if self.max_ifd is not None else "")
+                + f"), the budget needs {k}",
                 Ranking(order, reasons=[f"miw: score={v:.4g}" for v in score[order].tolist()], stats=how),
             )
         top = order[: max(int(k), 0)] if budget.kind != "tokens" else order
@@ -101,6 +120,6 @@ class MIWSelector(Selector):
         stats = {
             **how,
             "mean_score": float(score[top[:k]].mean()) if k and top.size else None,
-            "n_nan": int(view.n - order.size),
+            "n_nan": int(view.n - order.size) - int(how.get("ifd_filter", {}).get("removed", 0)),
         }
         return Ranking(top, reasons=reasons, stats=stats)
