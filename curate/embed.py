@@ -14,12 +14,15 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from curate.errors import MissingArtefactError
+from curate.executors import get_executor
 from curate.run import RunDir, locked
 from index.embed import (
     DEFAULT_SHARD_SIZE,
@@ -48,8 +51,21 @@ def ids_hash(ids: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _pool_texts(rd: RunDir, fields: Sequence[str]) -> tuple[list[str], pl.Series]:
-    """Pool ids and the texts to embed: the chosen fields joined by newlines (null fields skipped)."""
+@dataclass(frozen=True)
+class PoolTexts:
+    """The texts to embed, rows [start, stop) read from the pool on demand: the chosen fields joined by
+    newlines (null fields skipped). Picklable, so a worker on another process or node reads its own shard."""
+
+    root: str
+    fields: tuple[str, ...]
+
+    def __call__(self, start: int, stop: int) -> list[str]:
+        text = pl.concat_str([pl.col(f) for f in self.fields], separator="\n", ignore_nulls=True).fill_null("")
+        return RunDir(self.root).scan_pool().slice(start, stop - start).select(text).collect().to_series().to_list()
+
+
+def _pool_ids(rd: RunDir, fields: Sequence[str]) -> list[str]:
+    """Pool ids, after checking that the text fields exist and are strings."""
     schema = rd.scan_pool().collect_schema()
     missing = [f for f in fields if f not in schema]
     if missing:
@@ -57,9 +73,7 @@ def _pool_texts(rd: RunDir, fields: Sequence[str]) -> tuple[list[str], pl.Series
     bad = [f for f in fields if schema[f] != pl.String]
     if bad:
         raise ValueError(f"text field(s) {bad} of the pool of {rd.root} are not strings ({[str(schema[f]) for f in bad]})")
-    df = rd.read_pool(["id", *fields])
-    text = df.select(pl.concat_str([pl.col(f) for f in fields], separator="\n", ignore_nulls=True).fill_null(""))
-    return df["id"].to_list(), text.to_series()
+    return rd.read_pool(["id"])["id"].to_list()
 
 
 @locked("embed")
@@ -74,14 +88,20 @@ def embed(
     device: str = "auto",
     max_seq_length: int | None = None,
     progress: bool = True,
+    executor: Any = None,
+    executor_options: dict[str, Any] | None = None,
 ) -> str:
-    """Embed every pool row of `run` (resuming finished shards) and return the model fingerprint."""
+    """Embed every pool row of `run` (resuming finished shards) and return the model fingerprint.
+
+    `executor`: where the shards are computed ("local", default; "ray"; "ray:ADDRESS"; see
+    `curate.executors.get_executor`, which also takes `executor_options`). The vectors do not depend on it."""
+    run_on = get_executor(executor, executor_options)  # bad names fail before any work
     rd = RunDir(run)
     fields = tuple(fields)
     if not fields:
         raise ValueError("fields must name at least one text column")
     model_path = resolve_model_path(model)
-    ids, texts = _pool_texts(rd, fields)
+    ids = _pool_ids(rd, fields)
     extra = {"fields": list(fields)}
     meta = {"fields": list(fields), "ids_hash": ids_hash(ids), "model_path": str(model_path)}
 
@@ -94,13 +114,14 @@ def embed(
         fp = encoder.fingerprint_with(extra)
         meta["fingerprint"] = fp
         embed_to_shards(
-            lambda start, stop: texts.slice(start, stop - start).to_list(),  # one shard's strings at a time
+            PoolTexts(str(rd.root), fields),  # one shard's strings at a time
             rd.embeddings_dir(fp),
             encoder,
-            n_rows=len(texts),
+            n_rows=len(ids),
             shard_size=shard_size,
             progress=progress,
             meta=meta,
+            executor=run_on,
         )
     write_json(_current_path(rd), {"fingerprint": fp, "fields": list(fields), "model_path": str(model_path), "dtype": dtype})
     return fp

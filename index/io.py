@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -126,6 +126,40 @@ def run_shards(
             work(i, tmp)
         done.append(i)
     return done
+
+
+class ShardJob(Protocol):
+    """Per-row work as executors run it: a picklable object; `setup()` runs once per worker (loads the model)
+    and `run(state, i, tmp, progress)` writes shard `i` to `tmp` and returns its row count (`progress(n)`, when
+    given, is told of rows as they finish). Executors (in-process here, Ray in `curate.executors`) call these."""
+
+    def setup(self) -> Any: ...
+
+    def run(self, state: Any, i: int, tmp: Path, progress: Callable[[int], None] | None = None) -> int: ...
+
+
+def missing_shards(out_dir: str | os.PathLike, n_shards: int, ext: str) -> list[int]:
+    """Indices of the shards whose final file is not in `out_dir` (what a resumed stage still has to do)."""
+    out_dir = Path(out_dir)
+    return [i for i in range(n_shards) if not (out_dir / shard_name(i, ext)).exists()]
+
+
+def clear_stale_temps(out_dir: str | os.PathLike) -> None:
+    """Remove the temporary shard files (`.shard-*.tmp`) a killed worker left; call only under the stage's lock."""
+    for f in Path(out_dir).glob(".shard-*.tmp"):
+        f.unlink(missing_ok=True)
+
+
+def run_job(
+    job: ShardJob, out_dir: str | os.PathLike, n_shards: int, ext: str, progress: Callable[[int], None] | None = None
+) -> list[int]:
+    """The in-process executor: `job.setup()` once (only if a shard is missing), then every missing shard in
+    order, each written to a temporary name and renamed. Returns the indices computed."""
+    if not missing_shards(out_dir, n_shards, ext):
+        return []
+    clear_stale_temps(out_dir)
+    state = job.setup()
+    return run_shards(out_dir, n_shards, ext, lambda i, tmp: job.run(state, i, tmp, progress))
 
 
 def _json_default(o: Any) -> Any:

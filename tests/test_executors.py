@@ -1,0 +1,119 @@
+"""The executor seam: the embedding stage on a local Ray with 2 workers gives the in-process vectors; a worker
+killed mid-stage leaves no corrupt shard and the re-run computes only the missing shards."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curate.errors import ParameterError
+from curate.executors import get_executor
+from index.embed import EmbedJob, Encoder, embed_to_shards, load_shards
+from index.io import missing_shards, run_job, shard_name
+
+try:
+    from fixtures_embed import tiny_model  # noqa: F401
+except ImportError:
+    from tests.fixtures_embed import tiny_model  # noqa: F401
+
+pytest.importorskip("ray")
+TEXTS = [f"row {i}: " + " ".join(["the cat sat on the mat", "add two numbers", "python code"][i % 3:]) * (1 + i % 4)
+         for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray (2 CPUs) for the module; shut down afterwards."""
+    import ray
+
+    tests = str(Path(__file__).parent)  # so the workers can unpickle the jobs defined here
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}})
+    yield ray
+    ray.shutdown()
+
+
+def test_get_executor_names():
+    assert get_executor(None) is run_job and get_executor("local") is run_job
+    ex = get_executor("ray:auto", {"workers": 3})
+    assert ex.address == "auto" and ex.workers == 3
+    with pytest.raises(ParameterError, match="'local', 'ray'"):
+        get_executor("dask")
+    with pytest.raises(ParameterError, match="need executor='ray'"):
+        get_executor("local", {"workers": 2})
+    with pytest.raises(ParameterError, match="executor options"):
+        get_executor("ray", {"wrokers": 2})
+
+
+def test_embed_job_pickles_without_the_loaded_model(tiny_model: Path):
+    import pickle
+
+    enc = Encoder.load(tiny_model, device="cpu")
+    job = EmbedJob(TEXTS, len(TEXTS), 16, str(tiny_model), "cpu", "float32", 8, None, enc.dim, local=enc)
+    assert job.setup() is enc
+    clone = pickle.loads(pickle.dumps(job))
+    assert clone.local is None and clone.texts == TEXTS
+
+
+def test_ray_embedding_equals_in_process(tiny_model: Path, tmp_path: Path, ray_local):
+    from curate.executors.ray import RayExecutor
+
+    enc = Encoder.load(tiny_model, device="cpu", batch_size=8)
+    local = load_shards(embed_to_shards(TEXTS, tmp_path / "local", enc, shard_size=7, progress=False))
+    ex = RayExecutor(workers=2)
+    remote = load_shards(embed_to_shards(TEXTS, tmp_path / "ray", enc, shard_size=7, progress=False, executor=ex))
+    assert len(set(ex.actor_pids)) == 2 and os.getpid() not in ex.actor_pids  # really two other processes
+    np.testing.assert_allclose(remote, local, rtol=0, atol=1e-6)
+    assert remote.shape == (40, enc.dim)
+
+
+class DieOnce(EmbedJob):
+    """An embedding job whose worker process dies (SIGKILL-like) on shard 3 the first time it reaches it."""
+
+    marker: str = ""
+
+    def run(self, state, i, tmp, progress=None):
+        if i == 3 and not Path(self.marker).exists():
+            Path(self.marker).write_text("died")
+            with open(tmp, "wb") as fh:  # a half-written shard under the temporary name
+                fh.write(b"\x93NUMPY partial")
+            os._exit(1)
+        Path(self.marker + f".{i}").write_text("computed")
+        return super().run(state, i, tmp, progress)
+
+
+def test_killed_worker_leaves_no_corrupt_shard_and_rerun_fills_the_gap(tiny_model: Path, tmp_path: Path, ray_local):
+    from curate.executors.ray import ExecutorError, RayExecutor
+
+    enc = Encoder.load(tiny_model, device="cpu", batch_size=8)
+    out = tmp_path / "shards"
+    job = DieOnce(TEXTS, 40, 5, str(tiny_model), "cpu", "float32", 8, None, enc.dim)
+    job.marker = str(tmp_path / "marker")
+    with pytest.raises(ExecutorError, match="shard 3 .*re-run the stage"):
+        RayExecutor(workers=2, in_flight=1, retries=0)(job, out, 8, "npy")
+    assert 3 in missing_shards(out, 8, "npy")
+    for f in out.glob("shard-*.npy"):  # every shard under a final name is whole
+        assert np.load(f).shape[1] == enc.dim
+    before = set(range(8)) - set(missing_shards(out, 8, "npy"))
+    for i in range(8):
+        Path(job.marker + f".{i}").unlink(missing_ok=True)
+    done = RayExecutor(workers=2, retries=0)(job, out, 8, "npy")
+    assert sorted(done) == sorted(set(range(8)) - before)  # only the missing ones, each once
+    assert {int(p.suffix[1:]) for p in tmp_path.glob("marker.*")} == set(done)
+    assert not list(out.glob(".shard-*"))  # the dead worker's temporary file is gone
+    want = np.concatenate([enc.encode(TEXTS[i * 5:(i + 1) * 5]) for i in range(8)])
+    got = np.concatenate([np.load(out / shard_name(i, "npy")) for i in range(8)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_retry_restarts_a_dead_worker(tiny_model: Path, tmp_path: Path, ray_local):
+    from curate.executors.ray import RayExecutor
+
+    enc = Encoder.load(tiny_model, device="cpu", batch_size=8)
+    job = DieOnce(TEXTS, 40, 5, str(tiny_model), "cpu", "float32", 8, None, enc.dim)
+    job.marker = str(tmp_path / "marker")
+    done = RayExecutor(workers=2, retries=1)(job, tmp_path / "shards", 8, "npy")
+    assert sorted(done) == list(range(8)) and not missing_shards(tmp_path / "shards", 8, "npy")
