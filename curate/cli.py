@@ -69,6 +69,16 @@ def _parse_pairs(items: list[str] | None, option: str) -> dict[str, str]:
     return out
 
 
+def _number(text: str) -> int | float | str:
+    """'2' -> 2, '0.5' -> 0.5, anything else as given."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _call(stage: str, run: Path, **kwargs: Any) -> Any:
     """Call a stage with the options the user gave (None means: the stage's default)."""
     from curate.recipe import RecipeError, call_stage
@@ -107,9 +117,15 @@ def embed(
     dtype: str = typer.Option(None, help="float32 (default) or bfloat16."),
     batch_size: int = typer.Option(None),
     device: str = typer.Option(None, help="auto, cpu or cuda."),
+    executor: str = typer.Option(None, help="local (default), ray (a local Ray) or ray:ADDRESS (a cluster)."),
+    executor_opt: list[str] = typer.Option(None, "--executor-opt",
+                                           help="Ray option KEY=VALUE: workers, cpus_per_worker, gpus_per_worker, "
+                                                "in_flight, retries (repeat)."),
 ) -> None:
     """Embed every pool row into resumable shards keyed by the model fingerprint."""
-    fp = _call("embed", run, model=model, dtype=dtype, batch_size=batch_size, device=device)
+    opts = {k: _number(v) for k, v in _parse_pairs(executor_opt, "--executor-opt").items()} or None
+    fp = _call("embed", run, model=model, dtype=dtype, batch_size=batch_size, device=device, executor=executor,
+               executor_options=opts)
     console.print(f"embeddings: {run / 'embeddings' / str(fp)}")
 
 

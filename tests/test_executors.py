@@ -117,3 +117,27 @@ def test_retry_restarts_a_dead_worker(tiny_model: Path, tmp_path: Path, ray_loca
     job.marker = str(tmp_path / "marker")
     done = RayExecutor(workers=2, retries=1)(job, tmp_path / "shards", 8, "npy")
     assert sorted(done) == list(range(8)) and not missing_shards(tmp_path / "shards", 8, "npy")
+
+
+def test_cli_embed_on_ray_equals_local(tiny_model: Path, tmp_path: Path, ray_local):
+    """`curate embed --executor ray` writes the vectors the local stage writes (the pool read shard by shard
+    from the run by each worker, across the pool's two parquet files)."""
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+    from curate.embed import embed, load_vectors
+
+    try:
+        from test_embed import make_run
+    except ImportError:
+        from tests.test_embed import make_run
+    prompts, responses = TEXTS[:13], [*TEXTS[13:25], None]
+    local = make_run(tmp_path / "local", prompts, responses)
+    embed(local, model=str(tiny_model), device="cpu", progress=False)
+    remote = make_run(tmp_path / "remote", prompts, responses)
+    res = CliRunner().invoke(app, ["embed", "--run", str(remote), "--model", str(tiny_model), "--device", "cpu",
+                                   "--executor", "ray", "--executor-opt", "workers=2"])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(load_vectors(remote), load_vectors(local), rtol=0, atol=1e-6)
+    bad = CliRunner().invoke(app, ["embed", "--run", str(remote), "--executor", "spark"])
+    assert bad.exit_code == 2 and "executor must be" in bad.output
