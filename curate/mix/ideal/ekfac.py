@@ -63,6 +63,12 @@ def _run_backward(model: nn.Module, batch, loss_fn: Callable) -> torch.Tensor:
     return loss.detach()
 
 
+def _weighted_gram(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Σ_bt w_bt x_bt x_btᵀ in float64, as one matrix product over the flattened tokens."""
+    flat = x.double().reshape(-1, x.shape[-1])
+    return (flat * w.reshape(-1, 1)).T @ flat
+
+
 class EKFAC:
     """Per-module eigenbases and (corrected) eigenvalues of the Fisher; `ihvp` applies the damped inverse."""
 
@@ -104,8 +110,8 @@ class EKFAC:
                 _run_backward(model, batch, sampled_loss)
                 for name in self.modules:
                     a, g, w = self._masked(caps, name, batch, mask)
-                    A[name] += torch.einsum("bti,btj,bt->ij", a, a, w)
-                    S[name] += torch.einsum("bto,btp,bt->op", g, g, w)
+                    A[name] += _weighted_gram(a, w)
+                    S[name] += _weighted_gram(g, w)
                 n_tok += w.sum()
                 n_ex += w.shape[0]
             n_tok, n_ex = _reduce(n_tok), _reduce(n_ex)
@@ -125,7 +131,8 @@ class EKFAC:
                     _run_backward(model, batch, sampled_loss)
                     for name in self.modules:
                         a, g, w = self._masked(caps, name, batch, mask)
-                        G = torch.einsum("bto,bti,bt->boi", g, a, w)  # per-example gradients
+                        # per-example gradients, one batched matrix product (a 3-operand einsum may expand to b*t*o*i)
+                        G = torch.bmm((g.double() * w[..., None]).transpose(1, 2), a.double())
                         P = self.Q_S[name].T @ G @ self.Q_A[name]
                         lam[name] += (P**2).sum(0)
                 self.lam = {n: _reduce(v) / n_ex for n, v in lam.items()}  # the same batches as pass 1
