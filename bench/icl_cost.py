@@ -10,6 +10,8 @@ the issue's 19x figure) and `short` (one-line questions with one- or two-word an
 -> Paris" style). Reported: seconds per row, the ratio to the loss pass, forward tokens per row, and the
 largest |gain difference| between cached and plain (equal within float rounding).
 Loss and cached passes alternate over `--repeats` (medians); the plain pass runs once (it is the slow one).
+Times are wall seconds and process CPU seconds; `--threads 1` (default) keeps the CPU figure a measure of
+work on a shared machine (with 2 threads, a descheduled worker stalls the other and inflates both).
 
 Run: nice -n 15 .venv/bin/python bench/icl_cost.py [--rows 12 --n-val 8 --repeats 2 --val bigbench,short]
 """
@@ -44,9 +46,10 @@ SHORT_VAL = [
 
 
 def clock(fn):
-    t = time.perf_counter()
+    """(wall seconds, process CPU seconds, result) of fn()."""
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
 def main() -> None:
@@ -57,6 +60,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--val", default="bigbench,short", help="comma list of bigbench, short")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "icl_cost.json"))
     args = ap.parse_args()
@@ -68,7 +72,7 @@ def main() -> None:
     from curate.signals.lm import LMScorer
     from curate.signals.validation import ValItem
 
-    torch.set_num_threads(os.cpu_count() or 2)
+    torch.set_num_threads(args.threads)
     sc = LMScorer(ensure_smollm2(), dtype=args.dtype, device="cpu", batch_tokens=args.batch_tokens, max_length=1024)
     convs = load_rows(args.rows, args.seed)
     seqs = [sc.encode(c) for c in convs]
@@ -87,23 +91,20 @@ def main() -> None:
                                     for v in val]))
         t_loss, t_cached = [], []
         for _ in range(args.repeats):  # alternate, so that load on the machine hits both alike
-            t_loss.append(clock(lambda: sc.nll(seqs))[0])
-            dt, (cached, cached_tok) = clock(lambda val=val: icl_gains(sc, convs, val, cache=True))
-            t_cached.append(dt)
-        t_plain, (plain, plain_tok) = clock(lambda val=val: icl_gains(sc, convs, val, cache=False))
-        loss_s = statistics.median(t_loss)
-        rec = {
-            "val_tokens_mean": val_tokens,
-            "loss_s_per_row": loss_s / args.rows,
-            "cached_s_per_row": statistics.median(t_cached) / args.rows,
-            "plain_s_per_row": t_plain / args.rows,
-            "cached_vs_loss": statistics.median(t_cached) / loss_s,
-            "plain_vs_loss": t_plain / loss_s,
-            "plain_vs_cached": t_plain / statistics.median(t_cached),
-            "forward_tokens_per_row": {"loss": row_tokens, "cached": cached_tok, "plain": plain_tok},
-            "max_abs_gain_diff": float(np.max(np.abs(np.asarray(cached) - np.asarray(plain)))),
-            "times": {"loss": t_loss, "cached": t_cached, "plain": t_plain},
-        }
+            t_loss.append(clock(lambda: sc.nll(seqs))[:2])
+            *dt, (cached, cached_tok) = clock(lambda val=val: icl_gains(sc, convs, val, cache=True))
+            t_cached.append(tuple(dt))
+        *t_plain, (plain, plain_tok) = clock(lambda val=val: icl_gains(sc, convs, val, cache=False))
+        rec = {"val_tokens_mean": val_tokens,
+               "forward_tokens_per_row": {"loss": row_tokens, "cached": cached_tok, "plain": plain_tok},
+               "max_abs_gain_diff": float(np.max(np.abs(np.asarray(cached) - np.asarray(plain))))}
+        for j, kind in enumerate(("wall", "cpu")):
+            loss_s = statistics.median(t[j] for t in t_loss)
+            cached_s = statistics.median(t[j] for t in t_cached)
+            rec[kind] = {"loss_s_per_row": loss_s / args.rows, "cached_s_per_row": cached_s / args.rows,
+                         "plain_s_per_row": t_plain[j] / args.rows, "cached_vs_loss": cached_s / loss_s,
+                         "plain_vs_loss": t_plain[j] / loss_s, "plain_vs_cached": t_plain[j] / cached_s}
+        rec["times"] = {"loss": t_loss, "cached": t_cached, "plain": t_plain}
         report["sets"][name] = rec
         print(json.dumps({name: rec}, indent=1), flush=True)
     out = Path(args.out)

@@ -329,8 +329,12 @@ class LMScorer:
         its keys and values are computed once (the HF key/value cache) and each sequence forwards only its
         remaining tokens behind them. The prefix is the group's longest common prefix, cut so that every
         labelled token is predicted from a forwarded position; the labelled tokens and their NLL are those
-        of `nll_parts` (equal within float rounding). Groups are batched under `batch_tokens` as if their
-        rows were whole sequences (attention memory), prefixes right-padded and masked.
+        of `nll_parts` (equal within float rounding).
+
+        Batching: groups sorted by prefix length are taken in chunks whose padded prefixes fit
+        `batch_tokens` (one pass, right-padded and masked); the chunk's remaining parts are sorted by length
+        and forwarded in batches of rows x (prefix + part) <= `batch_tokens`, each behind a copy of its rows'
+        prefix keys and values.
         """
         import torch
 
@@ -342,35 +346,25 @@ class LMScorer:
         if plain:
             idx = [j for i in plain for j in range(firsts[i], firsts[i + 1])]
             sums[idx] = self.nll_parts([flat[j] for j in idx]).stack()
-        todo = sorted((i for i, g in enumerate(groups) if len(g) and plen[i] > 0),
-                      key=lambda i: -(plen[i] + max(len(s.ids) for s in groups[i]) - plen[i]))
-        batches, cur, rows, width = [], [], 0, 0
-        for i in todo:
-            w = max(len(s.ids) for s in groups[i])
-            if cur and (rows + len(groups[i])) * max(width, w) > self.batch_tokens:
-                batches.append(cur)
-                cur, rows, width = [], 0, 0
-            cur.append(i)
-            rows, width = rows + len(groups[i]), max(width, w)
-        if cur:
-            batches.append(cur)
-        bar = _progress(len(flat), desc, progress)
         forwarded = sum(len(s.ids) for i in plain for s in groups[i])
+        todo = sorted((i for i, g in enumerate(groups) if len(g) and plen[i] > 0), key=lambda i: -plen[i])
+        chunks = [todo[lo:hi] for lo, hi in _budget_batches([plen[i] for i in todo], self.batch_tokens)]
+        bar = _progress(len(flat), desc, progress)
         with torch.inference_mode():
-            for batch in batches:
-                sums[[j for i in batch for j in range(firsts[i], firsts[i + 1])]] = self._prefix_batch(
-                    [groups[i] for i in batch], [plen[i] for i in batch]
-                )
-                forwarded += sum(plen[i] + sum(len(s.ids) - plen[i] for s in groups[i]) for i in batch)
+            for chunk in chunks:
+                rows = [j for i in chunk for j in range(firsts[i], firsts[i + 1])]
+                sums[rows] = self._prefix_chunk([groups[i] for i in chunk], [plen[i] for i in chunk])
+                forwarded += sum(plen[i] + sum(len(s.ids) - plen[i] for s in groups[i]) for i in chunk)
                 if bar is not None:
-                    bar.update(sum(len(groups[i]) for i in batch))
+                    bar.update(len(rows))
         if bar is not None:
             bar.close()
         return NLLParts.of(flat, sums), forwarded
 
-    def _prefix_batch(self, groups: list[Sequence[Encoded]], plen: list[int]) -> np.ndarray:
-        """One batch of `nll_shared_prefix`: the prefixes in one pass, then every suffix behind its cache."""
+    def _prefix_chunk(self, groups: list[Sequence[Encoded]], plen: list[int]) -> np.ndarray:
+        """One chunk of `nll_shared_prefix`: the prefixes in one pass, then the rest behind their cache."""
         import torch
+        from transformers import DynamicCache
 
         G, P = len(groups), max(plen)
         pre = torch.full((G, P), self.pad_id, dtype=torch.long)
@@ -380,21 +374,29 @@ class LMScorer:
             pre_mask[g, :n] = 1
         net = self._split[0] if self._split is not None else self.model
         cache = net(input_ids=pre.to(self.device), attention_mask=pre_mask.to(self.device), use_cache=True).cache
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
         owner = [g for g, grp in enumerate(groups) for _ in grp]
         seqs = [s for grp in groups for s in grp]
-        offs = [plen[g] for g in owner]
-        S = max(len(s.ids) - o for s, o in zip(seqs, offs, strict=True))
-        ids = torch.full((len(seqs), S), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), P + S), dtype=torch.long)
-        mask[:, :P] = pre_mask[owner]
-        positions = torch.zeros((len(seqs), S), dtype=torch.long)
-        for b, (s, o) in enumerate(zip(seqs, offs, strict=True)):
-            ids[b, : len(s.ids) - o] = torch.tensor(s.ids[o:], dtype=torch.long)
-            mask[b, P : P + len(s.ids) - o] = 1
-            positions[b] = torch.arange(o, o + S)  # positions continue from the row's own prefix
-        cache.batch_select_indices(torch.tensor(owner, device=self.device))
-        return self._labelled_nll(seqs, offs, input_ids=ids, attention_mask=mask, position_ids=positions,
-                                  cache=cache, use_cache=True)
+        rest = [len(s.ids) - plen[g] for s, g in zip(seqs, owner, strict=True)]
+        order = sorted(range(len(seqs)), key=lambda b: -rest[b])
+        out = np.zeros((len(seqs), 2), dtype=np.float64)
+        for lo, hi in _budget_batches([P + rest[b] for b in order], self.batch_tokens):
+            idx = order[lo:hi]
+            S = rest[idx[0]]
+            ids = torch.full((len(idx), S), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), P + S), dtype=torch.long)
+            positions = torch.zeros((len(idx), S), dtype=torch.long)
+            for r, b in enumerate(idx):
+                o = plen[owner[b]]
+                ids[r, : rest[b]] = torch.tensor(seqs[b].ids[o:], dtype=torch.long)
+                mask[r, :P] = pre_mask[owner[b]]
+                mask[r, P : P + rest[b]] = 1
+                positions[r] = torch.arange(o, o + S)  # positions continue from the row's own prefix
+            sel = torch.tensor([owner[b] for b in idx], device=self.device)
+            sub = DynamicCache(ddp_cache_data=[(k[sel], v[sel]) for k, v in kv], config=self.model.config)
+            out[idx] = self._labelled_nll([seqs[b] for b in idx], [plen[owner[b]] for b in idx], input_ids=ids,
+                                          attention_mask=mask, position_ids=positions, cache=sub, use_cache=True)
+        return out
 
     def conversation_nll(
         self,
