@@ -13,7 +13,7 @@ Loss and cached passes alternate over `--repeats` (medians); the plain pass runs
 Times are wall seconds and process CPU seconds; `--threads 1` (default) keeps the CPU figure a measure of
 work on a shared machine (with 2 threads, a descheduled worker stalls the other and inflates both).
 
-Run: nice -n 15 .venv/bin/python bench/icl_cost.py [--rows 12 --n-val 8 --repeats 2 --val bigbench,short]
+Run: nice -n 15 .venv/bin/python bench/icl_cost.py [--rows 8 --n-val 8 --repeats 2 --val bigbench,short]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def clock(fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=12)
+    ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--n-val", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
