@@ -64,9 +64,10 @@ def _run_backward(model: nn.Module, batch, loss_fn: Callable) -> torch.Tensor:
 
 
 def _weighted_gram(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Σ_bt w_bt x_bt x_btᵀ in float64, as one matrix product over the flattened tokens."""
-    flat = x.double().reshape(-1, x.shape[-1])
-    return (flat * w.reshape(-1, 1)).T @ flat
+    """Σ_bt w_bt x_bt x_btᵀ as one matrix product over the flattened tokens, in the activations' precision
+    (float32 for a float32 model: one batch's sum), returned in float64 for accumulation over batches."""
+    flat = x.reshape(-1, x.shape[-1])
+    return ((flat * w.reshape(-1, 1).to(flat.dtype)).T @ flat).double()
 
 
 class EKFAC:
@@ -131,10 +132,12 @@ class EKFAC:
                     _run_backward(model, batch, sampled_loss)
                     for name in self.modules:
                         a, g, w = self._masked(caps, name, batch, mask)
-                        # per-example gradients, one batched matrix product (a 3-operand einsum may expand to b*t*o*i)
-                        G = torch.bmm((g.double() * w[..., None]).transpose(1, 2), a.double())
-                        P = self.Q_S[name].T @ G @ self.Q_A[name]
-                        lam[name] += (P**2).sum(0)
+                        # per-example gradients in the eigenbasis, Q_Sᵀ (Σ_t g_t a_tᵀ) Q_A = Σ_t (Q_Sᵀ g_t)(Q_Aᵀ a_t)ᵀ:
+                        # rotate the tokens first (T (d_in² + d_out²) instead of B (d_out² d_in + d_out d_in²))
+                        dt = g.dtype if g.dtype == torch.float64 else torch.float32
+                        g_rot = (g.to(dt) * w[..., None].to(dt)) @ self.Q_S[name].to(dt)
+                        a_rot = a.to(dt) @ self.Q_A[name].to(dt)
+                        lam[name] += (torch.bmm(g_rot.transpose(1, 2), a_rot).double() ** 2).sum(0)
                 self.lam = {n: _reduce(v) / n_ex for n, v in lam.items()}  # the same batches as pass 1
             self.stats = {"tokens": float(n_tok), "examples": float(n_ex)}
         finally:
