@@ -69,14 +69,10 @@ def _parse_pairs(items: list[str] | None, option: str) -> dict[str, str]:
     return out
 
 
-def _number(text: str) -> int | float | str:
-    """'2' -> 2, '0.5' -> 0.5, anything else as given."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+ExecutorOpt = typer.Option(None, help="Where per-row model work runs: local (default), ray (a local Ray) or "
+                                      "ray:ADDRESS (join a cluster, e.g. ray:auto).")
+ExecutorOptsOpt = typer.Option(None, "--executor-opt", help="Ray option KEY=VALUE (repeat): workers, "
+                                                           "cpus_per_worker, gpus_per_worker, in_flight, retries.")
 
 
 def _call(stage: str, run: Path, **kwargs: Any) -> Any:
@@ -117,15 +113,12 @@ def embed(
     dtype: str = typer.Option(None, help="float32 (default) or bfloat16."),
     batch_size: int = typer.Option(None),
     device: str = typer.Option(None, help="auto, cpu or cuda."),
-    executor: str = typer.Option(None, help="local (default), ray (a local Ray) or ray:ADDRESS (a cluster)."),
-    executor_opt: list[str] = typer.Option(None, "--executor-opt",
-                                           help="Ray option KEY=VALUE: workers, cpus_per_worker, gpus_per_worker, "
-                                                "in_flight, retries (repeat)."),
+    executor: str = ExecutorOpt,
+    executor_opt: list[str] = ExecutorOptsOpt,
 ) -> None:
     """Embed every pool row into resumable shards keyed by the model fingerprint."""
-    opts = {k: _number(v) for k, v in _parse_pairs(executor_opt, "--executor-opt").items()} or None
     fp = _call("embed", run, model=model, dtype=dtype, batch_size=batch_size, device=device, executor=executor,
-               executor_options=opts)
+               executor_options=_parse_params(executor_opt) or None)
     console.print(f"embeddings: {run / 'embeddings' / str(fp)}")
 
 
@@ -172,13 +165,16 @@ def score(
                                    help="LM signals: score the chat template's end-of-turn tokens too "
                                    "(default: the response tokens only)."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Extra KEY=VALUE parameters."),
+    executor: str = ExecutorOpt,
+    executor_opt: list[str] = ExecutorOptsOpt,
 ) -> None:
     """Compute per-row signals (heuristics, LM losses, IFD, depth, ICL proxy) into signals/<name>.parquet."""
     params = _parse_params(param)
     if score_eot is not None:
         params["score_eot"] = score_eot
     paths = _call("score", run, names=signal, model=model, base_model=base_model, ref_model=ref_model,
-                  validation=validation, dtype=dtype, **params)
+                  validation=validation, dtype=dtype, executor=executor,
+                  executor_options=_parse_params(executor_opt) or None, **params)
     for name, path in (paths.items() if isinstance(paths, dict) else []):
         console.print(f"signal {name:<16} {path}", markup=False, soft_wrap=True)
 

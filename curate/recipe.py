@@ -2,6 +2,8 @@
 
     run: runs/demo              # the run directory (relative paths are relative to the current directory)
     seed: 0                     # passed to every stage that takes a `seed`
+    executor: ray               # optional: where per-row model work runs, for every stage that takes one
+    executor_options: {workers: 4, gpus_per_worker: 1}
     stages:
       - ingest: {inputs: [data/demo/bigbench_demo.jsonl]}
       - embed: {dtype: bfloat16}
@@ -66,6 +68,7 @@ class Recipe:
     seed: int = 0
     stages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     source: Path | None = None
+    executor: dict[str, Any] = field(default_factory=dict)  # {"executor": ..., "executor_options": ...}
 
     @classmethod
     def load(cls, path: str | os.PathLike, run: str | os.PathLike | None = None) -> Recipe:
@@ -94,16 +97,23 @@ class Recipe:
             if params is not None and not isinstance(params, dict):
                 raise RecipeError(f"recipe {path}: stage {i + 1} ({name}): parameters must be a mapping")
             stages.append((name, dict(params or {})))
-        return cls(run=Path(run_dir), seed=int(doc.get("seed", 0)), stages=stages, source=path)
+        executor = {k: doc[k] for k in ("executor", "executor_options") if doc.get(k) is not None}
+        return cls(run=Path(run_dir), seed=int(doc.get("seed", 0)), stages=stages, source=path, executor=executor)
 
 
-def call_stage(name: str, run: RunDir, params: dict[str, Any], seed: int | None = None) -> Any:
-    """Call one stage with `run` and its parameters; fill in `seed` when the stage takes one."""
+def call_stage(
+    name: str, run: RunDir, params: dict[str, Any], seed: int | None = None, defaults: dict[str, Any] | None = None
+) -> Any:
+    """Call one stage with `run` and its parameters; fill in `seed` and the recipe-wide `defaults` (the
+    executor) where the stage takes them and does not set them itself."""
     fn = stage_function(name)
     sig = inspect.signature(fn)
     kwargs = dict(params)
     if seed is not None and "seed" in sig.parameters and "seed" not in kwargs:
         kwargs["seed"] = seed
+    for key, value in (defaults or {}).items():
+        if key in sig.parameters and key not in kwargs:
+            kwargs[key] = value
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
     unknown = [k for k in kwargs if k not in sig.parameters and not accepts_any]
     if unknown:
@@ -120,6 +130,6 @@ def run_recipe(recipe: Recipe, *, log: Callable[[str], None] = print) -> list[tu
     for i, (name, params) in enumerate(recipe.stages, 1):
         log(f"[{i}/{len(recipe.stages)}] {name} {params if params else ''}".rstrip())
         t0 = time.perf_counter()
-        result = call_stage(name, run, params, recipe.seed)
+        result = call_stage(name, run, params, recipe.seed, recipe.executor)
         results.append((name, result, time.perf_counter() - t0))
     return results

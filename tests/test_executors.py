@@ -16,8 +16,12 @@ from index.io import missing_shards, run_job, shard_name
 
 try:
     from fixtures_embed import tiny_model  # noqa: F401
+    from fixtures_lm import tiny_lm, tiny_lm_ref  # noqa: F401
+    from signals_helpers import make_pool
 except ImportError:
     from tests.fixtures_embed import tiny_model  # noqa: F401
+    from tests.fixtures_lm import tiny_lm, tiny_lm_ref  # noqa: F401
+    from tests.signals_helpers import make_pool
 
 pytest.importorskip("ray")
 TEXTS = [f"row {i}: " + " ".join(["the cat sat on the mat", "add two numbers", "python code"][i % 3:]) * (1 + i % 4)
@@ -141,3 +145,24 @@ def test_cli_embed_on_ray_equals_local(tiny_model: Path, tmp_path: Path, ray_loc
     np.testing.assert_allclose(load_vectors(remote), load_vectors(local), rtol=0, atol=1e-6)
     bad = CliRunner().invoke(app, ["embed", "--run", str(remote), "--executor", "spark"])
     assert bad.exit_code == 2 and "executor must be" in bad.output
+
+
+def test_lm_scoring_on_ray_equals_in_process(tiny_lm: Path, tiny_lm_ref: Path, tmp_path: Path, ray_local):  # noqa: F811
+    """loss / IFD / relative depth with the LM passes on 2 Ray workers (3 shards of rows each) equal the
+    in-process scores; a re-run finds every shard done and computes nothing."""
+    from curate.signals import load_signal, score
+
+    names = ["loss", "ifd", "depth"]
+    kw = dict(model=str(tiny_lm), base_model=str(tiny_lm), ref_model=str(tiny_lm_ref), progress=False, shard_rows=3)
+    local, remote = make_pool(tmp_path / "local"), make_pool(tmp_path / "remote")
+    score(local, names, **kw)
+    score(remote, names, executor="ray", executor_options={"workers": 2}, **kw)
+    for name in names:
+        a, b = load_signal(local, name), load_signal(remote, name)
+        assert np.isfinite(a).sum() >= len(a) - 1  # real scores, not a column of NaN
+        np.testing.assert_allclose(b, a, rtol=1e-5, equal_nan=True)
+    shards = sorted((tmp_path / "remote" / "signals" / "_lm").rglob("shard-*.parquet"))
+    assert len(shards) >= 3 * 3  # three LM passes (cond, alone, reference cond), several shards each
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    score(remote, ["loss"], executor="ray", **{**kw, "score_eot": True})  # a new signal key, same LM pass
+    assert [p.stat().st_mtime_ns for p in shards] == stamps

@@ -79,3 +79,23 @@ def test_cli_reports_missing_pool_clearly(tmp_path):
     result = CliRunner().invoke(app, ["embed", "--run", str(tmp_path / "empty")])
     assert result.exit_code == 2
     assert "curate ingest" in result.output
+
+
+def test_recipe_executor_goes_to_the_stages_that_take_one(tmp_path, monkeypatch):
+    p = _write(tmp_path, "run: out\nexecutor: ray\nexecutor_options: {workers: 3}\nstages:\n"
+                         "  - fake\n  - plain\n  - fake: {executor: local}\n")
+    monkeypatch.setitem(rc.STAGES, "fake", "x:y")
+    monkeypatch.setitem(rc.STAGES, "plain", "x:z")
+    r = rc.Recipe.load(p)
+    assert r.executor == {"executor": "ray", "executor_options": {"workers": 3}}
+    calls = []
+
+    def fake(run, *, executor=None, executor_options=None):
+        calls.append((executor, executor_options))
+
+    def plain(run, *, k=1):
+        calls.append(k)
+
+    monkeypatch.setattr(rc, "stage_function", lambda name: {"fake": fake, "plain": plain}[name])
+    rc.run_recipe(r, log=lambda m: None)
+    assert calls == [("ray", {"workers": 3}), 1, ("local", {"workers": 3})]

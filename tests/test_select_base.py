@@ -191,3 +191,31 @@ def test_registry_lists_baselines():
         assert name in SELECTORS
         cls = SELECTORS.get(name)
         assert cls.name == name and cls.paper
+
+
+def test_select_skips_a_current_selection_and_reruns_when_an_input_changes(tmp_path, monkeypatch):
+    import os
+
+    from curate.select import baselines
+
+    run = make_run(tmp_path, n=20)
+    calls = []
+    real = baselines.RandomSelector.rank
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(baselines.RandomSelector, "rank", counted)
+    first = select(run, "random", 5, seed=1)
+    stamp = run.selection_path("random").stat().st_mtime_ns
+    again = select(run, "random", 5, seed=1)
+    assert len(calls) == 1 and again.ids == first.ids and run.selection_path("random").stat().st_mtime_ns == stamp
+    select(run, "random", 5, seed=2)  # another argument: rerun
+    assert len(calls) == 2
+    shard = sorted((run.root / "pool").glob("*.parquet"))[0]
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))  # an input changed
+    select(run, "random", 5, seed=2)
+    assert len(calls) == 3
+    select(run, "random", 5, seed=2, force=True)
+    assert len(calls) == 4

@@ -116,11 +116,11 @@ def test_miw_score_signal(tmp_path, tiny_lm):  # noqa: F811
     items = read_validation(val)
     lm = LMScorer(str(tiny_lm), dtype="float32", device="cpu")
     ranks = np.argsort(np.random.default_rng([0, 2]).random((3, 2)), axis=1)[:, :1]
-    base = lm.conversation_nll([icl_conversation([], it) for it in items])[0]
+    base = lm.conversation_nll([icl_conversation([], it) for it in items], eot=False)[0]
 
     def by_hand(weights):
         top = top_positions(norm @ np.asarray(weights), 0.4)
-        gains = [(base - lm.conversation_nll([icl_conversation([convs[top[r[0]]]], it) for it in items])[0]).mean()
+        gains = [(base - lm.conversation_nll([icl_conversation([convs[top[r[0]]]], it) for it in items], eot=False)[0]).mean()
                  for r in ranks]
         return float(np.mean(gains))
 
@@ -169,10 +169,10 @@ def test_miw_kshot_search_proxy(tmp_path, tiny_lm):  # noqa: F811
     norm = normalise_indicators(np.column_stack([load_signal(run, k) for k in saved["weights"]]))[pos]
     items = read_validation(val)
     lm = LMScorer(str(tiny_lm), dtype="float32", device="cpu")
-    base = lm.conversation_nll([icl_conversation([], it) for it in items])[0]
+    base = lm.conversation_nll([icl_conversation([], it) for it in items], eot=False)[0]
     ranks = np.argsort(np.random.default_rng([0, 2]).random((2, 2)), axis=1)[:, :2]
     w, p = saved["history"][0]["w"], saved["history"][0]["proxy"]  # the uniform weights, scored first
     top = top_positions(norm @ np.asarray(w), 0.4)
-    gains = [(base - lm.conversation_nll([icl_conversation([convs[top[i]] for i in r], it) for it in items])[0])
+    gains = [(base - lm.conversation_nll([icl_conversation([convs[top[i]] for i in r], it) for it in items], eot=False)[0])
              .mean() for r in ranks]
     assert w == pytest.approx([0.5, 0.5]) and p == pytest.approx(float(np.mean(gains)), abs=1e-6)

@@ -124,8 +124,10 @@ class ScoreContext:
         progress: bool,
         params: dict[str, Any],
         device: str | None = None,
+        executor: Any = None,
     ) -> None:
         self.rd = RunDir(run)
+        self.executor = executor  # where per-row model passes run (None: this process; see curate.executors)
         self.models = models
         self.validation = Path(validation) if validation is not None else None
         self.dtype = dtype

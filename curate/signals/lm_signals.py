@@ -12,11 +12,16 @@ each signal's sidecar says which it scored (`stats.scored_tokens`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from curate.run import RunDir
 from curate.signals.base import ScoreContext, short_hash, signal
-from curate.signals.rowcache import cached_rows
+from curate.signals.rowcache import cached_job, write_columns
 
 LM_PARAMS = {"max_length": 2048, "score_eot": False}
 
@@ -35,25 +40,44 @@ def scored_tokens(ctx: ScoreContext) -> dict:
     return {"scored_tokens": "response+end_of_turn" if eot else "response", "score_eot": eot}
 
 
-def lm_stats(ctx: ScoreContext, role: str, variant: str, eot: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(nll_sum, n_tokens) of every pool row under the model of `role`; variant 'cond' or 'alone'.
+@dataclass
+class LMNllJob:
+    """Per-row (NLL, token count) parts of pool rows under one causal LM, one shard at a time: a picklable
+    shard job (`index.io.ShardJob`), so a Ray actor loads the model once and reads its rows from the run.
+    In process, `local` (never pickled) hands over the scorer the score call already holds."""
 
-    Response tokens only, plus the end-of-turn tokens when `eot` (default: the `score_eot` parameter).
-    """
-    eot = score_eot(ctx) if eot is None else eot
-    fp = ctx.fingerprint(role)
-    params = {"max_length": int(ctx.param("max_length", 2048)), "variant": variant, "parts": "response,eot"}
-    folder = ctx.rd.root / "signals" / "_lm" / f"{fp}-{short_hash(params)}" / variant
-    shard_rows = int(ctx.param("shard_rows", 2048))
+    root: str
+    model: str
+    dtype: str
+    device: str | None
+    max_length: int
+    batch_tokens: int
+    variant: str
+    n_rows: int
+    shard_rows: int
+    progress: bool = False
+    local: Callable[[], Any] | None = None
 
-    def work(lo: int, hi: int) -> dict[str, np.ndarray]:
-        scorer = ctx.scorer(role)
-        convs = ctx.messages(lo, hi)
-        enc = scorer.encode_alone if variant == "alone" else scorer.encode
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "local": None}
+
+    def setup(self) -> Any:
+        if self.local is not None:
+            return self.local()
+        from curate.signals.lm import LMScorer
+
+        return LMScorer(self.model, dtype=self.dtype, device=self.device, max_length=self.max_length,
+                        batch_tokens=self.batch_tokens)
+
+    def run(self, scorer: Any, i: int, tmp: Path, progress: Callable[[int], None] | None = None) -> int:
+        lo, hi = i * self.shard_rows, min(self.n_rows, (i + 1) * self.shard_rows)
+        rows = RunDir(self.root).scan_pool().slice(lo, hi - lo).select("id", "messages").collect()
+        ids, convs = rows["id"].to_list(), rows["messages"].to_list()
+        enc = scorer.encode_alone if self.variant == "alone" else scorer.encode
         # prompt-only rows (kind "prompt") have no response to score: 0 tokens, so their signal is NaN
-        scored = [i for i, m in enumerate(convs) if m and m[-1]["role"] == "assistant"]
-        seqs = [enc(convs[i], where=f"pool row {lo + i} (id {ctx.ids[lo + i]})") for i in scored]
-        parts = scorer.nll_parts(seqs, progress=ctx.progress, desc=f"{variant} nll [{lo}:{hi}]")
+        scored = [k for k, m in enumerate(convs) if m and m[-1]["role"] == "assistant"]
+        seqs = [enc(convs[k], where=f"pool row {lo + k} (id {ids[k]})") for k in scored]
+        parts = scorer.nll_parts(seqs, progress=self.progress, desc=f"{self.variant} nll [{lo}:{hi}]")
         cols = {"nll_sum": parts.resp_sum, "n_tokens": parts.resp_n, "eot_nll_sum": parts.eot_sum,
                 "eot_n_tokens": parts.eot_n}
         out = {k: np.zeros(len(convs), dtype=np.asarray(v).dtype) for k, v in cols.items()}
@@ -61,10 +85,28 @@ def lm_stats(ctx: ScoreContext, role: str, variant: str, eot: bool | None = None
             out[k][scored] = v
         out["truncated"] = np.zeros(len(convs), dtype=bool)
         out["truncated"][scored] = [s.truncated for s in seqs]
-        return out
+        write_columns(tmp, out)
+        return hi - lo
 
+
+def lm_stats(ctx: ScoreContext, role: str, variant: str, eot: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(nll_sum, n_tokens) of every pool row under the model of `role`; variant 'cond' or 'alone'.
+
+    Response tokens only, plus the end-of-turn tokens when `eot` (default: the `score_eot` parameter).
+    The shards run on the score call's executor (in process by default; Ray with `executor="ray"`).
+    """
+    from curate.signals.lm import default_device, resolve_dtype
+
+    eot = score_eot(ctx) if eot is None else eot
+    fp = ctx.fingerprint(role)
+    params = {"max_length": int(ctx.param("max_length", 2048)), "variant": variant, "parts": "response,eot"}
+    folder = ctx.rd.root / "signals" / "_lm" / f"{fp}-{short_hash(params)}" / variant
+    shard_rows = int(ctx.param("shard_rows", 2048))
+    job = LMNllJob(str(ctx.rd.root), ctx.model_path(role), resolve_dtype(ctx.dtype, ctx.device or default_device()),
+                   ctx.device, params["max_length"], ctx.batch_tokens, variant, ctx.n, shard_rows,
+                   progress=ctx.progress, local=lambda: ctx.scorer(role))
     key = {"model": fp, "params": params, "pool": ctx.key_pool()}
-    cols, _ = cached_rows(folder, ctx.n, shard_rows, key, work)
+    cols, _ = cached_job(folder, ctx.n, shard_rows, key, job, ctx.executor)
     sums, counts = cols["nll_sum"].astype(np.float64), cols["n_tokens"].astype(np.int64)
     if eot:
         sums, counts = sums + cols["eot_nll_sum"], counts + cols["eot_n_tokens"].astype(np.int64)

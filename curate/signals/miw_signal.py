@@ -20,6 +20,7 @@ import numpy as np
 
 from curate.signals.base import ScoreContext, signal
 from curate.signals.icl import icl_for_positions
+from curate.signals.lm_signals import score_eot
 from curate.signals.miw import (
     KShotProxy,
     heldout_proxy,
@@ -62,6 +63,7 @@ def _indicators(ctx: ScoreContext) -> list[str]:
         "icl_seed": 0,
         "n_val": 32,
         "max_length": 2048,
+        "score_eot": False,
     },
     roles=("model", "validation"),
     deps=_indicators,
@@ -87,7 +89,8 @@ def _miw_score(ctx: ScoreContext) -> np.ndarray:
     def kshot(rows: np.ndarray, draws: int) -> KShotProxy:
         convs = [ctx.messages(int(p), int(p) + 1)[0] for p in rows]
         n_top = max(1, int(round(ratio * rows.size)))
-        return KShotProxy(lambda c: ctx.scorer("model").conversation_nll(c)[0], convs, val, k=k, draws=draws,
+        eot = score_eot(ctx)  # the answer's tokens only by default, as the other LM signals
+        return KShotProxy(lambda c: ctx.scorer("model").conversation_nll(c, eot=eot)[0], convs, val, k=k, draws=draws,
                           seed=seed, n_top=n_top)
 
     toks = None

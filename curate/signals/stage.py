@@ -60,6 +60,8 @@ def score(
     batch_tokens: int = 8192,
     progress: bool = True,
     device: str | None = None,
+    executor: Any = None,
+    executor_options: dict[str, Any] | None = None,
     **params: Any,
 ) -> dict[str, Path]:
     """Compute signals `names` for every pool row of `run`; return {name: parquet path}.
@@ -68,15 +70,20 @@ def score(
     base_model / ref_model: the two LMs of ILA depth (base defaults to `model`); validation: tiny
     validation set (jsonl) for icl, relevance, miw_score; the pool rows that copy its rows (exact or cosine
     >= `decontam_threshold`, default 0.95) are recorded under <run>/decontam/ (curate.signals.decontam) and
-    left out of selections by default. dtype "auto" = bf16 on GPU, float32 on CPU.
+    left out of selections by default. dtype "auto" = bf16 on GPU, float32 on CPU (resolved on this machine:
+    Ray workers compute in the same dtype). `executor` ("local", "ray", "ray:ADDRESS", with `executor_options`)
+    runs the LM passes (loss, perplexity, IFD, depth) shard by shard; results do not depend on it.
     Other keyword parameters (max_length, tags_field, depth_group, icl_k, n_val, miw_*, ...) are the
     signals' parameters; they enter the cache key of the signals that use them. A stored signal whose key
     (model fingerprints + parameters + pool) equals the request is skipped; otherwise it is recomputed.
     """
+    from curate.executors import get_executor
+
     for n in names:
         SIGNALS.get(n)  # unknown names fail before any work
     ctx = ScoreContext(
         run,
+        executor=get_executor(executor, executor_options),
         models={"model": model, "base_model": base_model, "ref_model": ref_model},
         validation=validation,
         dtype=dtype,
