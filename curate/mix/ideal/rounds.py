@@ -98,7 +98,7 @@ def influence_round(
 ) -> dict[str, Any]:
     """EK-FAC fit and the influence matrix of one trained model; returns {influence, timings, ...}."""
     from curate.mix.ideal import lm
-    from curate.mix.ideal.ekfac import EKFAC, influence, mean_gradient
+    from curate.mix.ideal.ekfac import EKFAC, influence_matrix, mean_gradient
     from curate.models import model_fingerprint
     from curate.signals.lm import LMScorer
     from curate.train.data import encode_rows
@@ -146,12 +146,9 @@ def influence_round(
         for r, idx in ref_sets.items()
     }
     total = sum(sizes.values())
-    matrix = {}
-    for r, g_ref in ref_grads.items():
-        matrix[r] = {}
-        for d, g in grads.items():
-            s = influence(ek, g_ref, g)
-            matrix[r][d] = s * (sizes[d] / total) if scaling == "sum" else s
+    matrix = influence_matrix(ek, ref_grads, grads)
+    if scaling == "sum":
+        matrix = {r: {d: s * (sizes[d] / total) for d, s in row.items()} for r, row in matrix.items()}
     timings["influence_s"] = time.perf_counter() - t
     ref_loss = evaluate_rows(scorer, reference)  # under inference_mode, in LMScorer.nll
     return {"influence": matrix, "timings": timings, "reference_loss": ref_loss, "ekfac": ek.stats,
