@@ -448,12 +448,16 @@ def _default_embedder() -> str:
 def run_cmd(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     run: Path = typer.Option(None, "--run", "-r", help="Override the recipe's run directory."),
+    executor: str = ExecutorOpt,
+    executor_opt: list[str] = ExecutorOptsOpt,
 ) -> None:
     """Run a recipe: its stages in order, each resuming from what is already in the run directory."""
     from curate.recipe import Recipe, RecipeError, run_recipe
 
     try:
         rec = Recipe.load(recipe, run=run)
+        if executor is not None:  # overrides the recipe's own executor
+            rec.executor = {"executor": executor, "executor_options": _parse_params(executor_opt) or None}
         results = run_recipe(rec, log=lambda s: console.print(f"[bold cyan]{s}[/bold cyan]"))
     except (RecipeError, *USER_ERRORS) as exc:
         _fail(exc)
