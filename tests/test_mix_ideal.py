@@ -43,6 +43,23 @@ def test_ihvp_equals_the_exact_damped_inverse_where_kronecker_is_exact():
     assert torch.allclose(ek.dense_inverse("l") @ V.reshape(-1), got.reshape(-1), rtol=1e-9)
 
 
+def test_influence_matrix_equals_the_dense_inverse_products():
+    """s[r][d] = g_rᵀ H⁻¹ g_d with H⁻¹ the dense damped inverse, for every pair, from generators of gradients."""
+    from curate.mix.ideal import influence, influence_matrix
+
+    _, ek = _fit_linear(R=5)
+    gen = torch.Generator().manual_seed(4)
+    refs = {r: {"l": torch.randn(3, 4, dtype=torch.float64, generator=gen)} for r in ("all", "a")}
+    doms = {d: {"l": torch.randn(3, 4, dtype=torch.float64, generator=gen)} for d in ("x", "y", "z")}
+    got = influence_matrix(ek, iter(refs.items()), (kv for kv in doms.items()))
+    H = ek.dense_inverse("l")
+    for r, g_r in refs.items():
+        for d, g_d in doms.items():
+            want = float(g_r["l"].reshape(-1) @ H @ g_d["l"].reshape(-1))
+            assert got[r][d] == pytest.approx(want, rel=1e-5)
+            assert influence(ek, g_r, g_d) == pytest.approx(want, rel=1e-5)
+
+
 class _MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()

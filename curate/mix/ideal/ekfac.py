@@ -223,17 +223,21 @@ def mean_gradient(
 
 def influence(ekfac: EKFAC, g_ref: dict[str, torch.Tensor], g_dom: dict[str, torch.Tensor]) -> float:
     """s = Σ_modules ⟨g_ref, H⁻¹ g_dom⟩: > 0 when training more on the domain lowers the reference loss."""
-    return influence_matrix(ekfac, {"ref": g_ref}, {"dom": g_dom})["ref"]["dom"]
+    return influence_matrix(ekfac, [("ref", g_ref)], [("dom", g_dom)])["ref"]["dom"]
 
 
 def influence_matrix(
-    ekfac: EKFAC, refs: dict[str, dict[str, torch.Tensor]], doms: dict[str, dict[str, torch.Tensor]]
+    ekfac: EKFAC,
+    refs: Iterable[tuple[str, dict[str, torch.Tensor]]],
+    doms: Iterable[tuple[str, dict[str, torch.Tensor]]],
 ) -> dict[str, dict[str, float]]:
-    """s[r][d] = Σ_modules ⟨g_r, H⁻¹ g_d⟩ for every reference set r and domain d, with one H⁻¹ product per
-    domain (the products dominate: on SmolLM2's MLPs each is ~0.5 TFLOP in float64)."""
-    out: dict[str, dict[str, float]] = {r: {} for r in refs}
-    for d, g_dom in doms.items():
-        inv = ekfac.ihvp(g_dom)
-        for r, g_ref in refs.items():
-            out[r][d] = float(sum((g_ref[n].double() * inv[n]).sum() for n in inv))
+    """s[r][d] = Σ_modules ⟨H⁻¹ g_r, g_d⟩ (= ⟨g_r, H⁻¹ g_d⟩: the damped inverse is symmetric) for every
+    reference set r and domain d. One H⁻¹ product per reference set, kept in float32; `refs` and `doms` may
+    be generators, so only one gradient at a time need be in memory (on SmolLM2's MLPs one gradient is 0.6 GB in
+    float64, one H⁻¹ product ~0.5 TFLOP)."""
+    inv = {r: {n: v.float() for n, v in ekfac.ihvp(g).items()} for r, g in refs}
+    out: dict[str, dict[str, float]] = {r: {} for r in inv}
+    for d, g_dom in doms:
+        for r, h in inv.items():
+            out[r][d] = float(sum((h[n].double() * g_dom[n].double()).sum() for n in h))
     return out

@@ -132,22 +132,25 @@ def influence_round(
     timings["ekfac_fit_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grads, sizes = {}, {}
-    for d in sorted(set(dom)):
-        pos = np.flatnonzero((dom == d) & (counts > 0))
-        take = np.sort(rng.choice(pos, size=max(1, int(round(sample_rate * pos.size))), replace=False))
-        grads[d], _ = mean_gradient(model, modules, lm.row_batches(feats, take, scorer.pad_id, batch_tokens),
-                                    lm.true_losses)
-        sizes[d] = int(counts[dom == d].sum())
     ref_dom = np.asarray(reference.domains())
     ref_sets = {"all": np.arange(len(ref_dom))} | {d: np.flatnonzero(ref_dom == d) for d in sorted(set(ref_dom))}
-    ref_grads = {
-        r: mean_gradient(model, modules, lm.row_batches(ref_feats, idx, scorer.pad_id, batch_tokens), lm.true_losses)[0]
+    ref_grads = (
+        (r, mean_gradient(model, modules, lm.row_batches(ref_feats, idx, scorer.pad_id, batch_tokens),
+                          lm.true_losses)[0])
         for r, idx in ref_sets.items()
-    }
-    total = sum(sizes.values())
-    matrix = influence_matrix(ek, ref_grads, grads)
+    )
+    sizes = {d: int(counts[dom == d].sum()) for d in sorted(set(dom))}
+
+    def domain_gradients():  # one at a time: each is as large as the chosen layers' weights
+        for d in sizes:
+            pos = np.flatnonzero((dom == d) & (counts > 0))
+            take = np.sort(rng.choice(pos, size=max(1, int(round(sample_rate * pos.size))), replace=False))
+            yield d, mean_gradient(model, modules, lm.row_batches(feats, take, scorer.pad_id, batch_tokens),
+                                   lm.true_losses)[0]
+
+    matrix = influence_matrix(ek, ref_grads, domain_gradients())
     if scaling == "sum":
+        total = sum(sizes.values())
         matrix = {r: {d: s * (sizes[d] / total) for d, s in row.items()} for r, row in matrix.items()}
     timings["influence_s"] = time.perf_counter() - t
     ref_loss = evaluate_rows(scorer, reference)  # under inference_mode, in LMScorer.nll
