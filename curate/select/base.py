@@ -251,6 +251,11 @@ class PoolView:
         return np.asarray(self.frame["domain"].to_list(), dtype=object)
 
     # embeddings --------------------------------------------------------------------------------------------
+    def row_vectors(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The matrix these rows' vectors live in and their rows in it, ascending (None: rows 0..n-1), so a
+        method that touches few rows (Deita's walk) need not copy a sub-pool's vectors."""
+        return self.vectors(), None
+
     def vectors(self) -> np.ndarray:
         """Embedding matrix (N, d) float32, L2-normalised, pool order (`curate embed` writes it)."""
         if self._vectors is None:

@@ -388,15 +388,18 @@ class DeitaSelector(IFDFilter, Selector):
         score = self._score(view)
         keep = self.ifd_keep(view)
         order = score_order(score)
+        base, rows = view.row_vectors()  # a stratum's rows stay in the pool's matrix: no copy
         kept = deita_filter(
-            view.vectors(),
-            order,
+            base,
+            order if rows is None else rows[order],
             int(k),
             threshold=self.threshold,
             block=self.block,
             screen=self.screen,
             progress=view.n > 200_000,
         )
+        if rows is not None:
+            kept = np.searchsorted(rows, kept)
         label = "*".join(names)
         n_filled = 0
         if kept.size < min(k, order.size):

@@ -102,8 +102,12 @@ class MIWSelector(IFDFilter, Selector):
         return np.where(keep, score, np.nan), {**how, **self.ifd_stats(view, keep)}
 
     def eligible(self, view: PoolView) -> np.ndarray:
-        """Rows whose score is not NaN."""
-        return ~np.isnan(self.score(view)[0])
+        """Rows whose score is not NaN, without computing it (stratified selection asks before every stratum
+        ranks): a NaN signal (weighted indicators count NaN as the median, 0.5) or the IFD filter."""
+        ok = np.ones(view.n, dtype=bool) if self.weights is not None else ~np.isnan(
+            np.asarray(view.signal(self.signal), dtype=np.float64))
+        keep = self.ifd_keep(view)
+        return ok if keep is None else ok & keep
 
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         score, how = self.score(view)

@@ -224,6 +224,13 @@ class SubPoolView(PoolView):
             self._vectors = self.parent.vectors()[self.positions]
         return self._vectors
 
+    def row_vectors(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The parent's matrix and these rows in it (positions are ascending, as `_members` gives them)."""
+        if self._vectors is not None or np.any(np.diff(self.positions) <= 0):
+            return self.vectors(), None
+        base, rows = self.parent.row_vectors()
+        return base, (self.positions if rows is None else rows[self.positions])
+
     def has_signal(self, name: str) -> bool:
         """Whether the parent has signal `name`."""
         return name in self._signals or self.parent.has_signal(name)
