@@ -17,7 +17,7 @@ Stratified against unstratified (issue 15: at most 1.2x): `--stratified` also ti
 "selector NAME stratified" with `ratio_vs_unstratified` and `within_1.2x`:
 
     flock /tmp/curate-bench.lock .venv/bin/python bench/select_scale.py --stratified --graph \
-        --out bench/select_scale_stratified.json
+        --out bench/out/select_scale_stratified.json
 """
 
 from __future__ import annotations
