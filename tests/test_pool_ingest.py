@@ -444,3 +444,20 @@ def test_concurrent_ingest_on_one_run_is_refused(tmp_path):
         with pytest.raises(IngestError, match="another ingest is writing"):
             ingest(f, run, progress=False)
     assert ingest(f, run, progress=False).n_unique == 1
+
+
+def test_reingesting_the_same_inputs_leaves_the_files_untouched(tmp_path):
+    """An unchanged ingest keeps the pool's files (and their mtimes, which the keys of later stages read);
+    changed inputs replace them."""
+    src = tmp_path / "a.jsonl"
+    src.write_text("\n".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) for i in range(5)) + "\nnot json\n")
+    run = RunDir(tmp_path / "run")
+    ingest(src, run, progress=False)
+    files = sorted(run.pool_dir.iterdir()) + [run.duplicates_path, run.quarantine_path, run.ingest_path]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    report = ingest(src, run, progress=False)
+    assert report.n_unique == 5 and report.n_quarantined == 1
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    src.write_text("\n".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) for i in range(6)) + "\n")
+    assert ingest(src, run, progress=False).n_unique == 6
+    assert run.read_pool(["id"]).height == 6 and pl.read_parquet(run.quarantine_path).height == 0

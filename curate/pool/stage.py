@@ -233,6 +233,20 @@ def _clean_stale(run: RunDir) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def _unchanged(run: RunDir, new_pool: Path, work: Path) -> bool:
+    """Whether a finished ingest produced byte-identical files to those already in the run."""
+    import filecmp
+
+    if not run.ingest_path.exists() or not run.pool_dir.is_dir():
+        return False
+    new = sorted(p.name for p in new_pool.iterdir())
+    if new != sorted(p.name for p in run.pool_dir.iterdir()):
+        return False
+    pairs = [(new_pool / n, run.pool_dir / n) for n in new]
+    pairs += [(work / "duplicates.parquet", run.duplicates_path), (work / "quarantine.parquet", run.quarantine_path)]
+    return all(b.exists() and filecmp.cmp(a, b, shallow=False) for a, b in pairs)
+
+
 def ingest(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     run: RunDir | str | os.PathLike,
@@ -382,6 +396,8 @@ def ingest(
             report.pool_fingerprint = fingerprint.hexdigest()
             assert report.n_unique + report.n_duplicate + report.n_quarantined == report.n_read
 
+            if _unchanged(run, final, work):  # same pool, duplicates and quarantine: keep the files (and
+                return report                # their mtimes, which keys of later stages read) as they are
             # swap in: ingest.json goes first (a pool without it is incomplete) and comes back last
             run.ingest_path.unlink(missing_ok=True)
             old = None
