@@ -123,7 +123,10 @@ def embed(
             meta=meta,
             executor=run_on,
         )
-    write_json(_current_path(rd), {"fingerprint": fp, "fields": list(fields), "model_path": str(model_path), "dtype": dtype})
+    current = {"fingerprint": fp, "fields": list(fields), "model_path": str(model_path), "dtype": dtype}
+    path = _current_path(rd)
+    if not path.exists() or read_json(path) != current:  # unchanged: leave it (later stages key on its mtime)
+        write_json(path, current)
     return fp
 
 

@@ -272,9 +272,12 @@ def test_stage_embeds_pool_in_order_and_skips_when_done(
     def no_load(*a, **k):
         raise AssertionError("model loaded although the embedding is finished")
 
+    current = run / "embeddings" / "current.json"
+    stamp = current.stat().st_mtime_ns
     monkeypatch.setattr(Encoder, "load", no_load)
     assert embed(run, model=str(tiny_model), device="cpu", progress=False) == fp
     monkeypatch.undo()
+    assert current.stat().st_mtime_ns == stamp  # unchanged, so the keys of later stages still hold
 
     fp_p = embed(run, model=str(tiny_model), fields=["prompt"], batch_size=4, device="cpu", progress=False)
     assert fp_p != fp and current_fingerprint(run) == fp_p
