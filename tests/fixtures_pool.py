@@ -20,6 +20,13 @@ from curate.run import RunDir
 from curate.select.base import Ranking, Selector
 from index.io import save_npy, write_json
 
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Write `rows` as a JSON-lines file (parent folders created); return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
 DOMAINS = ("code", "math", "chat", None)
 SOURCE = "data/in.jsonl"
 

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from fixtures_pool import write_jsonl
 
 from curate.signals.decontam import find_contamination, item_id, text_key
 from curate.signals.validation import ValItem
@@ -64,10 +65,7 @@ def contaminated_run(tmp_path_factory):
     from curate.pool import ingest
 
     root = tmp_path_factory.mktemp("decontam")
-    src = root / "pool.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in POOL))
-    val = root / "val.jsonl"
-    val.write_text("".join(json.dumps(r) + "\n" for r in VAL))
+    src, val = write_jsonl(root / "pool.jsonl", POOL), write_jsonl(root / "val.jsonl", VAL)
     run = root / "run"
     ingest([src], run, progress=False)
     embed(run, progress=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from fixtures_pool import write_jsonl
 
 from curate.pool import POOL_SCHEMA, QUARANTINE_SCHEMA, IngestError, content_id, ingest
 from curate.run import RunDir
@@ -29,12 +30,6 @@ PREF = [
     {"prompt": "Best colour?", "chosen": "Blue.", "rejected": "I refuse."},
     {"chosen": [U("2+2?"), A("4")], "rejected": [U("2+2?"), A("5")]},
 ]
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def pool(run) -> pl.DataFrame:

@@ -3,11 +3,10 @@ selector on the tiny fixture LM equals a hand computation and leaves validation 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from fixtures_lm import tiny_lm  # noqa: F401  (fixture)
+from fixtures_pool import write_jsonl
 
 from curate.select.rds import round_robin, task_scores
 
@@ -65,10 +64,7 @@ def rds_run(tmp_path_factory):
     from curate.pool import ingest
 
     root = tmp_path_factory.mktemp("rds")
-    src = root / "pool.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in POOL))
-    val = root / "val.jsonl"
-    val.write_text("".join(json.dumps(r) + "\n" for r in VAL))
+    src, val = write_jsonl(root / "pool.jsonl", POOL), write_jsonl(root / "val.jsonl", VAL)
     ingest([src], root / "run", progress=False)
     return root / "run", val
 
