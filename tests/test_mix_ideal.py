@@ -235,6 +235,15 @@ def test_influence_upweights_the_matching_domain_and_downweights_the_conflicting
     assert again["rounds"][1]["counts"] == doc["rounds"][1]["counts"]
     assert (run / "mix" / "ideal" / "ekfac-r0.safetensors").stat().st_mtime_ns == mtime
 
+    key0 = json.loads((run / "mix" / "ideal" / "round-0.json").read_text())["key"]
+    # other parameters do not reuse the cached factors, influence or volumes of the first run
+    other = ideal(run, "all", ref, model=str(tiny_lm), rounds=1, epochs=15, sample_rate=0.5, m=0.05,
+                  train_final=False, **TRAIN)
+    assert (run / "mix" / "ideal" / "ekfac-r0.safetensors").stat().st_mtime_ns != mtime
+    assert other["rounds"][0]["beta"]["good"] == pytest.approx(0.05)
+    assert other["rounds"][1]["counts"]["good"] < doc["rounds"][1]["counts"]["good"]
+    assert json.loads((run / "mix" / "ideal" / "round-0.json").read_text())["key"] != key0
+
     # the final mixture trains through `curate train --mixture ideal`
     from curate.train import train
 

@@ -8,6 +8,7 @@ weight (the selection's per-row weight, 1.0 when the source has none).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,13 @@ class TrainRows:
 
     def messages(self) -> list[list[dict]]:
         return self.frame["messages"].to_list()
+
+    def key(self) -> str:
+        """A digest of the rows' ids and weights: what a stage trained or scored on these rows is keyed by."""
+        h = hashlib.blake2b(digest_size=8)
+        for i, w in zip(self.frame["id"].to_list(), self.frame["weight"].to_list(), strict=True):
+            h.update(f"{i}:{w!r};".encode())
+        return h.hexdigest()
 
 
 def _finish(frame: pl.DataFrame, source: str) -> TrainRows:

@@ -16,7 +16,6 @@ one resumes from its last complete checkpoint.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import resource
 import shutil
@@ -76,12 +75,6 @@ def _objective(rows: tdata.TrainRows, objective: str) -> str:
         raise tdata.TrainDataError(f"{rows.source}: SFT rows in a DPO run; DPO needs prompt/chosen/rejected rows")
     return objective
 
-
-def _data_key(rows: tdata.TrainRows) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    for i, w in zip(rows.frame["id"].to_list(), rows.frame["weight"].to_list(), strict=True):
-        h.update(f"{i}:{w!r};".encode())
-    return h.hexdigest()
 
 
 def train(
@@ -183,8 +176,8 @@ def train(
         params["row_objective"] = row_objective.key()
     key = {
         "params": params,
-        "data": _data_key(rows),
-        "heldout": _data_key(held) if held is not None else None,
+        "data": rows.key(),
+        "heldout": held.key() if held is not None else None,
     }
     # under torchrun / accelerate every process runs this; the main one holds the lock and writes the files
     ctx = rd.lock(f"train-{name}") if rd is not None and _is_main() else contextlib.nullcontext()

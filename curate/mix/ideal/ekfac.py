@@ -173,8 +173,9 @@ class EKFAC:
         return Q @ torch.diag(1.0 / (lam + self.damping * lam.mean())) @ Q.T
 
     # storage ----------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Eigenbases and eigenvalues of every module, in one safetensors file."""
+    def save(self, path: str | Path, key: str = "") -> None:
+        """Eigenbases and eigenvalues of every module, in one safetensors file; `key` names what they were
+        fitted on (`stored_key` reads it back)."""
         from safetensors.torch import save_file
 
         tensors = {}
@@ -182,7 +183,7 @@ class EKFAC:
             tensors[f"{name}::Q_A"] = self.Q_A[name].contiguous()
             tensors[f"{name}::Q_S"] = self.Q_S[name].contiguous()
             tensors[f"{name}::lam"] = self.lam[name].contiguous()
-        meta = {"damping": str(self.damping), "correct": str(self.correct)}
+        meta = {"damping": str(self.damping), "correct": str(self.correct), "key": key}
         from index.io import atomic_path
 
         with atomic_path(path, suffix=".safetensors") as tmp:
@@ -196,6 +197,16 @@ class EKFAC:
         for name in self.modules:
             self.Q_A[name], self.Q_S[name], self.lam[name] = t[f"{name}::Q_A"], t[f"{name}::Q_S"], t[f"{name}::lam"]
         return self
+
+    @staticmethod
+    def stored_key(path: str | Path) -> str | None:
+        """The `key` a saved file was written with (None when there is no file)."""
+        from safetensors import safe_open
+
+        if not Path(path).exists():
+            return None
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("key", "")
 
 
 def mean_gradient(

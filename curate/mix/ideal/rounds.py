@@ -11,6 +11,8 @@ per-domain shares in `mixtures/<name>.json` with each round's β, influence, ref
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -95,8 +97,10 @@ def influence_round(
     max_length: int,
     seed: int,
     cache: Path | None = None,
+    key: str = "",
 ) -> dict[str, Any]:
-    """EK-FAC fit and the influence matrix of one trained model; returns {influence, timings, ...}."""
+    """EK-FAC fit and the influence matrix of one trained model; returns {influence, timings, ...}.
+    `cache`: factors saved there and reused only when they were fitted under the same `key`."""
     from curate.mix.ideal import lm
     from curate.mix.ideal.ekfac import EKFAC, influence_matrix, mean_gradient
     from curate.models import model_fingerprint
@@ -122,13 +126,13 @@ def influence_round(
 
     t = time.perf_counter()
     ek = EKFAC(modules, damping=damping, correct=correct)
-    if cache is not None and cache.exists():
+    if cache is not None and EKFAC.stored_key(cache) == key:
         ek.load(cache)
     else:
         ek.fit(model, lm.seeded(lm.row_batches(feats, fit_rows, scorer.pad_id, batch_tokens), seed), lm.sampled_loss,
                lm.token_mask)
         if cache is not None:
-            ek.save(cache)
+            ek.save(cache, key)
     timings["ekfac_fit_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -224,7 +228,7 @@ def ideal(
         train_kw["merge"] = True
     for t in range(rounds + (1 if train_final else 0)):
         sel_name = selection if t == 0 else f"{name}-r{t}"
-        if t > 0 and not rd.selection_path(sel_name).exists():
+        if t > 0:  # always: a stored one may come from other parameters (training keys its data by content)
             _save_volumes(rd, sel_name, base.frame, counts, {"round": t, **doc["params"]})
         t0 = time.perf_counter()
         res = train(rd, sel_name, model=model, name=f"{name}-r{t}", heldout=heldout, seed=seed,
@@ -233,15 +237,18 @@ def ideal(
                  "weights": _shares(base.frame, counts), "train": str(res.out),
                  "heldout": res.metrics.get("heldout"), "timings": {"train_s": time.perf_counter() - t0}}
         if t < rounds:
+            # what this round's influence depends on: the trained model (its key) and IDEAL's parameters
+            key = hashlib.blake2b(json.dumps([read_json(res.out / "config.json")["key"], doc["params"], ref_rows.key(),
+                                              batch_tokens, max_length], sort_keys=True, default=str).encode(),
+                                  digest_size=8).hexdigest()
             cached = work / f"round-{t}.json"
-            if cached.exists():
-                inf = read_json(cached)
-            else:
+            inf = read_json(cached) if cached.exists() else {}
+            if inf.get("key") != key:
                 model_dir = res.out / ("adapter" if layers == "lora" else "model")
                 inf = influence_round(model_dir, base, counts, ref_rows, layers=layers, sample_rate=sample_rate,
                                       damping=damping, correct=correct, scaling=influence_scaling,
                                       batch_tokens=batch_tokens, max_length=max_length, seed=seed + t,
-                                      cache=work / f"ekfac-r{t}.safetensors")
+                                      cache=work / f"ekfac-r{t}.safetensors", key=key) | {"key": key}
                 write_json(cached, inf)
             beta = step_sizes(inf["influence"]["all"], m)
             entry.update({"influence": inf["influence"], "beta": beta, "reference_loss": inf["reference_loss"],
