@@ -24,8 +24,10 @@ import numpy as np
 import polars as pl
 
 from curate.run import RunDir
-from curate.select.base import TOKENS_SIGNAL, PoolView, Selection
+from curate.select.budget import TOKENS_SIGNAL
+from curate.select.selection import Selection
 from curate.select.stratify import MIX_FLAG_TV, mix_divergence
+from curate.select.view import PoolView
 
 # scalar figures taken from coverage_report when present
 COVERAGE_KEYS = ("coverage", "density_coverage")

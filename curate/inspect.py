@@ -14,7 +14,8 @@ import numpy as np
 import polars as pl
 
 from curate.run import RunDir
-from curate.select.base import PoolView, Selection, list_selections
+from curate.select.selection import Selection, list_selections
+from curate.select.view import PoolView
 
 
 def pool_overview(run: RunDir | str | os.PathLike) -> pl.DataFrame:

@@ -207,7 +207,7 @@ def _comparison(ctx: _Ctx) -> str:
 
 def _neighbours(ctx: _Ctx) -> str:
     from curate import viz
-    from curate.select.base import Selection
+    from curate.select.selection import Selection
 
     row = int(Selection.load(ctx.run, ctx.names[0]).positions[0]) if ctx.names else 0
     where = f"the first row of selection {ctx.names[0]!r}" if ctx.names else "pool row 0"
@@ -251,7 +251,7 @@ def render_report(
     """The report of `run` as one HTML string (see the module docstring for its sections)."""
     from tqdm.auto import tqdm
 
-    from curate.select.base import list_selections
+    from curate.select.selection import list_selections
 
     rd = run if isinstance(run, RunDir) else RunDir(run)
     rd.require(rd.pool_dir, "ingest")

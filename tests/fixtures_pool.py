@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from curate.run import RunDir
-from curate.select.base import Ranking, Selector
+from curate.select.selector import Ranking, Selector
 from index.io import save_npy, write_json
 
 

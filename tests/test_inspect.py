@@ -8,7 +8,7 @@ from fixtures_pool import make_run
 
 from curate.inspect import coverage_curves, map_frame, pool_overview, quarantine_reasons
 from curate.select import select
-from curate.select.base import Selection
+from curate.select.selection import Selection
 
 
 def test_pool_overview_counts_domains_and_duplicates(tmp_path):

@@ -1,6 +1,6 @@
 """Selectors and the `select` stage: choose a subset of a pool within a budget, save it as selections/<name>.
 
-Every method shares one interface (see `curate.select.base`): `SELECTORS.get(name)(**params).select(view,
+Every method shares one interface (see `curate.select.selector`): `SELECTORS.get(name)(**params).select(view,
 budget, seed)`. This module imports every selector module so they register themselves.
 """
 
@@ -17,16 +17,10 @@ from curate.run import RunDir
 
 # importing the selector modules registers them in SELECTORS
 from curate.select import baselines, daar, deita, ila, miw, rds  # noqa: E402, F401
-from curate.select.base import (
-    SELECTORS,
-    Budget,
-    PoolView,
-    Ranking,
-    Selection,
-    Selector,
-    list_selections,
-    register_selector,
-)
+from curate.select.budget import Budget
+from curate.select.selection import Selection, list_selections
+from curate.select.selector import SELECTORS, Ranking, Selector, register_selector
+from curate.select.view import PoolView
 
 __all__ = [
     "SELECTORS",

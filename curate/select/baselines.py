@@ -12,16 +12,10 @@ import numpy as np
 import polars as pl
 
 from curate.errors import ParameterError
-from curate.select.base import (
-    TOKENS_SIGNAL,
-    Budget,
-    PoolView,
-    Ranking,
-    Selector,
-    ShortRankingError,
-    register_selector,
-)
+from curate.select.budget import TOKENS_SIGNAL, Budget
 from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
+from curate.select.selector import Ranking, Selector, ShortRankingError, register_selector
+from curate.select.view import PoolView
 
 NO_DOMAIN = "(none)"
 

@@ -50,7 +50,9 @@ from typing import Any
 import numpy as np
 
 from curate.errors import ParameterError
-from curate.select.base import Budget, PoolView, Ranking, Selector, ShortRankingError, register_selector
+from curate.select.budget import Budget
+from curate.select.selector import Ranking, Selector, ShortRankingError, register_selector
+from curate.select.view import PoolView
 from index.io import iter_jsonl
 
 TEMPLATE = "Instruction: {prompt}\nOutput: {response}"

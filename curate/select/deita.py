@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from curate.errors import ParameterError
-from curate.select.base import Budget, PoolView, Ranking, Selector, ShortRankingError, register_selector
+from curate.select.budget import Budget
 from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
+from curate.select.selector import Ranking, Selector, ShortRankingError, register_selector
+from curate.select.view import PoolView
 
 
 def fp32_margin(d: int) -> float:

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from curate.select.base import Budget, PoolView, Ranking, Selector, ShortRankingError, register_selector
+from curate.select.budget import Budget
 from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
+from curate.select.selector import Ranking, Selector, ShortRankingError, register_selector
+from curate.select.view import PoolView
 
 WEIGHTS_FILE = "miw_weights.json"
 

@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from curate.errors import CurateError, ParameterError
-from curate.select.base import Budget, PoolView, Ranking, Selector, register_selector
+from curate.select.budget import Budget
+from curate.select.selector import Ranking, Selector, register_selector
+from curate.select.view import PoolView
 
 ONE_TASK = "(none)"  # the task of validation rows without a domain
 

@@ -35,15 +35,12 @@ import numpy as np
 import polars as pl
 
 from curate.errors import ParameterError
-from curate.select.base import (
-    Budget,
-    PoolView,
-    Selection,
-    Selector,
-    Taken,
-    _mask,
-    _take_within_tokens,
-)
+from curate.select.budget import Budget
+from curate.select.budget import take_within_tokens as _take_within_tokens
+from curate.select.selection import Selection
+from curate.select.selector import Selector, Taken
+from curate.select.selector import exclusion_mask as _mask
+from curate.select.view import PoolView
 
 STRATIFY = ("none", "domain", "cluster")
 NO_DOMAIN = "(none)"

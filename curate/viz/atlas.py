@@ -64,7 +64,7 @@ def export_map(
     import pyarrow.parquet as pq
 
     from curate.inspect import map_frame
-    from curate.select.base import PoolView
+    from curate.select.view import PoolView
 
     rd = RunDir(run)
     view = PoolView.from_run(rd)

@@ -57,7 +57,7 @@ def new_volumes(
 
 
 def _save_volumes(rd: RunDir, name: str, rows: pl.DataFrame, counts: np.ndarray, info: dict) -> None:
-    from curate.select.base import Selection
+    from curate.select.selection import Selection
 
     keep = np.flatnonzero(counts > 0)
     pool_ids = rd.read_pool(["id"])["id"].to_list()

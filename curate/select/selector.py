@@ -1,0 +1,264 @@
+"""The Selector base class, its Ranking and registry: methods rank, the base applies budget and exclusions.
+
+A selector reads a pool through a `PoolView` (`curate.select.view`) and returns a `Selection`
+(`curate.select.selection`): pool positions in rank order (0 = chosen first) with a weight and a reason per
+row. Budgets (`curate.select.budget`) are applied here, centrally.
+
+How to add a selector
+---------------------
+1. Subclass `Selector`, give it a unique `name`, and document in its class docstring which paper it follows
+   (`paper = "..."`) and where it deviates (`deviations = "..."`).
+2. Take every parameter in `__init__` (keyword arguments with defaults, JSON-serialisable values) and store
+   each one as an attribute of the same name: `get_params()` reads them back from the signature, as sklearn
+   does, and they are saved in the selection sidecar.
+3. Implement `rank(self, view, k, *, seed, budget) -> Ranking`: return pool positions (0..N-1, unique) in the
+   order the method would choose them, at least `k` of them when the pool has that many (returning more,
+   even the whole pool ranked, is fine; the base takes a prefix). Per-row `weights` (default 1.0),
+   `reasons` (one string, or one per ranked row) and `stats` (JSON-serialisable dict) are optional.
+   All randomness must come from `np.random.default_rng(seed)` (or a seed passed down), never global state:
+   the same inputs and seed must give the same selection, bit for bit.
+4. Register it: decorate the class with `@register_selector`; import its module in
+   `curate/select/__init__.py` (already done for ila, daar, miw, deita).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from curate.registry import Registry
+from curate.select.budget import TOKENS_SIGNAL, Budget, take_within_tokens
+from curate.select.selection import Selection
+from curate.select.view import PoolView
+
+
+@dataclass
+class Ranking:
+    """What `Selector.rank` returns: positions in choice order, optional weights / reasons, stats."""
+
+    positions: np.ndarray
+    weights: np.ndarray | None = None
+    reasons: Sequence[str] | str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+
+
+SELECTORS: Registry[type[Selector]] = Registry("selector")
+
+
+def register_selector(cls: type[Selector]) -> type[Selector]:
+    """Class decorator: register a Selector subclass under its `name`."""
+    if not getattr(cls, "name", ""):
+        raise ValueError(f"{cls.__name__} needs a `name` to be registered")
+    return SELECTORS.register(cls.name)(cls)
+
+
+class Selector:
+    """Base class of every selector. Subclasses implement `rank`; `select` applies the budget.
+
+    Class attributes: `name` (registry key), `paper` (what it follows), `deviations` (where it departs).
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    deviations: ClassVar[str] = ""
+    # stratified selection: "stratum" runs the selector on each stratum's rows alone; "pool" ranks the whole
+    # pool once (e.g. DaaR's probes are fitted on the pool) and takes each stratum's rows in that order
+    stratify_scope: ClassVar[str] = "stratum"
+    # what the `select` stage does when no stratify is given; chosen from held-out loss after fine-tuning
+    # (bench/selection_quality.py, bench/RESULTS.md): "domain" where running within each domain won
+    default_stratify: ClassVar[str] = "none"
+
+    def get_params(self) -> dict[str, Any]:
+        """The `__init__` parameters and their values (stored as same-named attributes)."""
+        sig = inspect.signature(type(self).__init__)
+        out = {}
+        for p in sig.parameters.values():
+            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            out[p.name] = getattr(self, p.name)
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
+        """Return at least `k` pool positions (when available) in the order this method picks them."""
+        raise TypeError(f"{type(self).__name__} must implement rank(view, k, *, seed, budget)")
+
+    def eligible(self, view: PoolView) -> np.ndarray | None:
+        """Rows this method can rank at all (bool [N]; e.g. finite score), or None for every row.
+
+        Stratified selection sizes its quotas from these rows (minus excluded ones)."""
+        return None
+
+    def filter_stats(self, view: PoolView, excluded: np.ndarray | None = None) -> dict[str, Any]:
+        """Pool-level stats of a row filter the selector applies before ranking (e.g. `max_ifd`), or {}."""
+        return {}
+
+    def rank_pool(self, view: PoolView, *, seed: int, budget: Budget) -> Ranking:
+        """Every row this method can rank, best first (used when `stratify_scope == "pool"`)."""
+        try:
+            return self.rank(view, view.n, seed=seed, budget=budget)
+        except ShortRankingError as e:
+            return e.ranking
+
+    def select(
+        self,
+        view: PoolView,
+        budget: Budget | int | float | str,
+        seed: int = 0,
+        exclude: np.ndarray | None = None,
+        stratify: str = "none",
+        mixture: Mapping[str, float] | None = None,
+    ) -> Selection:
+        """Rank the pool and take rows within `budget`; the same inputs and seed give the same selection.
+
+        `exclude`: pool positions that may not be chosen (e.g. the rows a reference model was trained on);
+        the selector ranks k + len(exclude) rows and those positions are dropped from its ranking.
+        `stratify`: "none", "domain" or "cluster": the budget is split over strata (proportional to their
+        eligible rows, or to `mixture` {domain: weight}) and this selector runs within each stratum
+        (`curate.select.stratify`).
+        """
+        budget = Budget.parse(budget)
+        if stratify != "none" or mixture is not None:
+            from curate.select.stratify import select_stratified
+
+            return select_stratified(self, view, budget, seed=int(seed), exclude=exclude, by=stratify, mixture=mixture)
+        taken = self.take(view, budget, seed=int(seed), exclude=exclude)
+        return self.selection(view, taken, budget, seed=int(seed), excluded=exclusion_mask(view.n, exclude))
+
+    def selection(
+        self, view: PoolView, taken: Taken, budget: Budget, *, seed: int, excluded: np.ndarray | None = None
+    ) -> Selection:
+        """Wrap taken rows as a `Selection` with ids, the basic stats and the domain mix against the pool."""
+        from curate.select.stratify import domain_mix
+
+        ids = view.ids
+        stats = dict(taken.stats)
+        stats.update(_basic_stats(view, taken.positions))
+        stats["mix"] = domain_mix(view, taken.positions, excluded)
+        stats.update(self.filter_stats(view, excluded))
+        return Selection(
+            positions=taken.positions,
+            ids=[str(ids[i]) for i in taken.positions],
+            weights=taken.weights,
+            reasons=taken.reasons,
+            method=self.name,
+            params=self.get_params(),
+            seed=int(seed),
+            budget=str(budget),
+            stats=stats,
+        )
+
+    def take(
+        self,
+        view: PoolView,
+        budget: Budget,
+        *,
+        seed: int,
+        exclude: np.ndarray | None = None,
+        partial: bool = False,
+    ) -> Taken:
+        """Rank `view` and take the rows within `budget` (no ids, no pool-wide stats).
+
+        `partial`: a ranking shorter than the budget needs is taken as it is (a `ShortRankingError` from the
+        selector included) and `Taken.ran_out` says so, instead of raising.
+        """
+        n = view.n
+        tokens = view.tokens() if budget.kind == "tokens" else None
+        k = budget.resolve(n, tokens)
+        excluded = exclusion_mask(n, exclude)
+        try:
+            ranking = self.rank(view, min(n, k + int(excluded.sum())), seed=int(seed), budget=budget)
+        except ShortRankingError as e:
+            if not partial:
+                raise
+            ranking = e.ranking
+        pos = np.asarray(ranking.positions, dtype=np.int64).ravel()
+        if pos.size and (pos.min() < 0 or pos.max() >= n):
+            raise ValueError(f"{self.name}: ranked position out of range 0..{n - 1}")
+        if np.unique(pos).size != pos.size:
+            raise ValueError(f"{self.name}: ranking repeats a position")
+        if excluded.any():
+            keep = ~excluded[pos]
+            ranking = Ranking(
+                positions=pos[keep],
+                weights=None if ranking.weights is None else np.asarray(ranking.weights)[keep],
+                reasons=ranking.reasons if isinstance(ranking.reasons, str)
+                else [r for r, ok in zip(ranking.reasons, keep, strict=True) if ok],
+                stats={**ranking.stats, "excluded_rows": int(excluded.sum())},
+            )
+            pos = ranking.positions
+            n = int((~excluded).sum())
+        if pos.size < k and pos.size < n and budget.kind != "tokens" and not partial:
+            raise ValueError(f"{self.name}: ranked {pos.size} rows, the budget needs {k}")
+        weights = (
+            np.ones(pos.size, dtype=np.float64)
+            if ranking.weights is None
+            else np.asarray(ranking.weights, dtype=np.float64).ravel()
+        )
+        reasons = ranking.reasons
+        if len(weights) != pos.size or (not isinstance(reasons, str) and len(reasons) != pos.size):
+            raise ValueError(f"{self.name}: weights/reasons do not match the {pos.size} ranked rows")
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError(f"{self.name}: weights must be finite and >= 0")
+
+        if budget.kind == "tokens":
+            take = take_within_tokens(pos, tokens, budget.tokens)
+            ran_out = take.size == pos.size
+        else:
+            take = np.arange(min(k, pos.size))
+            ran_out = take.size < min(k, n)
+        return Taken(
+            positions=pos[take],
+            weights=weights[take],
+            reasons=[reasons] * take.size if isinstance(reasons, str) else [reasons[i] for i in take],
+            stats=dict(ranking.stats),
+            n_ranked=int(pos.size),
+            ran_out=bool(ran_out),
+        )
+
+
+@dataclass
+class Taken:
+    """Rows a selector took within a budget: positions in rank order, weights, reasons, its stats."""
+
+    positions: np.ndarray
+    weights: np.ndarray
+    reasons: list[str]
+    stats: dict[str, Any]
+    n_ranked: int
+    ran_out: bool
+
+
+class ShortRankingError(ValueError):
+    """A selector can rank fewer rows than the budget needs; `ranking` holds the rows it could rank."""
+
+    def __init__(self, message: str, ranking: Ranking) -> None:
+        super().__init__(message)
+        self.ranking = ranking
+
+
+def exclusion_mask(n: int, exclude: np.ndarray | None) -> np.ndarray:
+    """Boolean [n]: True at the excluded positions."""
+    excluded = np.zeros(n, dtype=bool)
+    if exclude is not None and len(exclude):
+        excluded[np.asarray(exclude, dtype=np.int64)] = True
+    return excluded
+
+
+def _basic_stats(view: PoolView, chosen: np.ndarray) -> dict[str, Any]:
+    stats: dict[str, Any] = {"n_selected": int(chosen.size), "n_pool": int(view.n)}
+    if view.has_signal(TOKENS_SIGNAL):
+        stats["tokens"] = int(round(float(view.signal(TOKENS_SIGNAL)[chosen].sum())))
+    dom = view.frame["domain"].gather(chosen) if chosen.size else view.frame["domain"].head(0)
+    counts = dom.fill_null("(none)").value_counts().sort("domain")
+    stats["domains"] = {str(d): int(c) for d, c in zip(counts["domain"], counts["count"], strict=True)}
+    return stats

@@ -1,0 +1,266 @@
+"""PoolView: what selectors, reports and viewers read of a pool, loaded lazily and cached, in pool order."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curate.errors import MissingArtefactError
+from curate.run import RunDir
+from curate.select.budget import TOKENS_SIGNAL
+
+POOL_VIEW_COLUMNS = ["id", "domain", "kind", "prompt", "response", "n_duplicates"]
+
+
+class PoolView:
+    """What a selector may read about a pool, loaded lazily and cached; in pool order (positions 0..N-1).
+
+    Build it with `PoolView.from_run(run)` for a run directory, or `PoolView.from_arrays(...)` in memory.
+    """
+
+    def __init__(self, run: RunDir | str | os.PathLike | None = None) -> None:
+        self.run: RunDir | None = None if run is None else (run if isinstance(run, RunDir) else RunDir(run))
+        self._frame: pl.DataFrame | None = None
+        self._vectors: np.ndarray | None = None
+        self._signals: dict[str, np.ndarray] = {}
+        self._knn: Any = None
+        self._cells: np.ndarray | None = None
+        self._clusters: np.ndarray | None = None
+        self._projection: np.ndarray | None = None
+
+    # constructors ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run: RunDir | str | os.PathLike) -> PoolView:
+        """A view over a run directory (reads nothing until asked)."""
+        return cls(run)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        ids: Sequence[str] | np.ndarray,
+        domains: Sequence[str | None] | None = None,
+        vectors: np.ndarray | None = None,
+        signals: Mapping[str, np.ndarray] | None = None,
+        cells: np.ndarray | None = None,
+        clusters: np.ndarray | None = None,
+        projection: np.ndarray | None = None,
+        knn: Any = None,
+        prompts: Sequence[str] | None = None,
+        responses: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> PoolView:
+        """An in-memory view (tests, benchmarks); arrays are in the order of `ids`.
+
+        `knn` is an object with `neighbors` (int64 [N,k]) and `sims` (float32 [N,k]) or a (neighbors, sims) tuple.
+        """
+        ids = [str(i) for i in ids]
+        n = len(ids)
+        if len(set(ids)) != n:
+            raise ValueError("PoolView.from_arrays: ids are not unique")
+
+        def col(name: str, values: Sequence | None, default: Any, dtype: Any) -> pl.Series:
+            if values is None:
+                return pl.Series(name, [default] * n, dtype=dtype)
+            if len(values) != n:
+                raise ValueError(f"PoolView.from_arrays: {name} has {len(values)} rows, ids has {n}")
+            return pl.Series(name, list(values), dtype=dtype)
+
+        view = cls(None)
+        view._frame = pl.DataFrame(
+            [
+                pl.Series("id", ids, dtype=pl.String),
+                col("domain", domains, None, pl.String),
+                col("kind", kinds, "sft", pl.String),
+                col("prompt", prompts, "", pl.String),
+                col("response", responses, "", pl.String),
+                pl.Series("n_duplicates", [0] * n, dtype=pl.Int64),
+            ]
+        )
+        if vectors is not None:
+            vectors = np.asarray(vectors, dtype=np.float32)
+            _check_len("vectors", vectors, n)
+            view._vectors = vectors
+        for name, values in (signals or {}).items():
+            arr = np.asarray(values, dtype=np.float64)
+            _check_len(f"signal {name!r}", arr, n)
+            view._signals[name] = arr
+        if cells is not None:
+            view._cells = np.asarray(cells, dtype=np.int64)
+            _check_len("cells", view._cells, n)
+        if clusters is not None:
+            view._clusters = np.asarray(clusters, dtype=np.int64)
+            _check_len("clusters", view._clusters, n)
+        if projection is not None:
+            view._projection = np.asarray(projection, dtype=np.float64)
+            _check_len("projection", view._projection, n)
+        if knn is not None:
+            view._knn = _as_knn(knn)
+            _check_len("knn neighbors", view._knn.neighbors, n)
+        return view
+
+    # pool table --------------------------------------------------------------------------------------------
+    @property
+    def frame(self) -> pl.DataFrame:
+        """Pool columns id, domain, kind, prompt, response, n_duplicates in pool order."""
+        if self._frame is None:
+            assert self.run is not None
+            self._frame = self.run.read_pool(POOL_VIEW_COLUMNS)
+        return self._frame
+
+    @property
+    def n(self) -> int:
+        """Number of (unique) rows in the pool."""
+        return self.frame.height
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Row ids in pool order (object array of str)."""
+        return self.frame["id"].to_numpy()
+
+    def domains(self) -> np.ndarray:
+        """Domain per row (object array; None where the row has no domain)."""
+        return np.asarray(self.frame["domain"].to_list(), dtype=object)
+
+    # embeddings --------------------------------------------------------------------------------------------
+    def row_vectors(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The matrix these rows' vectors live in and their rows in it, ascending (None: rows 0..n-1), so a
+        method that touches few rows (Deita's walk) need not copy a sub-pool's vectors."""
+        return self.vectors(), None
+
+    def vectors(self) -> np.ndarray:
+        """Embedding matrix (N, d) float32, L2-normalised, pool order (`curate embed` writes it)."""
+        if self._vectors is None:
+            if self.run is None:
+                raise ValueError("this in-memory PoolView has no vectors")
+            from curate.embed import load_vectors
+
+            self._vectors = load_vectors(self.run.root)
+            _check_len("embedding vectors", self._vectors, self.n)
+        return self._vectors
+
+    # signals -----------------------------------------------------------------------------------------------
+    def has_signal(self, name: str) -> bool:
+        """Whether signal `name` is stored (or given in memory)."""
+        if name in self._signals:
+            return True
+        return self.run is not None and self.run.signal_path(name).exists()
+
+    def signal_names(self) -> list[str]:
+        """Names of every available signal."""
+        names = set(self._signals)
+        if self.run is not None and (self.run.root / "signals").is_dir():
+            names |= {p.stem for p in (self.run.root / "signals").glob("*.parquet")}
+        return sorted(names)
+
+    def signal(self, name: str) -> np.ndarray:
+        """One float per row, pool order (`curate score --signal NAME` computes it)."""
+        if name not in self._signals:
+            if self.run is None:
+                known = ", ".join(sorted(self._signals)) or "(none)"
+                raise KeyError(f"signal {name!r} is not in this in-memory PoolView; known: {known}")
+            if not self.run.signal_path(name).exists():
+                from curate.signals.base import score_command
+
+                raise MissingArtefactError(
+                    f"signal {name!r} is missing ({self.run.signal_path(name)}): "
+                    f"run {score_command(name, self.run.root)} first"
+                )
+            arr = np.asarray(_load_signal(self.run, name), dtype=np.float64)
+            _check_len(f"signal {name!r}", arr, self.n)
+            self._signals[name] = arr
+        return self._signals[name]
+
+    def tokens(self) -> np.ndarray:
+        """Prompt + response tokens per row (the `tokens` signal); clear error naming the command if absent."""
+        if not self.has_signal(TOKENS_SIGNAL):
+            where = f" on {self.run.root}" if self.run is not None else ""
+            raise FileNotFoundError(
+                f"a token budget or token count needs the `{TOKENS_SIGNAL}` signal (prompt + response tokens), "
+                f"which is not stored: run `curate score --signal {TOKENS_SIGNAL}`{where} first"
+            )
+        return self.signal(TOKENS_SIGNAL)
+
+    # index and map -----------------------------------------------------------------------------------------
+    def knn(self) -> Any:
+        """The kNN graph (`neighbors` int64 [N,k] positions, `sims` float32 [N,k] cosine, self excluded)."""
+        if self._knn is None:
+            if self.run is None:
+                raise ValueError("this in-memory PoolView has no kNN graph")
+            path = self.run.require(self.run.index_dir / "knn.npz", "index")
+            from index.knn import KnnGraph
+
+            self._knn = KnnGraph.load(path)
+            _check_len("knn neighbors", self._knn.neighbors, self.n)
+        return self._knn
+
+    def cells(self) -> np.ndarray:
+        """Coverage-grid cell per row (int64), from <run>/map/grid.parquet."""
+        if self._cells is None:
+            if self.run is None:
+                raise ValueError("this in-memory PoolView has no map cells")
+            path = self.run.require(self.run.map_dir / "grid.parquet", "map")
+            self._cells = self._aligned(pl.read_parquet(path), "cell", path).astype(np.int64)
+        return self._cells
+
+    def clusters(self) -> np.ndarray:
+        """Cluster per row (int64), from <run>/map/clusters.parquet."""
+        if self._clusters is None:
+            if self.run is None:
+                raise ValueError("this in-memory PoolView has no clusters")
+            path = self.run.require(self.run.map_dir / "clusters.parquet", "map")
+            self._clusters = self._aligned(pl.read_parquet(path), "cluster", path).astype(np.int64)
+        return self._clusters
+
+    def projection(self) -> np.ndarray:
+        """Projected coordinates (N, dims) float64: columns x, y (+ more), from <run>/projection.parquet."""
+        if self._projection is None:
+            if self.run is None:
+                raise ValueError("this in-memory PoolView has no projection")
+            path = self.run.require(self.run.projection_path, "map")
+            df = pl.read_parquet(path)
+            dims = [c for c in df.columns if c != "id"]
+            joined = self._join(df, path)
+            self._projection = joined.select(dims).to_numpy().astype(np.float64)
+        return self._projection
+
+    def _join(self, df: pl.DataFrame, path: Path) -> pl.DataFrame:
+        joined = self.frame.select("id").join(df, on="id", how="left", maintain_order="left")
+        missing = joined.filter(pl.any_horizontal(pl.exclude("id").is_null()))
+        if missing.height:
+            raise ValueError(
+                f"{path} has no value for {missing.height} pool rows (e.g. id {missing['id'][0]}): "
+                "it is stale; rebuild it"
+            )
+        return joined
+
+    def _aligned(self, df: pl.DataFrame, column: str, path: Path) -> np.ndarray:
+        return self._join(df.select("id", column), path)[column].to_numpy()
+
+
+def _load_signal(run: RunDir, name: str) -> np.ndarray:
+    from curate.signals import load_signal
+
+    return load_signal(run.root, name)
+
+
+def _as_knn(knn: Any) -> Any:
+    from index.knn import KnnGraph
+
+    if isinstance(knn, tuple):  # a KnnGraph, so facility location (which needs one) runs on in-memory views
+        return KnnGraph(np.asarray(knn[0], dtype=np.int64), np.asarray(knn[1], dtype=np.float32))
+    if not (hasattr(knn, "neighbors") and hasattr(knn, "sims")):
+        raise TypeError("knn must have `neighbors` and `sims` (or be a (neighbors, sims) tuple)")
+    return knn
+
+
+def _check_len(what: str, arr: np.ndarray, n: int) -> None:
+    if len(arr) != n:
+        raise MissingArtefactError(
+            f"{what} has {len(arr)} rows but the pool has {n}: it was made before the pool was re-ingested",
+            "re-run the stage that makes it (curate embed / index / map / score) on this run",
+        )
