@@ -10,7 +10,7 @@ token embeddings (DaaR's clustering space). `pooling="weighted_mean"` is the pos
 later tokens, which have seen more of the text, count more.
 
 Features are cached as float32 shards `<out_dir>/shard-*.npy` (+ `meta.json`), written atomically and resumed
-shard by shard through `index.io.run_shards`.
+shard by shard by an executor (`FeatureJob`, a picklable `index.io.ShardJob`; in process by default).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from index.io import read_json, run_shards, shard_name, write_json
+from index.io import missing_shards, read_json, run_job, shard_name, write_json
 
 KINDS = ("truncated", "input_embeddings")
 POOLINGS = ("mean", "weighted_mean")
@@ -150,6 +151,54 @@ def masked_mean_features(
     return np.concatenate(out)
 
 
+#: the rows' texts: a sequence, or a picklable `(start, stop) -> texts` that a worker calls for its shard
+TextSource = Sequence[str] | Callable[[int, int], Sequence[str]]
+
+
+@dataclass
+class FeatureJob:
+    """Feature extraction as a shard job (`index.io.ShardJob`): picklable, so a Ray actor loads the truncated LM
+    once (`setup`) and computes whole shards; in process, `setup` returns the model the caller already holds."""
+
+    texts: TextSource
+    n_rows: int
+    shard_size: int
+    model_path: str
+    kind: str
+    layer: int
+    max_length: int
+    batch_size: int
+    device: str
+    dtype: str
+    pooling: str
+    local: Any = None  # the caller's loaded (tokenizer, base); never pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "local": None}
+
+    def setup(self) -> Any:
+        """(tokenizer, truncated LM): the caller's, or loaded in this worker."""
+        if self.local is not None:
+            return self.local
+        return load_truncated_lm(self.model_path, self.layer if self.kind == "truncated" else 0, device=self.device,
+                                 dtype=self.dtype)
+
+    def run(self, model: Any, i: int, tmp: Path, progress: Callable[[int], None] | None = None) -> int:
+        """Features of shard `i`'s rows into `tmp` (.npy float32 [rows, d])."""
+        tok, base = model
+        lo, hi = i * self.shard_size, min((i + 1) * self.shard_size, self.n_rows)
+        chunk = list(self.texts(lo, hi)) if callable(self.texts) else self.texts[lo:hi]
+        if len(chunk) != hi - lo:
+            raise ValueError(f"text source gave {len(chunk)} texts for rows {lo}:{hi}")
+        feats = masked_mean_features(tok, base, chunk, kind=self.kind, max_length=self.max_length,
+                                     batch_size=self.batch_size, pooling=self.pooling)
+        with open(tmp, "wb") as fh:
+            np.save(fh, feats)
+        if progress is not None:
+            progress(len(chunk))
+        return len(chunk)
+
+
 def cached_features(
     texts: Sequence[str],
     out_dir: str | os.PathLike,
@@ -164,11 +213,19 @@ def cached_features(
     dtype: str = "auto",
     progress: bool = True,
     pooling: str = "mean",
+    executor: Callable[..., list[int]] | None = None,
+    source: TextSource | None = None,
+    model: Any = None,
 ) -> np.ndarray:
     """Compute (or resume) features of `texts` into `out_dir/shard-*.npy` and return them [n, d] float32.
 
     `out_dir` should be keyed by `feature_fingerprint(...)`; a `meta.json` records model, kind, layer and n,
-    and a mismatch with an existing cache raises instead of mixing features.
+    and a mismatch with an existing cache raises instead of mixing features. `executor` computes the missing
+    shards (default: in this process, `index.io.run_job`; a Ray executor from `curate.executors` runs them on
+    its workers, each loading the model once). `source`: the same texts as the workers read them (a picklable
+    `(start, stop) -> texts`, e.g. from the run's pool), so a remote executor is not sent every text; default
+    `texts`. `model`: the (tokenizer, truncated LM) already loaded in this process, used in process instead of
+    loading it again.
     """
     out_dir = Path(out_dir)
     n = len(texts)
@@ -190,29 +247,18 @@ def cached_features(
     else:
         write_json(meta_path, meta)
     n_shards = max(1, -(-n // shard_size))
-    state: dict[str, Any] = {}
+    if executor is not None and executor is not run_job and device.startswith("cuda:"):
+        device = "cuda"  # a worker's GPUs are its own, numbered from 0
+    job = FeatureJob(texts if source is None else source, n, shard_size, str(model_path), kind, layer, max_length,
+                     batch_size, device, dtype, pooling, local=model)
     bar = None
-    if progress:
+    if progress and missing_shards(out_dir, n_shards, "npy"):
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc=f"{kind} features", unit="row")
-
-    def work(i: int, tmp: Path) -> None:
-        if "model" not in state:
-            state["model"] = load_truncated_lm(
-                model_path, layer if kind == "truncated" else 0, device=device, dtype=dtype
-            )
-        tok, base = state["model"]
-        chunk = texts[i * shard_size : (i + 1) * shard_size]
-        feats = masked_mean_features(
-            tok, base, chunk, kind=kind, max_length=max_length, batch_size=batch_size, pooling=pooling
-        )
-        with open(tmp, "wb") as fh:
-            np.save(fh, feats)
+    try:
+        (executor or run_job)(job, out_dir, n_shards, "npy", None if bar is None else bar.update)
+    finally:
         if bar is not None:
-            bar.update(len(chunk))
-
-    run_shards(out_dir, n_shards, "npy", work)
-    if bar is not None:
-        bar.close()
+            bar.close()
     return np.concatenate([np.load(out_dir / shard_name(i, "npy")) for i in range(n_shards)])

@@ -1,5 +1,7 @@
-"""The executor seam: the embedding stage on a local Ray with 2 workers gives the in-process vectors; a worker
-killed mid-stage leaves no corrupt shard and the re-run computes only the missing shards."""
+"""The executor seam: the embedding stage, the LM scoring passes, the ICL proxy, RDS+'s features and the training
+module's per-row passes (DPO reference log-probs, AutoMixAlign's specialist losses) on a local Ray with 2
+workers give the in-process results; a worker killed mid-stage leaves no corrupt shard and the re-run computes
+only the missing shards."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from curate.errors import ParameterError
@@ -17,11 +20,13 @@ from index.io import missing_shards, run_job, shard_name
 try:
     from fixtures_embed import tiny_model  # noqa: F401
     from fixtures_lm import tiny_lm, tiny_lm_ref  # noqa: F401
-    from signals_helpers import make_pool
+    from fixtures_train import train_pool_run
+    from signals_helpers import make_pool, write_validation
 except ImportError:
     from tests.fixtures_embed import tiny_model  # noqa: F401
     from tests.fixtures_lm import tiny_lm, tiny_lm_ref  # noqa: F401
-    from tests.signals_helpers import make_pool
+    from tests.fixtures_train import train_pool_run
+    from tests.signals_helpers import make_pool, write_validation
 
 pytest.importorskip("ray")
 TEXTS = [f"row {i}: " + " ".join(["the cat sat on the mat", "add two numbers", "python code"][i % 3:]) * (1 + i % 4)
@@ -166,3 +171,87 @@ def test_lm_scoring_on_ray_equals_in_process(tiny_lm: Path, tiny_lm_ref: Path, t
     stamps = [p.stat().st_mtime_ns for p in shards]
     score(remote, ["loss"], executor="ray", **{**kw, "score_eot": True})  # a new signal key, same LM pass
     assert [p.stat().st_mtime_ns for p in shards] == stamps
+
+
+def test_icl_on_ray_equals_in_process(tiny_lm: Path, tmp_path: Path, ray_local):  # noqa: F811
+    """The two-shot ICL proxy with its rows on 2 Ray workers (4 shards, each worker reading its rows and their
+    extra demonstrations from the run's pool) equals the in-process gains."""
+    from curate.signals import load_signal, score
+
+    val = write_validation(tmp_path / "val.jsonl")
+    kw = dict(model=str(tiny_lm), validation=val, progress=False, icl_k=2, icl_shard_rows=3)
+    local, remote = make_pool(tmp_path / "local"), make_pool(tmp_path / "remote")
+    score(local, ["icl"], **kw)
+    score(remote, ["icl"], executor="ray", executor_options={"workers": 2}, **kw)
+    a, b = load_signal(local, "icl"), load_signal(remote, "icl")
+    assert np.isfinite(a).all() and np.ptp(a) > 0
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert len(list((remote / "signals" / "_icl").rglob("shard-*.parquet"))) == 4
+
+
+def test_rds_features_on_ray_equal_in_process(tiny_lm: Path, tmp_path: Path, ray_local):  # noqa: F811
+    """RDS+'s pool features: 2 Ray workers rendering their rows from the pool (3 shards) give the in-process
+    features; the selector's remote path (the job pickled, texts read from the run) gives them too."""
+    import pickle
+
+    from curate.executors.ray import RayExecutor
+    from curate.select import PoolView
+    from curate.select.rds import PoolChatTexts, RDSSelector
+    from index.features import cached_features
+
+    run, val = make_pool(tmp_path / "run"), write_validation(tmp_path / "val.jsonl")
+    want, _, _ = RDSSelector(validation=str(val), model=str(tiny_lm)).features(PoolView.from_run(run))
+    assert want.shape[0] == 10 and np.isfinite(want).all()
+    sent = []
+
+    def remote(job, out, n_shards, ext, progress=None):  # in process, but as a worker sees the job
+        clone = pickle.loads(pickle.dumps(job))
+        sent.append(clone)
+        return run_job(clone, out, n_shards, ext, progress)
+
+    run2 = make_pool(tmp_path / "run2")
+    got, _, _ = RDSSelector(validation=str(val), model=str(tiny_lm), executor=remote).features(PoolView.from_run(run2))
+    assert sent and sent[0].local is None and isinstance(sent[0].texts, PoolChatTexts)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+    texts = PoolChatTexts(run, tiny_lm)(0, 10)
+    n_layers = len(sent[0].setup()[1].layers)
+    ray_feats = cached_features(texts, tmp_path / "ray-features", tiny_lm, layer=n_layers, max_length=2048,
+                                batch_size=8, shard_size=4, dtype="float32", progress=False, pooling="weighted_mean",
+                                executor=RayExecutor(workers=2), source=PoolChatTexts(run, tiny_lm))
+    assert len(list((tmp_path / "ray-features").glob("shard-*.npy"))) == 3
+    np.testing.assert_allclose(ray_feats, want, rtol=0, atol=1e-5)
+
+
+def test_training_row_passes_on_ray_equal_in_process(tiny_lm: Path, tiny_lm_ref: Path, tmp_path: Path,  # noqa: F811
+                                                     ray_local, monkeypatch):
+    """DPO's reference log-probs and AutoMixAlign's per-row specialist losses with their rows on 2 Ray workers
+    (3 shards) equal the in-process values; the reference cache is stored, reused, and no shard folder is left."""
+    import curate.train.rowpass as rowpass
+    from curate.executors.ray import RayExecutor
+    from curate.mix.ama.specialists import row_losses
+    from curate.models import model_fingerprint
+    from curate.run import RunDir
+    from curate.train.data import from_selection
+
+    monkeypatch.setattr(rowpass, "SHARD_ROWS", 3)
+    run = train_pool_run(tmp_path / "run", 16, preference=True)
+    rows = from_selection(run, "sel")
+    assert rows.frame.height == 8
+    kw = dict(model=str(tiny_lm), max_length=256, batch_tokens=128, device="cpu")
+    cache = run / "train" / "_ref_logps" / f"{model_fingerprint(tiny_lm, 'float32')}-256.parquet"
+    lc, lr, _ = rowpass.reference_logps(rows, tmp_path / "local" / cache.name, **kw)
+    rc, rr, computed = rowpass.reference_logps(rows, cache, executor=RayExecutor(workers=2), **kw)
+    assert computed and np.all(lc < 0) and np.all(lr < 0)
+    np.testing.assert_allclose(rc, lc, rtol=1e-6)
+    np.testing.assert_allclose(rr, lr, rtol=1e-6)
+    assert pl.read_parquet(cache).height == 8 and not (cache.parent / "_parts").exists()
+    assert rowpass.reference_logps(rows, cache, executor="unused", **kw)[2] is False  # all cached: no pass
+
+    settings = {"max_length": 256, "batch_tokens": 128, "beta": 0.1}
+    args = dict(objective="dpo", base_model=tiny_lm, rd=RunDir(run), settings=settings, device="cpu")
+    local = row_losses(tiny_lm_ref, rows, **args)
+    remote = row_losses(tiny_lm_ref, rows, executor="ray", executor_options={"workers": 2}, **args)
+    assert np.all(local > 0) and not np.allclose(local, np.log(2))  # the specialist differs from the base
+    np.testing.assert_allclose(remote, local, rtol=1e-5)
+    assert not any((run / "mix" / "ama" / "_row_nll").iterdir())

@@ -10,7 +10,9 @@ round-robin over the tasks in sorted order: each turn, the task takes its highes
 (ties to the lower pool position), so every task gets an equal share of any prefix.
 
 Pool features are cached in <run>/features/<fingerprint>/ (resumable shards, keyed by the model, layer, max
-length and pooling); validation features are recomputed (a few rows). Rows that copy a validation row are
+length and pooling), computed by the selector's executor (in process by default; `executor="ray"` runs the
+shards on Ray workers, each loading the model once and rendering its rows from the run's pool); validation
+features are recomputed (a few rows). Rows that copy a validation row are
 left out by the select stage (`curate.signals.decontam`), which drops them from the ranking before the
 budget is taken.
 
@@ -20,6 +22,7 @@ causal LM (default the bundled SmolLM2) in its own chat format. Rows longer than
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,6 +102,28 @@ def conversation_texts(tokenizer: Any, conversations: Sequence[Sequence[dict]]) 
     return out
 
 
+class PoolChatTexts:
+    """Pool rows [start, stop) rendered as the model reads them (`conversation_texts`), read from the run on
+    demand: the text source of a worker computing feature shards (picklable; the tokenizer loads on first use)."""
+
+    def __init__(self, root: str | os.PathLike, model_path: str | os.PathLike) -> None:
+        self.root, self.model_path = str(root), str(model_path)
+        self._tok: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tok": None}
+
+    def __call__(self, start: int, stop: int) -> list[str]:
+        from curate.run import RunDir
+
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(self.model_path)
+        rows = RunDir(self.root).scan_pool().slice(start, stop - start).select("messages").collect()
+        return conversation_texts(self._tok, rows["messages"].to_list())
+
+
 @register_selector
 class RDSSelector(Selector):
     """RDS+: rows closest to the target task's validation rows in the base LM's position-weighted-mean
@@ -107,7 +132,9 @@ class RDSSelector(Selector):
     paper: Ivison et al., Large-scale data selection for instruction tuning (arXiv 2503.01807), RDS+.
     deviations: any local causal LM in its own chat format (default SmolLM2); rows cut at `max_length` tokens.
     Parameters: `validation` the validation file (jsonl/json, as `curate score --validation`; also given by
-    `curate select --validation`), `model` a causal LM folder or alias, `max_length`, `batch_size`, `device`.
+    `curate select --validation`), `model` a causal LM folder or alias, `max_length`, `batch_size`, `device`;
+    `executor` ("local", "ray", "ray:ADDRESS") and `executor_options` (see `curate.executors.get_executor`):
+    where the pool features are computed; the features do not depend on it.
     """
 
     name = "rds"
@@ -116,7 +143,10 @@ class RDSSelector(Selector):
     deviations = "any local causal LM in its own chat format (default SmolLM2); rows cut at max_length tokens"
 
     def __init__(self, validation: str | None = None, model: str = "smollm2", max_length: int = 2048,
-                 batch_size: int = 8, device: str = "cpu") -> None:
+                 batch_size: int = 8, device: str = "cpu", executor: Any = None,
+                 executor_options: dict[str, Any] | None = None) -> None:
+        from curate.executors import get_executor
+
         if validation is None:
             raise ParameterError("rds needs the target task's validation set",
                                  "pass --validation FILE.jsonl (Python: validation=PATH)")
@@ -127,6 +157,8 @@ class RDSSelector(Selector):
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
         self.device = device
+        get_executor(executor, executor_options)  # bad names fail before any work
+        self.executor, self.executor_options = executor, executor_options
 
     def _conversations(self, view: PoolView) -> list[list[dict]]:
         if view.run is not None and type(view) is PoolView:
@@ -139,6 +171,7 @@ class RDSSelector(Selector):
         """(pool features [N, d], validation features [V, d], validation tasks), as the module doc says."""
         from transformers import AutoConfig
 
+        from curate.executors import get_executor, run_job
         from curate.models import resolve_model
         from curate.signals.validation import read_validation
         from index.features import (
@@ -160,9 +193,13 @@ class RDSSelector(Selector):
         texts = conversation_texts(tok, self._conversations(view))
         fp = feature_fingerprint(path, kind="truncated", layer=layers, max_length=self.max_length,
                                  pooling="weighted_mean")
+        executor = get_executor(self.executor, self.executor_options)
+        remote = executor is not run_job and type(view) is PoolView  # workers render their rows from the pool themselves
         feats = cached_features(texts, view.run.root / "features" / fp, path, kind="truncated", layer=layers,
                                 max_length=self.max_length, batch_size=self.batch_size, device=self.device,
-                                dtype="float32", progress=view.n > 1000, pooling="weighted_mean")
+                                dtype="float32", progress=view.n > 1000, pooling="weighted_mean",
+                                executor=executor, model=(tok, base),
+                                source=PoolChatTexts(view.run.root, path) if remote else None)
         return feats, val_feats, [it.domain for it in items]
 
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:

@@ -19,17 +19,23 @@ n_val baselines are shared), twice that (with and without the row) for k > 1. Wi
 sequence is forwarded whole (n_val x (demo + question + answer)); the gains are equal within float
 rounding. `forward_tokens_per_row` (all tokens forwarded / rows, shared baselines amortised) is recorded
 in the signal's sidecar.
+
+The rows are scored in resumable shards (`ICLJob`, a picklable shard job) by the score call's executor: in
+process by default, or on Ray workers that each load the model once and read their rows from the run's pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from curate.signals.base import ScoreContext, short_hash, signal
 from curate.signals.lm_signals import score_eot, scored_tokens
-from curate.signals.rowcache import cached_rows
+from curate.signals.rowcache import cached_job, write_columns
 from curate.signals.validation import ValItem, read_validation
 
 
@@ -86,7 +92,35 @@ def icl_gains(
     return gains, total / max(n, 1)  # shared k=1 baselines amortised over the rows
 
 
-def other_demos(ctx: ScoreContext, positions: np.ndarray, k: int, seed: int) -> list[list[list[dict]]] | None:
+class PoolMessages:
+    """Pool conversations by position, from a messages column already in memory or read from the run once (on
+    first use): what a worker scoring ICL shards reads its rows and their extra demonstrations from."""
+
+    def __init__(self, root: str, column: Any = None) -> None:
+        self.root, self._column = root, column
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_column": None}
+
+    @property
+    def column(self) -> Any:
+        if self._column is None:
+            from curate.run import RunDir
+
+            self._column = RunDir(self.root).read_pool(["messages"])["messages"]
+        return self._column
+
+    @property
+    def n(self) -> int:
+        return len(self.column)
+
+    def messages(self, lo: int = 0, hi: int | None = None) -> list[list[dict]]:
+        """Conversations of pool rows [lo, hi), as `ScoreContext.messages`."""
+        return self.column.slice(lo, (hi if hi is not None else self.n) - lo).to_list()
+
+
+def other_demos(ctx: ScoreContext | PoolMessages, positions: np.ndarray, k: int,
+                seed: int) -> list[list[list[dict]]] | None:
     """For k > 1: k-1 pool conversations per row, drawn without the row, seeded by (seed, position)."""
     if k <= 1:
         return None
@@ -101,14 +135,66 @@ def other_demos(ctx: ScoreContext, positions: np.ndarray, k: int, seed: int) -> 
     return out
 
 
+@dataclass
+class ICLJob:
+    """ICL gains of the pool rows at `positions`, one shard of them at a time: a picklable shard job
+    (`index.io.ShardJob`), so a Ray actor loads the model once and reads its rows from the run. In process,
+    `local` (never pickled) hands over the scorer and pool the score call already holds."""
+
+    root: str
+    model: str
+    dtype: str
+    device: str | None
+    max_length: int
+    batch_tokens: int
+    val: list[ValItem]
+    positions: np.ndarray
+    k: int
+    seed: int
+    eot: bool
+    cache: bool
+    shard_rows: int
+    progress: bool = False
+    local: Callable[[], Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "local": None}
+
+    def setup(self) -> tuple[Any, PoolMessages]:
+        """(scorer, pool conversations): the score call's, or loaded in this worker."""
+        if self.local is not None:
+            return self.local()
+        from curate.signals.lm import LMScorer
+
+        scorer = LMScorer(self.model, dtype=self.dtype, device=self.device, max_length=self.max_length,
+                          batch_tokens=self.batch_tokens)
+        return scorer, PoolMessages(self.root)
+
+    def run(self, state: tuple[Any, PoolMessages], i: int, tmp: Path,
+            progress: Callable[[int], None] | None = None) -> int:
+        """Shard `i`'s gains and forward tokens per row into `tmp` (parquet columns icl, tokens_per_row)."""
+        scorer, pool = state
+        pos = self.positions[i * self.shard_rows : (i + 1) * self.shard_rows]
+        rows = [pool.messages(int(p), int(p) + 1)[0] for p in pos]
+        gains, toks = icl_gains(scorer, rows, self.val, others=other_demos(pool, pos, self.k, self.seed),
+                                eot=self.eot, cache=self.cache, progress=self.progress)
+        write_columns(tmp, {"icl": gains, "tokens_per_row": np.full(len(pos), toks)})
+        return len(pos)
+
+
 def icl_for_positions(ctx: ScoreContext, positions: np.ndarray, tag: str) -> tuple[np.ndarray, float]:
-    """ICL gains of pool rows at `positions`, cached in resumable shards under signals/_icl/."""
+    """ICL gains of pool rows at `positions`, cached in resumable shards under signals/_icl/, computed by the
+    score call's executor."""
+    from curate.signals.lm import default_device, resolve_dtype
+
     if ctx.validation is None:
         raise ValueError("the ICL proxy needs a tiny validation set: pass validation=PATH (CLI --validation)")
     k = int(ctx.param("icl_k", 1))
     seed = int(ctx.param("icl_seed", 0))
     n_val = ctx.param("n_val", 32)
     eot = score_eot(ctx)
+    if k > 1 and ctx.n < k:
+        raise ValueError(f"icl_k={k} needs at least {k} pool rows")
     val = read_validation(ctx.validation, None if n_val is None else int(n_val), seed)
     key = {
         "model": ctx.fingerprint("model"),
@@ -120,15 +206,12 @@ def icl_for_positions(ctx: ScoreContext, positions: np.ndarray, tag: str) -> tup
     }
     folder = ctx.rd.root / "signals" / "_icl" / f"{tag}-{short_hash(key)}"
     positions = np.asarray(positions, dtype=np.int64)
-
-    def work(lo: int, hi: int) -> dict[str, np.ndarray]:
-        pos = positions[lo:hi]
-        rows = [ctx.messages(int(p), int(p) + 1)[0] for p in pos]
-        gains, toks = icl_gains(ctx.scorer("model"), rows, val, others=other_demos(ctx, pos, k, seed),
-                                eot=eot, cache=bool(ctx.param("icl_cache", True)), progress=ctx.progress)
-        return {"icl": gains, "tokens_per_row": np.full(len(pos), toks)}
-
-    cols, _ = cached_rows(folder, len(positions), int(ctx.param("icl_shard_rows", 256)), key, work)
+    shard_rows = int(ctx.param("icl_shard_rows", 256))
+    job = ICLJob(str(ctx.rd.root), ctx.model_path("model"), resolve_dtype(ctx.dtype, ctx.device or default_device()),
+                 ctx.device, int(ctx.param("max_length", 2048)), ctx.batch_tokens, val, positions, k, seed, eot,
+                 bool(ctx.param("icl_cache", True)), shard_rows, progress=ctx.progress,
+                 local=lambda: (ctx.scorer("model"), PoolMessages(str(ctx.rd.root), ctx.pool["messages"])))
+    cols, _ = cached_job(folder, len(positions), shard_rows, key, job, ctx.executor)
     return cols["icl"].astype(np.float64), float(np.mean(cols["tokens_per_row"])) if len(positions) else 0.0
 
 

@@ -418,40 +418,26 @@ def _evaluate(scorer, seqs: list, domains: list[str], dtype: str = "float32") ->
     }
 
 
-def _reference_logps(scorer, rows, feats, rd, out, fingerprint, params) -> tuple[np.ndarray, np.ndarray]:
+def _reference_logps(scorer, rows, feats, rd, out, fingerprint, params, executor=None) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-probs of chosen and rejected responses under the reference (initial) model, computed once
-    per (model, max_length) and cached: `<run>/train/_ref_logps/<key>.parquet` (or `<out>/` without a run)."""
-    from curate.signals.lm import Encoded
+    per (model, max_length) and cached: `<run>/train/_ref_logps/<key>.parquet` (or `<out>/` without a run).
+    The missing rows are a shard job (`curate.train.rowpass`) run by `executor` (default: in this process,
+    on `scorer`'s model; a Ray executor's workers load the initial model from its folder)."""
+    from curate.train.rowpass import reference_logps
 
     folder = (rd.root / "train" / "_ref_logps") if rd is not None else out
-    path = folder / f"{fingerprint}-{params['max_length']}.parquet"
-    ids = rows.frame["id"].to_list()
-    cache = pl.read_parquet(path) if path.exists() else pl.DataFrame(
-        schema={"id": pl.String, "chosen": pl.Float64, "rejected": pl.Float64}
-    )
-    have = dict(zip(cache["id"].to_list(), zip(cache["chosen"].to_list(), cache["rejected"].to_list(),
-                                                strict=True), strict=True))
-    todo = [i for i, x in enumerate(ids) if x not in have]
-    if todo:
-        model = scorer.model
-        model.eval()
-        seqs = [Encoded(feats.ids[i], int(feats.n_prompt[i])) for i in todo]
-        rej = [Encoded(feats.rejected_ids[i], int(feats.rejected_n_prompt[i])) for i in todo]
-        c_sum, _ = scorer.nll(seqs)
-        r_sum, _ = scorer.nll(rej)
-        model.train()
-        new = pl.DataFrame({"id": [ids[i] for i in todo], "chosen": -c_sum, "rejected": -r_sum})
-        cache = pl.concat([cache, new])
-        if _is_main():
-            from index.io import atomic_path
 
-            with atomic_path(path, suffix=".parquet") as tmp:
-                cache.write_parquet(tmp)
-        have.update({ids[i]: (float(-c_sum[k]), float(-r_sum[k])) for k, i in enumerate(todo)})
-    chosen = np.array([have[x][0] for x in ids], dtype=np.float64)
-    rejected = np.array([have[x][1] for x in ids], dtype=np.float64)
+    def local():
+        scorer.model.eval()
+        return scorer
+
+    chosen, rejected, computed = reference_logps(
+        rows, folder / f"{fingerprint}-{params['max_length']}.parquet", model=params["model"],
+        max_length=params["max_length"], batch_tokens=params["batch_tokens"], device=str(scorer.device),
+        executor=executor, local=local, store=_is_main(), tag=f"-rank{os.environ.get('RANK', '0')}")
+    if computed:
+        scorer.model.train()
     return chosen, rejected
-
 
 
 def evaluate_rows(scorer, rows: tdata.TrainRows, dtype: str = "float32") -> dict[str, Any]:

@@ -50,47 +50,54 @@ def specialist_dir(rd: RunDir, task: str, key: str) -> Path:
 
 
 def row_losses(model_dir: Path, rows: tdata.TrainRows, *, objective: str, base_model: Path, rd: RunDir,
-               settings: Mapping[str, Any], device: str) -> np.ndarray:
+               settings: Mapping[str, Any], device: str, executor: Any = None,
+               executor_options: dict[str, Any] | None = None) -> np.ndarray:
     """Each row's loss under a trained model, as the generalist's objective sees it: the per-token mean NLL of
-    the response (SFT), or the DPO loss against the base model's log-probabilities (DPO)."""
+    the response (SFT), or the DPO loss against the base model's log-probabilities (DPO). The model passes are
+    shard jobs (`curate.train.rowpass`) run by `executor` ("local", default; "ray"; "ray:ADDRESS"; with
+    `executor_options`, see `curate.executors.get_executor`); the losses do not depend on it."""
     import torch
 
-    from curate.signals.lm import Encoded, LMScorer
+    from curate.executors import get_executor
+    from curate.models import model_fingerprint
     from curate.train.loss import dpo_losses
+    from curate.train.rowpass import digest, row_nll
 
+    run_on = get_executor(executor, executor_options)
     max_length, batch_tokens = int(settings["max_length"]), int(settings["batch_tokens"])
-    scorer = LMScorer(model_dir, dtype="float32", device=device, max_length=max_length, batch_tokens=batch_tokens)
-    feats = tdata.encode_rows(scorer, rows, preference=objective == "dpo")
-    sums, counts = scorer.nll([Encoded(ids, int(p)) for ids, p in zip(feats.ids, feats.n_prompt, strict=True)])
+    preference = objective == "dpo"
+    key = {"model": model_fingerprint(model_dir, "float32"), "rows": rows.key(), "preference": preference,
+           "max_length": max_length, "batch_tokens": batch_tokens}
+    cols, _ = row_nll(rows, rd.root / "mix" / "ama" / "_row_nll" / digest(key), model=str(model_dir), key=key,
+                      preference=preference, max_length=max_length, batch_tokens=batch_tokens, device=device,
+                      executor=run_on)
+    sums, counts = cols["nll_sum"].astype(np.float64), cols["n_tokens"]
     if objective == "sft":
         return sums / np.maximum(counts, 1)
-    rej, _ = scorer.nll([Encoded(ids, int(p)) for ids, p in
-                         zip(feats.rejected_ids, feats.rejected_n_prompt, strict=True)])
-    ref_c, ref_r = _reference_logps(base_model, rows, rd, max_length, batch_tokens, device)
+    ref_c, ref_r = _reference_logps(base_model, rows, rd, max_length, batch_tokens, device, run_on)
     t = torch.as_tensor
-    return dpo_losses(t(-sums), t(-rej), t(ref_c), t(ref_r), float(settings["beta"])).numpy()
+    return dpo_losses(t(-sums), t(-cols["rejected_nll_sum"].astype(np.float64)), t(ref_c), t(ref_r),
+                      float(settings["beta"])).numpy()
 
 
 def _reference_logps(base_model: Path, rows: tdata.TrainRows, rd: RunDir, max_length: int, batch_tokens: int,
-                     device: str) -> tuple[np.ndarray, np.ndarray]:
+                     device: str, executor: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """The base (reference) model's summed log-probs of chosen and rejected responses: from the training
-    module's cache `<run>/train/_ref_logps/` when it holds every row, else computed."""
+    module's cache `<run>/train/_ref_logps/` when it holds every row, else computed (by `executor`)."""
     from curate.models import model_fingerprint
-    from curate.signals.lm import Encoded, LMScorer
+    from curate.train.rowpass import digest, read_reference_cache, row_nll
 
     ids = rows.frame["id"].to_list()
-    path = rd.root / "train" / "_ref_logps" / f"{model_fingerprint(base_model, 'float32')}-{max_length}.parquet"
-    if path.exists():
-        cache = pl.read_parquet(path)
-        have = dict(zip(cache["id"].to_list(), zip(cache["chosen"].to_list(), cache["rejected"].to_list(),
-                                                    strict=True), strict=True))
-        if all(i in have for i in ids):
-            return (np.array([have[i][0] for i in ids]), np.array([have[i][1] for i in ids]))
-    scorer = LMScorer(base_model, dtype="float32", device=device, max_length=max_length, batch_tokens=batch_tokens)
-    feats = tdata.encode_rows(scorer, rows, preference=True)
-    c, _ = scorer.nll([Encoded(x, int(p)) for x, p in zip(feats.ids, feats.n_prompt, strict=True)])
-    r, _ = scorer.nll([Encoded(x, int(p)) for x, p in zip(feats.rejected_ids, feats.rejected_n_prompt, strict=True)])
-    return -c, -r
+    fp = model_fingerprint(base_model, "float32")
+    have = read_reference_cache(rd.root / "train" / "_ref_logps" / f"{fp}-{max_length}.parquet")
+    if all(i in have for i in ids):
+        return (np.array([have[i][0] for i in ids]), np.array([have[i][1] for i in ids]))
+    key = {"model": fp, "rows": rows.key(), "preference": True, "max_length": max_length,
+           "batch_tokens": batch_tokens}
+    cols, _ = row_nll(rows, rd.root / "mix" / "ama" / "_row_nll" / digest(key), model=str(base_model), key=key,
+                      preference=True, max_length=max_length, batch_tokens=batch_tokens, device=device,
+                      executor=executor)
+    return -cols["nll_sum"].astype(np.float64), -cols["rejected_nll_sum"].astype(np.float64)
 
 
 def trained_losses(rd: RunDir, rows: tdata.TrainRows, task: str, *, model: str, objective: str,
