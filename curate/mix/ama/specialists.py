@@ -101,8 +101,10 @@ def _reference_logps(base_model: Path, rows: tdata.TrainRows, rd: RunDir, max_le
 
 
 def trained_losses(rd: RunDir, rows: tdata.TrainRows, task: str, *, model: str, objective: str,
-                   settings: dict[str, Any], progress: bool = True) -> dict[str, float]:
-    """Train a model on `rows` alone (or reuse the cached one) and return its loss on each of them."""
+                   settings: dict[str, Any], progress: bool = True, executor: Any = None,
+                   executor_options: dict[str, Any] | None = None) -> dict[str, float]:
+    """Train a model on `rows` alone (or reuse the cached one) and return its loss on each of them (scored by
+    `executor`, see `row_losses`; training itself runs in this process)."""
     from curate.models import model_fingerprint
     from curate.signals.lm import default_device
     from curate.train import train
@@ -121,7 +123,8 @@ def trained_losses(rd: RunDir, rows: tdata.TrainRows, task: str, *, model: str, 
                     objective=objective, progress=progress, **kwargs)
         device = settings.get("device") or default_device()
         losses = row_losses(folder / "train" / "model", rows, objective=objective, base_model=base, rd=rd,
-                            settings=settings, device=device)
+                            settings=settings, device=device, executor=executor,
+                            executor_options=executor_options)
         if not np.all(np.isfinite(losses)):
             raise ValueError(f"specialist {task!r} ({res.out}) gave non-finite losses")
         with atomic_path(path, suffix=".parquet") as tmp:
@@ -131,12 +134,14 @@ def trained_losses(rd: RunDir, rows: tdata.TrainRows, task: str, *, model: str, 
 
 
 def specialist_losses(rd: RunDir, rows: tdata.TrainRows, tasks: list[str], *, model: str, objective: str,
-                      settings: dict[str, Any], progress: bool = True) -> dict[str, float]:
-    """Per-row specialist losses: task i's specialist (trained on task i's rows) scored on task i's rows."""
+                      settings: dict[str, Any], progress: bool = True, executor: Any = None,
+                      executor_options: dict[str, Any] | None = None) -> dict[str, float]:
+    """Per-row specialist losses: task i's specialist (trained on task i's rows) scored on task i's rows (the
+    scoring passes run by `executor`, see `row_losses`)."""
     out: dict[str, float] = {}
     doms = np.asarray(rows.domains())
     for task in tasks:
         sub = tdata.TrainRows(rows.frame.filter(pl.Series(doms == task)), f"{rows.source} [task {task}]")
         out.update(trained_losses(rd, sub, task, model=model, objective=objective, settings=settings,
-                                  progress=progress))
+                                  progress=progress, executor=executor, executor_options=executor_options))
     return out
