@@ -9,14 +9,10 @@ import pytest
 from fixtures_lm import tiny_lm  # noqa: F401  (fixture)
 
 from curate.select import PoolView, make_selector
-from curate.select.daar import (
-    band_positions,
-    daar_entropy,
-    entropy,
-    probe_widths,
-    read_seed_files,
-    train_probe,
-)
+from curate.select.daar_band import band_positions
+from curate.select.daar_fit import daar_entropy
+from curate.select.daar_probe import entropy, probe_widths, train_probe
+from curate.select.daar_seed_io import read_seed_files
 from index.features import (
     cached_features,
     feature_fingerprint,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from curate.select import PoolView, make_selector
-from curate.select import daar as daar_mod
-from curate.select.daar import daar_entropy, pseudo_label_fit
+from curate.select import daar_fit as daar_mod
+from curate.select.daar_fit import daar_entropy, pseudo_label_fit
 
 
 def _clusters(n: int, k: int = 3, d: int = 12, seed: int = 0, sep: float = 4.0):

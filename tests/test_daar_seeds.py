@@ -11,7 +11,7 @@ import pytest
 from fixtures_lm import SENTENCES, sentence_pool_run, tiny_lm  # noqa: F401  (fixture)
 
 from curate.select import daar_seeds
-from curate.select.daar import load_domain_descriptions, read_seed_files
+from curate.select.daar_seed_io import load_domain_descriptions, read_seed_files
 from curate.select.daar_seeds import (
     LMCompleter,
     generate_seeds,

@@ -16,7 +16,7 @@ from curate.errors import ParameterError
 from curate.run import RunDir
 
 # importing the selector modules registers them in SELECTORS
-from curate.select import baselines, daar, deita, ila, miw, rds  # noqa: E402, F401
+from curate.select import baselines, daar, daar_band, deita, ila, miw, rds  # noqa: E402, F401
 from curate.select.budget import Budget
 from curate.select.selection import Selection, list_selections
 from curate.select.selector import SELECTORS, Ranking, Selector, register_selector

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.select.daar import row_texts
+from curate.select.daar_features import row_texts
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,98 @@
+"""DaaR's view of a pool: one text per row, and the LM or sentence features it clusters and probes.
+
+One text format, "Instruction: {prompt}\\nOutput: {response}", for seeds, probe training and inference (the
+released code mixes two). LM features are the masked mean of a truncated LM's last kept state ("truncated") or
+of its input embeddings ("input_embeddings", the paper's e(x)), cached under <run>/features/<fingerprint>/ by
+`index.features`; "embeddings" are the pool's sentence vectors (`curate embed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from curate.select.view import PoolView
+
+TEMPLATE = "Instruction: {prompt}\nOutput: {response}"
+FEATURE_KINDS = ("truncated", "input_embeddings", "embeddings")
+
+
+def row_texts(prompts: Sequence[str | None], responses: Sequence[str | None]) -> list[str]:
+    """DaaR's text of each row, the same at training and inference time."""
+    return [
+        TEMPLATE.format(prompt=p or "", response=r or "") for p, r in zip(prompts, responses, strict=True)
+    ]
+
+
+def resolve_lm(model: str | None) -> str:
+    """The LM directory: `model` may be a folder or a bundled alias such as "smollm2"."""
+    from curate.models import resolve_model
+
+    if model is None:
+        raise ValueError("daar: LM features need `model` (a causal LM folder or 'smollm2'), "
+                         "or set cluster_features/probe_features='embeddings'")
+    return str(resolve_model(model))
+
+
+def pool_features(
+    view: PoolView,
+    kind: str,
+    *,
+    model: str | None,
+    layer: int,
+    max_length: int,
+    batch_size: int,
+    device: str,
+) -> np.ndarray:
+    """Features [N, d] of every pool row, pool order: the pool's sentence vectors (`kind` "embeddings") or the
+    LM features of its DaaR texts ("truncated" after decoder layer `layer`, or "input_embeddings"), cached."""
+    if kind == "embeddings":
+        return view.vectors()
+    from index.features import cached_features, feature_fingerprint
+
+    if view.run is None:
+        raise ValueError("daar: LM features are cached in a run directory; this PoolView is in memory")
+    texts = row_texts(view.frame["prompt"].to_list(), view.frame["response"].to_list())
+    path = resolve_lm(model)
+    fp = feature_fingerprint(path, kind=kind, layer=layer, max_length=max_length)
+    return cached_features(
+        texts,
+        view.run.root / "features" / fp,
+        path,
+        kind=kind,
+        layer=layer,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        progress=view.n > 1000,
+    )
+
+
+def pool_encoder(view: PoolView) -> Any:
+    """The sentence encoder (and settings) that embedded the pool."""
+    from curate.embed import embedding_meta
+    from index.embed import Encoder
+
+    if view.run is None:
+        raise ValueError("daar: embedding seed files needs a run directory")
+    meta = embedding_meta(view.run.root)
+    return Encoder.load(meta.get("model_path"), dtype=meta.get("dtype", "float32"), device="cpu")
+
+
+def encode_like_pool(view: PoolView, texts: list[str]) -> np.ndarray:
+    """Embed seed texts with the model (and settings) that embedded the pool."""
+    return pool_encoder(view).encode(texts)
+
+
+def input_embedding_features(
+    model_path: str, texts: Sequence[str], *, max_length: int, device: str, batch_size: int
+) -> np.ndarray:
+    """e(x) of `texts`: the masked mean of the LM's input token embeddings [n, d] (seeds' clustering space)."""
+    from index.features import load_truncated_lm, masked_mean_features
+
+    tok, base = load_truncated_lm(model_path, 0, device=device)
+    return masked_mean_features(
+        tok, base, texts, kind="input_embeddings", max_length=max_length, batch_size=batch_size
+    )
