@@ -1,4 +1,4 @@
-"""Budgets (rows, a fraction or tokens) and the token-budget scan of a ranking, shared by every selector.
+"""Budgets (rows, a fraction or tokens) and taking a ranking's rows within one: shared by every selector.
 
 Budgets are applied centrally by `Selector.select`, so a selector never counts tokens itself:
 - `Budget(rows=R)` / `Budget(fraction=F)`: `k = min(R, N)` / `k = round(F * N)` (half up); the first `k` ranked
@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -122,3 +123,22 @@ def take_within_tokens(pos: np.ndarray, tokens: np.ndarray, limit: int) -> np.nd
             remaining -= tok[i]
     return np.asarray(take, dtype=np.int64)
 
+
+@dataclass
+class Taken:
+    """Rows a selector took within a budget: positions in rank order, weights, reasons, its stats."""
+
+    positions: np.ndarray
+    weights: np.ndarray
+    reasons: list[str]
+    stats: dict[str, Any]
+    n_ranked: int
+    ran_out: bool
+
+
+def exclusion_mask(n: int, exclude: np.ndarray | None) -> np.ndarray:
+    """Boolean [n]: True at the excluded positions."""
+    excluded = np.zeros(n, dtype=bool)
+    if exclude is not None and len(exclude):
+        excluded[np.asarray(exclude, dtype=np.int64)] = True
+    return excluded

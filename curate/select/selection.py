@@ -1,4 +1,4 @@
-"""Selection: a chosen subset, saved as selections/<name> so exports and reports read it without a selector."""
+"""Selection: a chosen subset saved as selections/<name>, so exports and reports read it with no selector."""
 
 from __future__ import annotations
 

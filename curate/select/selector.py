@@ -31,8 +31,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curate.registry import Registry
-from curate.select.budget import TOKENS_SIGNAL, Budget, take_within_tokens
+from curate.select.budget import TOKENS_SIGNAL, Budget, Taken, exclusion_mask, take_within_tokens
 from curate.select.selection import Selection
+from curate.select.stratify import domain_mix, select_stratified
 from curate.select.view import PoolView
 
 
@@ -128,8 +129,6 @@ class Selector:
         """
         budget = Budget.parse(budget)
         if stratify != "none" or mixture is not None:
-            from curate.select.stratify import select_stratified
-
             return select_stratified(self, view, budget, seed=int(seed), exclude=exclude, by=stratify, mixture=mixture)
         taken = self.take(view, budget, seed=int(seed), exclude=exclude)
         return self.selection(view, taken, budget, seed=int(seed), excluded=exclusion_mask(view.n, exclude))
@@ -138,8 +137,6 @@ class Selector:
         self, view: PoolView, taken: Taken, budget: Budget, *, seed: int, excluded: np.ndarray | None = None
     ) -> Selection:
         """Wrap taken rows as a `Selection` with ids, the basic stats and the domain mix against the pool."""
-        from curate.select.stratify import domain_mix
-
         ids = view.ids
         stats = dict(taken.stats)
         stats.update(_basic_stats(view, taken.positions))
@@ -226,17 +223,6 @@ class Selector:
         )
 
 
-@dataclass
-class Taken:
-    """Rows a selector took within a budget: positions in rank order, weights, reasons, its stats."""
-
-    positions: np.ndarray
-    weights: np.ndarray
-    reasons: list[str]
-    stats: dict[str, Any]
-    n_ranked: int
-    ran_out: bool
-
 
 class ShortRankingError(ValueError):
     """A selector can rank fewer rows than the budget needs; `ranking` holds the rows it could rank."""
@@ -245,13 +231,6 @@ class ShortRankingError(ValueError):
         super().__init__(message)
         self.ranking = ranking
 
-
-def exclusion_mask(n: int, exclude: np.ndarray | None) -> np.ndarray:
-    """Boolean [n]: True at the excluded positions."""
-    excluded = np.zeros(n, dtype=bool)
-    if exclude is not None and len(exclude):
-        excluded[np.asarray(exclude, dtype=np.int64)] = True
-    return excluded
 
 
 def _basic_stats(view: PoolView, chosen: np.ndarray) -> dict[str, Any]:

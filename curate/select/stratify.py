@@ -29,18 +29,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from curate.errors import ParameterError
-from curate.select.budget import Budget
+from curate.select.budget import Budget, Taken
+from curate.select.budget import exclusion_mask as _mask
 from curate.select.budget import take_within_tokens as _take_within_tokens
 from curate.select.selection import Selection
-from curate.select.selector import Selector, Taken
-from curate.select.selector import exclusion_mask as _mask
 from curate.select.view import PoolView
+
+if TYPE_CHECKING:
+    from curate.select.selector import Selector
 
 STRATIFY = ("none", "domain", "cluster")
 NO_DOMAIN = "(none)"
