@@ -69,7 +69,7 @@ LM_SELECTORS = {
     "rds": "LM gradient/hidden-state features of every pool row and of the validation set",
 }
 SIGNALS = ["tokens", "mtld", "reasoning_steps", "math_markers", "knn_novelty", "knn_density"]
-STAGES = ["input", "ingest", "embed", "index", "map", "score", *[f"select:{m}" for m in SELECTORS], "export",
+STAGES = ["input", "ingest", "embed", "lm_tokens", "index", "map", "score", *[f"select:{m}" for m in SELECTORS], "export",
           "coverage"]
 CORE = {"input", "ingest", "embed", "index", "map", "score"}  # later stages need these
 
@@ -315,6 +315,49 @@ def stage_embed(args: argparse.Namespace, root: Path) -> dict:
             "fit": rec.get("fit"), "standin": rec.get("standin")}
 
 
+def stage_lm_tokens(args: argparse.Namespace, root: Path) -> dict:
+    """SmolLM2-135M-Instruct chat-template token counts of the rows the real encoder embedded (tokenizer
+    only, no model): the per-row size of an LM scoring pass over this pool, for the projection. `cond` is
+    the row as the loss pass encodes it (SmolLM2's template, default system prompt), `alone` the response
+    after an empty user turn (the second pass of IFD); both clipped at the scorer's max_length, 2048."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from curate.models import ensure_smollm2
+    from curate.run import RunDir
+    from index.io import read_json
+
+    rec = read_json(root / "_bench" / "embed_detail.json")
+    shards = sorted(int(i) for i in rec["real_shards"])
+    pool = RunDir(root / "run").read_pool(["prompt", "response"])
+    rows = np.concatenate([np.arange(i * SHARD_SIZE, min((i + 1) * SHARD_SIZE, pool.height)) for i in shards])
+    tok = AutoTokenizer.from_pretrained(str(ensure_smollm2()))
+    prompts, responses = pool["prompt"].to_list(), pool["response"].to_list()
+    t = time.perf_counter()
+
+    def n_tokens(user: str, answer: str) -> int:
+        ids = tok.apply_chat_template([{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+                                      tokenize=True, return_dict=False)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        return len(ids)
+
+    cond, alone = [], []
+    for r in rows.tolist():
+        p, a = prompts[r] or "", responses[r] or ""
+        cond.append(n_tokens(p, a))
+        alone.append(n_tokens("", a))
+    cond_a, alone_a = np.minimum(cond, 2048), np.minimum(alone, 2048)
+    from index.embed import default_model_path
+
+    enc_tok = AutoTokenizer.from_pretrained(str(default_model_path()))
+    texts = [(prompts[r] or "") + "\n" + (responses[r] or "") for r in rows.tolist()]
+    enc_n = np.array([len(x) for x in enc_tok(texts, add_special_tokens=True)["input_ids"]])
+    return {"rows": int(rows.size), "tokenizer": "SmolLM2-135M-Instruct", "seconds": time.perf_counter() - t,
+            "minilm_tokens_mean": float(np.minimum(enc_n, 256).mean()), "minilm_clipped_share": float((enc_n > 256).mean()),
+            "cond_tokens_mean": float(cond_a.mean()), "cond_tokens_median": float(np.median(cond_a)),
+            "cond_clipped_share": float((np.asarray(cond) > 2048).mean()), "alone_tokens_mean": float(alone_a.mean())}
+
+
 def stage_index(args: argparse.Namespace, root: Path) -> dict:
     from curate.map import build_index
 
@@ -364,9 +407,8 @@ def stage_coverage(args: argparse.Namespace, root: Path) -> dict:
     """The coverage report `select` attaches to every selection (curate.map.coverage_report), timed alone on
     the random selection: the part of each select stage that is not the selector."""
     from curate.map import coverage_report
-    from curate.select import Selection
-
     from curate.run import RunDir
+    from curate.select import Selection
 
     pos = Selection.load(RunDir(root / "run"), "random").positions
     t = time.perf_counter()
@@ -391,7 +433,8 @@ def stage_export(args: argparse.Namespace, root: Path) -> dict:
 def run_stage(name: str, args: argparse.Namespace, root: Path) -> dict:
     if name.startswith("select:"):
         return stage_select(args, root, name.split(":", 1)[1])
-    return {"input": stage_input, "ingest": stage_ingest, "embed": stage_embed, "index": stage_index,
+    return {"input": stage_input, "ingest": stage_ingest, "embed": stage_embed, "lm_tokens": stage_lm_tokens,
+            "index": stage_index,
             "map": stage_map, "score": stage_score, "export": stage_export, "coverage": stage_coverage}[name](args, root)
 
 
@@ -412,6 +455,70 @@ def child(args: argparse.Namespace) -> int:
     write_json(record_path(root, args.stage), {"stage": args.stage, "inner_seconds": time.perf_counter() - t,
                                                "detail": detail})
     return 0
+
+
+# LM scoring throughput per worker, measured earlier (not re-run here): SmolLM2-135M-Instruct loss pass,
+# bf16, this 2-core CPU (bench/score_throughput_bf16.json, `ours_tok_s`; bench/RESULTS.md "Scoring throughput")
+LM_THROUGHPUT_FILE = REPO / "bench" / "score_throughput_bf16.json"
+# LM passes per pool row, in units of the row's loss pass (`cond` tokens) plus IFD's response-alone pass:
+LM_SCENARIOS = {
+    "one loss pass (loss / perplexity)": {"cond": 1.0, "alone": 0.0},
+    "all LM signals of the LM selectors (IFD: cond + alone; ILA relative depth: + the reference model's "
+    "cond pass; DaaR truncated features: 3 of 30 layers ~ 0.1; RDS+ last-hidden features ~ 1)":
+        {"cond": 3.1, "alone": 1.0},
+}
+# ASSUMED per-GPU rates (no GPU was lent to measure them): FLOPs per row at 10% of an H100's bf16 dense peak
+# (989 TFLOP/s) -> ~99 TFLOP/s effective; MiniLM-L6 22.7M parameters, SmolLM2-135M 135M parameters, 2 FLOPs per
+# parameter per token (attention and the LM head's skipped positions ignored).
+GPU_EFFECTIVE_FLOPS = 0.10 * 989e12
+GPU_COUNTS = (1, 8, 64, 512)
+
+
+def projection(results: dict) -> dict | None:
+    """Wall time of the 1M pipeline on N workers: the measured global (one-node) stages plus the per-row model
+    work divided over N workers, at the measured per-worker rates (this CPU) and at assumed GPU rates."""
+    import json
+
+    try:
+        emb = results["embed"]["detail"]
+        tok = results["lm_tokens"]["detail"]
+        rows = results["ingest"]["detail"]["n_unique"]
+    except KeyError:
+        return None
+    lm_tok_s = json.loads(LM_THROUGHPUT_FILE.read_text())["bfloat16"]["ours_tok_s"]
+    enc_rows_s = emb["real_rows_per_s"]
+    sel = {k: v["wall_seconds"] for k, v in results.items() if k.startswith("select:") and not v.get("failed")}
+    sel_sorted = sorted(sel.values())
+    median_select = sel_sorted[len(sel_sorted) // 2] if sel_sorted else 0.0
+    exp = results.get("export", {})
+    n_exp = max(len(exp.get("detail", {}).get("seconds_per_selection", {})), 1)
+    core = sum(results[s]["wall_seconds"] for s in ("ingest", "index", "map", "score") if s in results)
+    global_one = core + median_select + exp.get("wall_seconds", 0.0) / n_exp
+    global_all = core + sum(sel.values()) + exp.get("wall_seconds", 0.0)
+    cond, alone = tok["cond_tokens_mean"], tok["alone_tokens_mean"]
+    gpu_enc = GPU_EFFECTIVE_FLOPS / (2 * 22.7e6 * tok["minilm_tokens_mean"])
+    gpu_lm = GPU_EFFECTIVE_FLOPS / (2 * 135e6)
+    out = {"rows": rows, "measured": {
+        "encoder_rows_per_s_per_worker": enc_rows_s, "encoder_worker": "this 2-core CPU, bf16, in-process",
+        "lm_tokens_per_s_per_worker": lm_tok_s, "lm_source": str(LM_THROUGHPUT_FILE.relative_to(REPO)),
+        "lm_cond_tokens_per_row": cond, "lm_alone_tokens_per_row": alone,
+        "global_seconds_one_selection": global_one, "global_seconds_all_selections": global_all,
+        "global_stages": "ingest + index + map + score (heuristics) + select + export, measured here at this size",
+        "median_select_seconds": median_select},
+        "assumed_gpu": {"effective_flops": GPU_EFFECTIVE_FLOPS, "encoder_rows_per_s": gpu_enc,
+                        "lm_tokens_per_s": gpu_lm, "note": "assumed, not measured: 10% of H100 bf16 dense peak"},
+        "table": []}
+    for name, sc in LM_SCENARIOS.items():
+        lm_tokens = rows * (sc["cond"] * cond + sc["alone"] * alone)
+        for n in GPU_COUNTS:
+            cpu_model = rows / (n * enc_rows_s) + lm_tokens / (n * lm_tok_s)
+            gpu_model = rows / (n * gpu_enc) + lm_tokens / (n * gpu_lm)
+            out["table"].append({"lm_work": name, "workers": n,
+                                 "cpu_workers_model_s": cpu_model,
+                                 "cpu_workers_total_one_selection_s": cpu_model + global_one,
+                                 "gpus_model_s": gpu_model, "gpus_total_one_selection_s": gpu_model + global_one,
+                                 "gpus_total_all_selections_s": gpu_model + global_all})
+    return out
 
 
 def _git_state() -> dict:
@@ -478,7 +585,11 @@ def main(argv: list[str] | None = None) -> int:
         results[stage] = rec
         print(f"{stage:<26} {wall:8.1f} s  peak RSS {rec['peak_rss_gb']:.2f} GB", flush=True)
     out = Path(args.out or REPO / "bench" / "out" / f"pipeline_1m_{args.rows}.json")
-    summary = {"rows": args.rows, "run_dir": str(root), "pool": args.pool, "budget": args.budget,
+    try:
+        proj = projection(results)
+    except Exception as exc:  # a report, not a stage: never lose the stage records over it
+        proj = {"error": f"{type(exc).__name__}: {exc}"}
+    summary = {"rows": args.rows, "projection": proj, "run_dir": str(root), "pool": args.pool, "budget": args.budget,
                "sample_shards": args.sample_shards, "shard_size": SHARD_SIZE, "seed": args.seed,
                "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
                "selectors": SELECTORS, "lm_selectors_not_run": LM_SELECTORS, "signals": SIGNALS,
