@@ -82,7 +82,7 @@ def _call(stage: str, run: Path, **kwargs: Any) -> Any:
 
     params = {k: v for k, v in kwargs.items() if v is not None}
     try:
-        return call_stage(stage, RunDir(run) if run is not None else None, params)
+        return call_stage(stage, RunDir(run) if run is not None else None, params).value
     except (RecipeError, *USER_ERRORS) as exc:
         _fail(exc)
 
@@ -372,9 +372,9 @@ def compare(
 ) -> None:
     """Compare selections of one pool: size, tokens, domains, coverage, diversity, signals, overlap."""
     table = _call("compare", run, names=names)
-    from curate.compare import render, save_table
+    from curate.compare import render, table_paths
 
-    md, csv = save_table(run, table)
+    md, csv = table_paths(run, names)
     left_out = render(table)
     if left_out:
         console.print(f"{len(left_out)} selection(s) did not fit the terminal: {', '.join(left_out)}", markup=False)
@@ -462,20 +462,22 @@ def run_cmd(
     except (RecipeError, *USER_ERRORS) as exc:
         _fail(exc)
     console.print("\n[bold]done[/bold]")
-    for name, result, seconds in results:
-        console.print(f"  {name:<8} {seconds:7.1f} s  {_describe(name, result)}")
-    for name, result, _ in results:
+    for name, res in results:
+        state = "current" if res.skipped else f"{res.seconds:7.1f} s"
+        console.print(f"  {name:<8} {state:>9}  {_describe(name, res.value)}")
+    for name, res in results:
+        result = res.value
         if name == "compare":
-            from curate.compare import render, save_table
+            from curate.compare import render, table_paths
 
             render(result)
-            md, csv = save_table(rec.run, result)
+            md, csv = table_paths(rec.run, result["selection"].to_list())
             console.print(f"full table: {md} (and {csv.name})", markup=False)
-    exports = [r for n, r, _ in results if n == "export"]
+    exports = [r.value for n, r in results if n == "export"]
     for out in exports:
         console.print(f"[green]subset:[/green]   {out}")
         console.print(f"[green]manifest:[/green] {Path(out) / 'manifest.json'}")
-    for out in [r for n, r, _ in results if n == "report"]:
+    for out in [r.value for n, r in results if n == "report"]:
         console.print(f"[green]report:[/green]   {out}")
 
 

@@ -28,6 +28,8 @@ from curate.select.budget import TOKENS_SIGNAL
 from curate.select.selection import Selection
 from curate.select.stratify import MIX_FLAG_TV, mix_divergence
 from curate.select.view import PoolView
+from curate.stage import stage
+from index.io import atomic_path
 
 # scalar figures taken from coverage_report when present
 COVERAGE_KEYS = ("coverage", "density_coverage")
@@ -59,10 +61,33 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else len(sa & sb) / union
 
 
-def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: bool = True) -> pl.DataFrame:
-    """One row per selection of `run`: size, tokens, per-domain counts, coverage, signal medians (means), Jaccard.
+def _table_stem(names: Sequence[str]) -> str:
+    stem = "-".join(names)
+    return stem if len(stem) <= 120 else f"{names[0]}-and-{len(names) - 1}-more"
 
-    With progress, a bar over the selections' rows (rows/s) names the selection being measured.
+
+def table_paths(run: RunDir | str | os.PathLike, names: Sequence[str]) -> tuple[Path, Path]:
+    """The markdown and CSV files `compare` saves for these selections."""
+    folder = Path(run) / "compare"
+    stem = _table_stem([str(n) for n in names])
+    return folder / f"{stem}.md", folder / f"{stem}.csv"
+
+
+def _table_files(run: RunDir, a: dict) -> list[str]:
+    stem = _table_stem([str(n) for n in a["names"]])
+    return [f"compare/{stem}.{ext}" for ext in ("parquet", "md", "csv")]
+
+
+@stage(lambda a: "compare-" + _table_stem([str(n) for n in a["names"]]),
+       inputs=lambda run, a: [*(f"selections/{n}.parquet" for n in a["names"]), "pool", "signals", "map",
+                              "projection.parquet", "index", "embeddings/current.json"],
+       outputs=_table_files, load=lambda run, a: pl.read_parquet(run.root / _table_files(run, a)[0]))
+def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: bool = True) -> pl.DataFrame:
+    """One row per selection of `run`: size, tokens, per-domain counts, coverage, signal medians (means), Jaccard;
+    saved as <run>/compare/<names>.{parquet,md,csv} (`save_table`).
+
+    With progress, a bar over the selections' rows (rows/s) names the selection being measured. A stage
+    (curate.stage): the stored table is returned when the selections and what they are measured on are unchanged.
     """
     from tqdm.auto import tqdm
 
@@ -108,7 +133,9 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: 
         rows.append(row)
         bar.update(len(sel))
     bar.close()
-    return pl.DataFrame(rows)
+    table = pl.DataFrame(rows)
+    save_table(run, table)
+    return table
 
 
 def _mix_figures(sel: Selection, pool: dict[str, int], got: dict[str, int]) -> dict[str, Any]:
@@ -150,19 +177,21 @@ def _coverage_figures(run: RunDir, positions: np.ndarray) -> dict[str, Any]:
 
 
 def save_table(run: RunDir | str | os.PathLike, table: pl.DataFrame) -> tuple[Path, Path]:
-    """Write the whole compare table as markdown and CSV under <run>/compare/ (named by the selections)."""
+    """Write the whole compare table as parquet, markdown and CSV under <run>/compare/ (named by the
+    selections); return the markdown and CSV paths."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     names = [str(n) for n in table["selection"].to_list()]
-    stem = "-".join(names) if len("-".join(names)) <= 120 else f"{names[0]}-and-{len(names) - 1}-more"
-    folder = run.root / "compare"
-    folder.mkdir(parents=True, exist_ok=True)
-    md, csv = folder / f"{stem}.md", folder / f"{stem}.csv"
+    md, csv = table_paths(run, names)
+    with atomic_path(md.with_suffix(".parquet"), suffix=".parquet") as tmp:
+        table.write_parquet(tmp)
     rows = [c for c in table.columns if c != "selection"]
     lines = ["| figure | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     lines += [f"| {c} | " + " | ".join(_fmt(v) for v in table[c].to_list()) + " |" for c in rows]
-    md.write_text("\n".join(lines) + "\n")
+    with atomic_path(md, suffix=".md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     flat = table.select([pl.col(c).cast(pl.String) if table[c].dtype.is_nested() else pl.col(c) for c in table.columns])
-    flat.write_csv(csv)
+    with atomic_path(csv, suffix=".csv") as tmp:
+        flat.write_csv(tmp)
     return md, csv
 
 

@@ -23,7 +23,8 @@ import polars as pl
 
 from curate.errors import MissingArtefactError
 from curate.executors import get_executor
-from curate.run import RunDir, locked
+from curate.run import RunDir
+from curate.stage import stage
 from index.embed import (
     DEFAULT_SHARD_SIZE,
     META_NAME,
@@ -76,7 +77,15 @@ def _pool_ids(rd: RunDir, fields: Sequence[str]) -> list[str]:
     return rd.read_pool(["id"])["id"].to_list()
 
 
-@locked("embed")
+def _model_key(run: RunDir, a: dict) -> dict:
+    """The embedding model's fingerprint (from its files; no torch import)."""
+    path = resolve_model_path(a["model"])
+    return {"model": model_fingerprint(path, dtype=a["dtype"], max_seq_length=a["max_seq_length"],
+                                       extra={"fields": list(a["fields"])})}
+
+
+@stage("embed", inputs=lambda run, a: ["pool"], outputs=lambda run, a: ["embeddings"],
+       load=lambda run, a: current_fingerprint(run), key=_model_key)
 def embed(
     run: str | os.PathLike,
     *,
@@ -91,7 +100,8 @@ def embed(
     executor: Any = None,
     executor_options: dict[str, Any] | None = None,
 ) -> str:
-    """Embed every pool row of `run` (resuming finished shards) and return the model fingerprint.
+    """Embed every pool row of `run` (resuming finished shards) and return the model fingerprint. A stage
+    (curate.stage): nothing runs when the pool, model and parameters are those of the stored embeddings.
 
     `executor`: where the shards are computed ("local", default; "ray"; "ray:ADDRESS"; see
     `curate.executors.get_executor`, which also takes `executor_options`). The vectors do not depend on it."""

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curate.run import RunDir, locked
+from curate.run import RunDir
+from curate.stage import stage
 from index.io import atomic_path, read_json, save_npy, write_json
 
 INDEX_FILE = "faiss.index"
@@ -56,7 +57,14 @@ def _index_key(fp: str, kind: str, k: int, seed: int) -> dict:
     return {"fingerprint": fp, "kind": kind, "k": int(k), "seed": int(seed)}
 
 
-@locked("index")
+def _embedding_key(run: RunDir, a: dict) -> dict:
+    from curate import embed
+
+    return {"embeddings": embed.current_fingerprint(run)}
+
+
+@stage("index", inputs=lambda run, a: ["embeddings/current.json"], outputs=lambda run, a: ["index"],
+       load=lambda run, a: {**read_json(run.index_dir / INDEX_JSON), "skipped": True}, key=_embedding_key)
 def build_index(
     run: str | os.PathLike, *, kind: str = "auto", k: int = 10, seed: int = 0, recall_sample: int = 2_000,
     progress: bool = True,
@@ -64,15 +72,13 @@ def build_index(
     """Build the faiss index and the kNN graph (k neighbours, self excluded) of the current embeddings.
 
     Writes <run>/index/{faiss.index, knn.npz, index.json}; recall@k is estimated on a sample when the index
-    is approximate. Skipped when index.json already holds the same fingerprint and parameters.
+    is approximate. A stage (curate.stage): skipped when the embeddings and parameters are those of the
+    stored index.
     """
     rd = RunDir(run)
     out = rd.index_dir
     fp, _ = _fingerprint_and_vectors(run, load=False)
     key = _index_key(fp, kind, k, seed)
-    stored = _current(out / INDEX_JSON, key, out / INDEX_FILE, out / KNN_FILE)
-    if stored is not None:
-        return {**stored, "skipped": True}
     from index.faiss_index import build_index as build_faiss
     from index.faiss_index import save_index
     from index.knn import EXACT_MAX_ROWS, knn_graph, recall_at_k
@@ -140,7 +146,19 @@ def _domain_labels(rd: RunDir) -> np.ndarray | None:
     return dom.fill_null(NO_DOMAIN).cast(pl.Utf8).to_numpy().astype(str)
 
 
-@locked("map")
+MAP_STEPS = ("projection", "grid", "clusters", "diversity")
+
+
+def _stored_map(run: RunDir, a: dict) -> dict:
+    """What `map_pool` returns, read back from the step sidecars of a current map."""
+    strip = {"clusters": ("sizes",), "diversity": ("key",)}
+    paths = {"projection": run.root / "projection.json", **{s: run.map_dir / f"{s}.json" for s in MAP_STEPS[1:]}}
+    return {"skipped": list(MAP_STEPS), "written": [],
+            **{s: {k: v for k, v in read_json(p).items() if k not in strip.get(s, ())} for s, p in paths.items()}}
+
+
+@stage("map", inputs=lambda run, a: ["embeddings/current.json", "index/index.json", "pool"],
+       outputs=lambda run, a: ["map", "projection.parquet", "projection.json"], load=_stored_map, key=_embedding_key)
 def map_pool(
     run: str | os.PathLike,
     *,
@@ -157,7 +175,8 @@ def map_pool(
     """Write the semantic map of the pool: projection, coverage grid, k-means clusters, diversity report.
 
     Defaults: target_cells ~ sqrt(N) (capped at 10,000) unless cell_size is given; n_clusters ~ sqrt(N/10).
-    Each artefact is keyed by the embedding fingerprint and its parameters and skipped when current.
+    A stage (curate.stage): nothing runs when the embeddings, kNN graph, pool and parameters are unchanged;
+    otherwise each step is keyed by the embedding fingerprint and its own parameters and skipped when current.
     With progress, one bar goes over the four steps (N rows each; a skipped step leaves the total) and the
     steps' own bars show below it. The result's "written" lists the files this call wrote.
     """

@@ -30,6 +30,7 @@ import yaml
 
 from curate.errors import CurateError
 from curate.run import RunDir
+from curate.stage import StageResult
 
 # stage name -> "module:function"; imported lazily so a recipe pays only for the stages it uses.
 STAGES: dict[str, str] = {
@@ -103,9 +104,10 @@ class Recipe:
 
 def call_stage(
     name: str, run: RunDir, params: dict[str, Any], seed: int | None = None, defaults: dict[str, Any] | None = None
-) -> Any:
-    """Call one stage with `run` and its parameters; fill in `seed` and the recipe-wide `defaults` (the
-    executor) where the stage takes them and does not set them itself."""
+) -> StageResult:
+    """Call one stage with `run` and its parameters through `curate.stage.run_stage`; fill in `seed` and the
+    recipe-wide `defaults` (the executor) where the stage takes them and does not set them itself. Stages that
+    keep their own key (train, reference, mix-ideal: a named training run) are called directly."""
     fn = stage_function(name)
     sig = inspect.signature(fn)
     kwargs = dict(params)
@@ -119,17 +121,24 @@ def call_stage(
     if unknown:
         allowed = [p for p in sig.parameters if p != "run"]
         raise RecipeError(f"stage {name!r} has no parameter {unknown[0]!r}; it takes: {', '.join(allowed)}")
-    return fn(run=run, **kwargs)
+    staged = getattr(fn, "run_stage", None)
+    if staged is not None:
+        return staged(run=run, **kwargs)
+    t0 = time.perf_counter()
+    value = fn(run=run, **kwargs)
+    return StageResult(name, value, False, time.perf_counter() - t0, {})
 
 
-def run_recipe(recipe: Recipe, *, log: Callable[[str], None] = print) -> list[tuple[str, Any, float]]:
-    """Run every stage in order; return (stage, result, seconds) triples."""
+def run_recipe(recipe: Recipe, *, log: Callable[[str], None] = print) -> list[tuple[str, StageResult]]:
+    """Run every stage in order; return (stage name, result) pairs. A stage whose outputs are current is
+    skipped (result.skipped), so a re-run of a finished recipe does no work."""
     run = RunDir(recipe.run)
     run.root.mkdir(parents=True, exist_ok=True)
     results = []
     for i, (name, params) in enumerate(recipe.stages, 1):
         log(f"[{i}/{len(recipe.stages)}] {name} {params if params else ''}".rstrip())
-        t0 = time.perf_counter()
         result = call_stage(name, run, params, recipe.seed, recipe.executor)
-        results.append((name, result, time.perf_counter() - t0))
+        if result.skipped:
+            log(f"      current: {result.stage} skipped")
+        results.append((name, result))
     return results

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from curate.run import RunDir
+from curate.stage import stage
 
 REPORT_FILE = "report.html"
 MAX_SIGNAL_PANELS = 12
@@ -275,6 +276,15 @@ def render_report(
     )
 
 
+#: what the report reads in a run directory (its stage key covers them)
+REPORT_INPUTS = ("pool", "ingest.json", "quarantine.parquet", "duplicates.parquet", "embeddings/current.json", "index",
+                 "map", "projection.parquet", "projection.json", "signals", "selections", "mixtures", "decontam",
+                 "reference.json")
+
+
+@stage("report", inputs=lambda run, a: REPORT_INPUTS,
+       outputs=lambda run, a: [REPORT_FILE if a["out"] is None else str(Path(a["out"]).resolve())],
+       load=lambda run, a: Path(a["out"]) if a["out"] is not None else report_path(run))
 def write_report(
     run: RunDir | str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -288,6 +298,7 @@ def write_report(
     """Write the self-contained HTML report of `run` (default <run>/report.html) and return its path.
 
     `atlas` also writes the Embedding Atlas parquet (`curate.viz.export_map`) and names it in the report.
+    A stage (curate.stage): not rewritten while the artefacts it shows and the arguments are unchanged.
     """
     from index.io import atomic_path
 

@@ -13,6 +13,7 @@
     <run>/export/                     the exported subset and manifest.json
     <run>/train/<name>/               training runs (curate.train): config, logs, metrics, model
     <run>/reference.json              ILA's reference model: its folder and the selection it was trained on
+    <run>/stages/<name>.json          each stage's key, outputs and time (curate.stage.run_stage)
 """
 
 from __future__ import annotations
@@ -157,6 +158,10 @@ class RunDir:
 
     def train_dir(self, name: str) -> Path:
         return self.root / "train" / name
+
+    def stage_path(self, name: str) -> Path:
+        """The sidecar of a stage run (curate.stage): its key, its outputs' fingerprints, its time."""
+        return self.root / "stages" / f"{name}.json"
 
     @property
     def reference_path(self) -> Path:

@@ -361,6 +361,7 @@ def test_rerun_replaces_pool_cleanly(tmp_path):
         "ingest.json",
         "pool",
         "quarantine.parquet",
+        "stages",
     ]
     # a failing re-run leaves the previous pool untouched
     with pytest.raises(IngestError):
@@ -408,6 +409,7 @@ def test_failure_mid_ingest_keeps_previous_pool_and_no_temp_files(tmp_path):
         "ingest.json",
         "pool",
         "quarantine.parquet",
+        "stages",
     ]
 
 

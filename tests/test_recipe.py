@@ -52,7 +52,7 @@ def test_call_stage_rejects_unknown_parameter(tmp_path, monkeypatch):
 
     monkeypatch.setitem(rc.STAGES, "fake", "x:y")
     monkeypatch.setattr(rc, "stage_function", lambda name: fake)
-    assert rc.call_stage("fake", "R", {"k": 3}, seed=5) == 3
+    assert rc.call_stage("fake", "R", {"k": 3}, seed=5).value == 3
     assert calls == [("R", 3, 5)]
     with pytest.raises(rc.RecipeError, match="has no parameter 'kk'; it takes: k, seed"):
         rc.call_stage("fake", "R", {"kk": 3})

@@ -90,7 +90,7 @@ def test_cli_report_and_recipe_stage_print_the_path(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"run: {run.root}\nstages:\n  - report: {{}}\n")
     results = run_recipe(Recipe.load(recipe), log=lambda s: None)
-    assert results[0][0] == "report" and results[0][1] == run.root / "report.html"
+    assert results[0][0] == "report" and results[0][1].value == run.root / "report.html"
     res = CliRunner().invoke(app, ["run", str(recipe)])
     assert res.exit_code == 0, res.output
     tail = res.output.rsplit("report:", 1)[-1]  # the last thing printed is the report's path (rich may wrap it)

@@ -391,7 +391,7 @@ def test_recipe_select_stage_takes_stratify(tmp_path):
     from curate.recipe import call_stage
 
     run = make_run(tmp_path / "run", n=40)
-    sel = call_stage("select", run, {"method": "random", "budget": 8, "stratify": "domain", "name": "r"}, seed=0)
+    sel = call_stage("select", run, {"method": "random", "budget": 8, "stratify": "domain", "name": "r"}, seed=0).value
     assert {d: e["selected"] for d, e in sel.stats["stratify"]["strata"].items()} == {
         "(none)": 2, "chat": 2, "code": 2, "math": 2
     }

@@ -23,6 +23,7 @@ import polars as pl
 from curate.export.layouts import LAYOUTS, POOL_COLUMNS, check_layout, to_layout
 from curate.export.manifest import coverage, domain_counts, fingerprints, package_versions, row_accounting
 from curate.run import RunDir
+from curate.stage import stage
 from index.io import read_json, write_json
 
 FORMATS = ("jsonl", "parquet")
@@ -46,6 +47,15 @@ def selected_rows(run: RunDir | str | os.PathLike, selection: str) -> pl.DataFra
     return rows
 
 
+def _export_dir(run: RunDir, a: dict) -> Path:
+    return Path(a["out"]) if a["out"] is not None else run.export_dir / a["selection"] / (a["layout"] or "messages")
+
+
+@stage(lambda a: f"export-{a['selection']}-{a['layout'] or 'messages'}" + ("" if a["out"] is None else "-out"),
+       inputs=lambda run, a: [str(run.selection_path(a["selection"]).relative_to(run.root)), "pool",
+                              "duplicates.parquet", "quarantine.parquet", "reference.json"],
+       outputs=lambda run, a: [f"export/{a['selection']}/{a['layout'] or 'messages'}" if a["out"] is None
+                               else str(Path(a["out"]).resolve())], load=_export_dir)
 def export(
     run: RunDir | str | os.PathLike,
     selection: str,
@@ -56,7 +66,7 @@ def export(
     out: str | os.PathLike | None = None,
 ) -> Path:
     """Write <run>/export/<selection>/<layout>/ (or `out`): data shards, ids.parquet and manifest.json; return
-    the folder."""
+    the folder. A stage (curate.stage): nothing is rewritten when the selection, pool and arguments are unchanged."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     layout = check_layout(layout or "messages")
     formats = (formats,) if isinstance(formats, str) else tuple(formats or FORMATS)

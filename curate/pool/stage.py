@@ -34,7 +34,8 @@ from curate.pool.schema import (
     RAW_MAX_CHARS,
 )
 from curate.run import RunDir
-from index.io import shard_name, write_json
+from curate.stage import stage
+from index.io import read_json, shard_name, write_json
 
 _SIDE_FLUSH_ROWS = 10_000  # duplicates / quarantine rows buffered before a write
 
@@ -57,6 +58,16 @@ class IngestReport:
     n_shards: int = 0
     pool_fingerprint: str = ""
     file_errors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def stored(cls, run: RunDir) -> IngestReport:
+        """The report of the run's last ingest, read back from ingest.json."""
+        d = read_json(run.require(run.ingest_path, "ingest"))
+        c = d["counts"]
+        return cls(run=run.root, inputs=d["inputs"], n_read=c["read"], n_unique=c["unique"],
+                   n_duplicate=c["duplicate"], n_quarantined=c["quarantined"], per_domain=d["per_domain"],
+                   per_kind=d["per_kind"], reasons=d["reasons"], per_source=d["per_source"],
+                   n_shards=d["n_shards"], pool_fingerprint=d["pool_fingerprint"], file_errors=d["file_errors"])
 
     @property
     def file_counts(self) -> dict[str, int]:
@@ -247,6 +258,13 @@ def _unchanged(run: RunDir, new_pool: Path, work: Path) -> bool:
     return all(b.exists() and filecmp.cmp(a, b, shallow=False) for a, b in pairs)
 
 
+def _input_files(run: RunDir, a: dict) -> list[str]:
+    return [str(p) for p, _ in resolve_inputs(a["inputs"], exclude=run.root)]
+
+
+@stage("ingest", inputs=_input_files, outputs=lambda run, a: ["pool", "ingest.json", "quarantine.parquet",
+                                                              "duplicates.parquet"],
+       load=lambda run, a: IngestReport.stored(run), creates_run=True, lock_error=IngestError)
 def ingest(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     run: RunDir | str | os.PathLike,
@@ -286,159 +304,157 @@ def ingest(
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     given = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(i) for i in inputs]
     files = resolve_inputs(inputs, exclude=run.root)
-    run.root.mkdir(parents=True, exist_ok=True)
-    with run.lock("ingest", IngestError):
-        _clean_stale(run)
+    _clean_stale(run)
 
-        report = IngestReport(run=run.root, inputs=[str(p) for p, _ in files])
-        seen: set[bytes] = set()
-        dup_counts: Counter[str] = Counter()
-        per_domain: Counter[str] = Counter()
-        per_kind: Counter[str] = Counter()
-        reasons: Counter[str] = Counter()
-        fingerprint = hashlib.blake2b(digest_size=16)
+    report = IngestReport(run=run.root, inputs=[str(p) for p, _ in files])
+    seen: set[bytes] = set()
+    dup_counts: Counter[str] = Counter()
+    per_domain: Counter[str] = Counter()
+    per_kind: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    fingerprint = hashlib.blake2b(digest_size=16)
 
-        work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=run.root))
-        try:
-            staged = work / "staged"
-            staged.mkdir()
-            pool = _PoolWriter(staged, shard_rows)
-            dups = _TableWriter(work / "duplicates.parquet", DUPLICATES_SCHEMA)
-            quarantine = _TableWriter(work / "quarantine.parquet", QUARANTINE_SCHEMA)
-            with tqdm(total=None, unit="rows", unit_scale=True, desc="ingest", disable=not progress) as bar:
-                for path, fmt in files:
-                    src = str(path)
-                    counts = Counter()
-                    bar.set_postfix_str(path.name, refresh=False)
-                    chunks = iter_chunks(path, fmt, chunk_rows, max_row_bytes, record_path if fmt == "json" else ())
-                    status = "ok"
-                    while True:
+    work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=run.root))
+    try:
+        staged = work / "staged"
+        staged.mkdir()
+        pool = _PoolWriter(staged, shard_rows)
+        dups = _TableWriter(work / "duplicates.parquet", DUPLICATES_SCHEMA)
+        quarantine = _TableWriter(work / "quarantine.parquet", QUARANTINE_SCHEMA)
+        with tqdm(total=None, unit="rows", unit_scale=True, desc="ingest", disable=not progress) as bar:
+            for path, fmt in files:
+                src = str(path)
+                counts = Counter()
+                bar.set_postfix_str(path.name, refresh=False)
+                chunks = iter_chunks(path, fmt, chunk_rows, max_row_bytes, record_path if fmt == "json" else ())
+                status = "ok"
+                while True:
+                    try:
+                        chunk = next(chunks, None)
+                    except IngestError as e:
+                        if strict:
+                            raise
+                        status = "partial" if counts["read"] else "failed"
+                        report.file_errors[src] = str(e)
+                        quarantine.add(src, None, f"unreadable_file: {e}", "")
+                        break
+                    if chunk is None:
+                        break
+                    for rec in chunk:
+                        if rec.error is not None:
+                            quarantine.add(src, rec.row, rec.error, _raw_text(rec.raw, None))
+                            reasons[rec.error.split(":", 1)[0]] += 1
+                            counts["quarantined"] += 1
+                            continue
                         try:
-                            chunk = next(chunks, None)
-                        except IngestError as e:
-                            if strict:
-                                raise
-                            status = "partial" if counts["read"] else "failed"
-                            report.file_errors[src] = str(e)
-                            quarantine.add(src, None, f"unreadable_file: {e}", "")
-                            break
-                        if chunk is None:
-                            break
-                        for rec in chunk:
-                            if rec.error is not None:
-                                quarantine.add(src, rec.row, rec.error, _raw_text(rec.raw, None))
-                                reasons[rec.error.split(":", 1)[0]] += 1
-                                counts["quarantined"] += 1
-                                continue
-                            try:
-                                extra = {"source_id": rec.key} if rec.key is not None else None
-                                norm = normalise(
-                                    rec.value, columns, layout=layout, role_map=role_map, extra_meta=extra
-                                )
-                            except RowError as e:
-                                quarantine.add(src, rec.row, e.reason, _raw_text(rec.raw, rec.value))
-                                reasons[e.reason.split(":", 1)[0]] += 1
-                                counts["quarantined"] += 1
-                                continue
-                            digest = content_digest(norm.kind, norm.messages, norm.rejected)
-                            if digest in seen:
-                                hex_id = digest.hex()
-                                dups.add(src, rec.row, hex_id)
-                                dup_counts[hex_id] += 1
-                                counts["duplicate"] += 1
-                                continue
-                            seen.add(digest)
-                            fingerprint.update(digest)
-                            pool.add(
-                                {
-                                    "id": digest.hex(),
-                                    "source": src,
-                                    "row": rec.row,
-                                    "kind": norm.kind,
-                                    "domain": norm.domain,
-                                    "messages": norm.messages,
-                                    "prompt": norm.prompt,
-                                    "response": norm.response,
-                                    "rejected": norm.rejected,
-                                    "meta": norm.meta,
-                                    "n_duplicates": 0,
-                                }
+                            extra = {"source_id": rec.key} if rec.key is not None else None
+                            norm = normalise(
+                                rec.value, columns, layout=layout, role_map=role_map, extra_meta=extra
                             )
-                            per_domain[norm.domain if norm.domain is not None else NO_DOMAIN] += 1
-                            per_kind[norm.kind] += 1
-                            counts["unique"] += 1
-                        pool.flush()
-                        counts["read"] += len(chunk)
-                        bar.update(len(chunk))
-                    report.per_source[src] = {
-                        **{k: counts[k] for k in ("read", "unique", "duplicate", "quarantined")},
-                        "status": status,
-                    }
-            if report.file_errors and not any(s["status"] != "failed" for s in report.per_source.values()):
-                raise IngestError(
-                    "no input could be read: " + "; ".join(report.file_errors.values()),
-                    "check the files, or --records / --map for the layout they hold",
-                )
-            pool.close()
-            dups.close()
-            quarantine.close()
-            final = work / "pool"
-            _finalise_pool(staged, final, pool.n_shards, dict(dup_counts))
-
-            report.n_read = sum(s["read"] for s in report.per_source.values())
-            report.n_unique = sum(s["unique"] for s in report.per_source.values())
-            report.n_duplicate = dups.n
-            report.n_quarantined = quarantine.n - len(report.file_errors)
-            report.per_domain = dict(sorted(per_domain.items()))
-            report.per_kind = dict(sorted(per_kind.items()))
-            report.reasons = dict(sorted(reasons.items()))
-            report.n_shards = pool.n_shards
-            report.pool_fingerprint = fingerprint.hexdigest()
-            assert report.n_unique + report.n_duplicate + report.n_quarantined == report.n_read
-
-            if _unchanged(run, final, work):  # same pool, duplicates and quarantine: keep the files (and
-                return report                # their mtimes, which keys of later stages read) as they are
-            # swap in: ingest.json goes first (a pool without it is incomplete) and comes back last
-            run.ingest_path.unlink(missing_ok=True)
-            old = None
-            if run.pool_dir.exists():
-                old = Path(tempfile.mkdtemp(prefix=".pool.old-", dir=run.root))
-                os.replace(run.pool_dir, old / "pool")
-            os.replace(final, run.pool_dir)
-            os.replace(work / "duplicates.parquet", run.duplicates_path)
-            os.replace(work / "quarantine.parquet", run.quarantine_path)
-            write_json(
-                run.ingest_path,
-                {
-                    "inputs": report.inputs,
-                    "inputs_given": given,
-                    "counts": {
-                        "read": report.n_read,
-                        "unique": report.n_unique,
-                        "duplicate": report.n_duplicate,
-                        "quarantined": report.n_quarantined,
-                    },
-                    "files": report.file_counts,
-                    "file_errors": report.file_errors,
-                    "per_domain": report.per_domain,
-                    "per_kind": report.per_kind,
-                    "reasons": report.reasons,
-                    "per_source": report.per_source,
-                    "columns": columns,
-                    "records": list(record_path),
-                    "layout": layout,
-                    "role_map": role_map,
-                    "params": {
-                        "chunk_rows": chunk_rows,
-                        "shard_rows": shard_rows,
-                        "max_row_bytes": max_row_bytes,
-                    },
-                    "n_shards": report.n_shards,
-                    "pool_fingerprint": report.pool_fingerprint,
-                },
+                        except RowError as e:
+                            quarantine.add(src, rec.row, e.reason, _raw_text(rec.raw, rec.value))
+                            reasons[e.reason.split(":", 1)[0]] += 1
+                            counts["quarantined"] += 1
+                            continue
+                        digest = content_digest(norm.kind, norm.messages, norm.rejected)
+                        if digest in seen:
+                            hex_id = digest.hex()
+                            dups.add(src, rec.row, hex_id)
+                            dup_counts[hex_id] += 1
+                            counts["duplicate"] += 1
+                            continue
+                        seen.add(digest)
+                        fingerprint.update(digest)
+                        pool.add(
+                            {
+                                "id": digest.hex(),
+                                "source": src,
+                                "row": rec.row,
+                                "kind": norm.kind,
+                                "domain": norm.domain,
+                                "messages": norm.messages,
+                                "prompt": norm.prompt,
+                                "response": norm.response,
+                                "rejected": norm.rejected,
+                                "meta": norm.meta,
+                                "n_duplicates": 0,
+                            }
+                        )
+                        per_domain[norm.domain if norm.domain is not None else NO_DOMAIN] += 1
+                        per_kind[norm.kind] += 1
+                        counts["unique"] += 1
+                    pool.flush()
+                    counts["read"] += len(chunk)
+                    bar.update(len(chunk))
+                report.per_source[src] = {
+                    **{k: counts[k] for k in ("read", "unique", "duplicate", "quarantined")},
+                    "status": status,
+                }
+        if report.file_errors and not any(s["status"] != "failed" for s in report.per_source.values()):
+            raise IngestError(
+                "no input could be read: " + "; ".join(report.file_errors.values()),
+                "check the files, or --records / --map for the layout they hold",
             )
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        pool.close()
+        dups.close()
+        quarantine.close()
+        final = work / "pool"
+        _finalise_pool(staged, final, pool.n_shards, dict(dup_counts))
+
+        report.n_read = sum(s["read"] for s in report.per_source.values())
+        report.n_unique = sum(s["unique"] for s in report.per_source.values())
+        report.n_duplicate = dups.n
+        report.n_quarantined = quarantine.n - len(report.file_errors)
+        report.per_domain = dict(sorted(per_domain.items()))
+        report.per_kind = dict(sorted(per_kind.items()))
+        report.reasons = dict(sorted(reasons.items()))
+        report.n_shards = pool.n_shards
+        report.pool_fingerprint = fingerprint.hexdigest()
+        assert report.n_unique + report.n_duplicate + report.n_quarantined == report.n_read
+
+        if _unchanged(run, final, work):  # same pool, duplicates and quarantine: keep the files (and
+            return report                # their mtimes, which keys of later stages read) as they are
+        # swap in: ingest.json goes first (a pool without it is incomplete) and comes back last
+        run.ingest_path.unlink(missing_ok=True)
+        old = None
+        if run.pool_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=".pool.old-", dir=run.root))
+            os.replace(run.pool_dir, old / "pool")
+        os.replace(final, run.pool_dir)
+        os.replace(work / "duplicates.parquet", run.duplicates_path)
+        os.replace(work / "quarantine.parquet", run.quarantine_path)
+        write_json(
+            run.ingest_path,
+            {
+                "inputs": report.inputs,
+                "inputs_given": given,
+                "counts": {
+                    "read": report.n_read,
+                    "unique": report.n_unique,
+                    "duplicate": report.n_duplicate,
+                    "quarantined": report.n_quarantined,
+                },
+                "files": report.file_counts,
+                "file_errors": report.file_errors,
+                "per_domain": report.per_domain,
+                "per_kind": report.per_kind,
+                "reasons": report.reasons,
+                "per_source": report.per_source,
+                "columns": columns,
+                "records": list(record_path),
+                "layout": layout,
+                "role_map": role_map,
+                "params": {
+                    "chunk_rows": chunk_rows,
+                    "shard_rows": shard_rows,
+                    "max_row_bytes": max_row_bytes,
+                },
+                "n_shards": report.n_shards,
+                "pool_fingerprint": report.pool_fingerprint,
+            },
+        )
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from curate.select.budget import Budget
 from curate.select.selection import Selection, list_selections
 from curate.select.selector import SELECTORS, Ranking, Selector, register_selector
 from curate.select.view import PoolView
+from curate.stage import stage
 
 __all__ = [
     "SELECTORS",
@@ -49,6 +51,23 @@ def make_selector(method: str, **params: Any) -> Selector:
         raise ParameterError(f"selector {method!r}: bad parameters {sorted(params)}: {e}") from None
 
 
+#: what a selection can read in a run directory (its stage key covers them)
+SELECTION_INPUTS = ("pool", "signals", "embeddings/current.json", "index", "map", "projection.parquet",
+                    "projection.json", "reference.json", "decontam", "mixtures", "duplicates.parquet")
+
+
+def _selection_inputs(run: RunDir, a: dict[str, Any]) -> list[str]:
+    extra = [str(a[k]) for k in ("validation", "mixture") if a.get(k) is not None and os.path.isfile(str(a[k]))]
+    return [*SELECTION_INPUTS, *extra]
+
+
+def _selection_files(run: RunDir, a: dict[str, Any]) -> list[Path]:
+    path = run.selection_path(a["name"] or a["method"])
+    return [path, path.with_suffix(".json")]
+
+
+@stage(lambda a: f"select-{a['name'] or a['method']}", inputs=_selection_inputs, outputs=_selection_files,
+       load=lambda run, a: Selection.load(run, a["name"] or a["method"]), writes_inputs=("decontam",))
 def select(
     run: RunDir | str | os.PathLike,
     method: str,
@@ -82,9 +101,9 @@ def select(
     default 0.95). With `decontaminate` (default) every row recorded as a copy of a validation row, by this
     call or by `curate score --validation`, cannot be selected; the sidecar's `stats.decontamination` lists
     them with their reason. `decontaminate=False` keeps them eligible and counts how many were selected.
-    A saved selection of the same name whose key (these arguments and the files of the run it can read: pool,
-    signals, embeddings, index, map, reference, decontamination records, mixtures) is unchanged is returned
-    as stored, without running the selector again (`force=True` reruns it).
+    A stage (curate.stage): a saved selection of the same name whose arguments and input files (pool, signals,
+    embeddings, index, map, reference, decontamination records, mixtures, the validation file) are unchanged is
+    returned as stored, without running the selector again (`force=True` reruns it).
     """
     from curate.signals import decontam
 
@@ -97,15 +116,7 @@ def select(
     threshold = decontam.DEFAULT_THRESHOLD if decontam_threshold is None else float(decontam_threshold)
     if validation is not None:
         decontam.decontaminate(run, validation, threshold=threshold)
-    key = selection_key(run, method=method, budget=str(budget), seed=seed, exclude_reference=exclude_reference,
-                        stratify=stratify, mixture=None if mixture is None else str(mixture),
-                        decontaminate=decontaminate, threshold=threshold, params=params,
-                        validation=None if validation is None else str(validation))
     name = name or method
-    if not force and run.selection_path(name).exists():
-        stored = Selection.load(run, name)
-        if stored.stats.get("key") == key:
-            return stored
     default_note = None
     if stratify is None:
         stratify = type(selector).default_stratify
@@ -138,36 +149,9 @@ def select(
     if default_note:
         selection.stats["stratify_note"] = default_note
     selection.stats.update(_coverage_stats(run, selection))
-    selection.stats["key"] = key
     selection.save(run, name)
     return selection
 
-
-#: what a selection can read in a run directory (its key covers their sizes and modification times)
-SELECTION_INPUTS = ("pool", "signals", "embeddings/current.json", "index", "map", "projection.parquet",
-                    "projection.json", "reference.json", "decontam", "mixtures", "duplicates.parquet")
-
-
-def selection_key(run: RunDir, **args: Any) -> str:
-    """Digest of a select call's arguments and of the run files it can read (signals' `_lm` caches and other
-    folders starting with '_' excluded: they feed the signal files, which are covered)."""
-    import hashlib
-    import json
-
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps(args, sort_keys=True, default=str).encode())
-    for rel in SELECTION_INPUTS:
-        top = run.root / rel
-        files = [top] if top.is_file() else sorted(top.rglob("*")) if top.is_dir() else []
-        for f in files:
-            parts = f.relative_to(run.root).parts
-            if f.is_file() and not any(x.startswith(("_", ".")) for x in parts):
-                st = f.stat()
-                h.update(f"{'/'.join(parts)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    validation = args.get("validation")
-    if validation and os.path.isfile(validation):
-        h.update(hashlib.blake2b(open(validation, "rb").read(), digest_size=16).digest())
-    return h.hexdigest()
 
 
 def _has_strata(run: RunDir) -> bool:

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from curate.run import locked
+from curate.run import RunDir
 from curate.signals.base import SIGNALS, ScoreContext, short_hash
 from curate.signals.store import load_signal, stored_key, write_signal
+from curate.stage import stage
 
 
 def _deps(ctx: ScoreContext, name: str) -> list[str]:
@@ -47,7 +48,25 @@ def _roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-@locked("score")
+def _score_name(a: dict) -> str:
+    names = "+".join(a["names"])
+    return f"score-{names}" if len(names) <= 80 else f"score-{short_hash(sorted(a['names']), 16)}"
+
+
+def _score_inputs(run: RunDir, a: dict) -> list[str]:
+    """The pool, the embeddings and ILA's reference record, and the validation file and model folders given."""
+    given = [a["validation"], a["model"], a["base_model"], a["ref_model"]]
+    return ["pool", "embeddings/current.json", "reference.json",
+            *(str(Path(g).resolve()) for g in given if g is not None and os.path.exists(str(g)))]
+
+
+def _score_outputs(run: RunDir, a: dict) -> list[str]:
+    out = [f"signals/{n}.{ext}" for n in a["names"] for ext in ("parquet", "json")]
+    return [*out, "decontam"] if a["validation"] is not None else out
+
+
+@stage(_score_name, inputs=_score_inputs, outputs=_score_outputs, lock="score",
+       load=lambda run, a: {n: run.signal_path(n) for n in a["names"]})
 def score(
     run: str | os.PathLike,
     names: Sequence[str],
@@ -74,8 +93,10 @@ def score(
     Ray workers compute in the same dtype). `executor` ("local", "ray", "ray:ADDRESS", with `executor_options`)
     runs the LM passes (loss, perplexity, IFD, depth) shard by shard; results do not depend on it.
     Other keyword parameters (max_length, tags_field, depth_group, icl_k, n_val, miw_*, ...) are the
-    signals' parameters; they enter the cache key of the signals that use them. A stored signal whose key
-    (model fingerprints + parameters + pool) equals the request is skipped; otherwise it is recomputed.
+    signals' parameters; they enter the cache key of the signals that use them. A stage (curate.stage): nothing
+    runs when the arguments, pool, embeddings, models and outputs are unchanged. Within a run, a stored signal
+    whose own key (model fingerprints + its parameters + pool + the keys of the signals it reads) equals the
+    request is reused, so signals shared by several calls (loss for ifd and loss) are computed once.
     """
     from curate.executors import get_executor
 
