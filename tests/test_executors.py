@@ -255,3 +255,24 @@ def test_training_row_passes_on_ray_equal_in_process(tiny_lm: Path, tiny_lm_ref:
     assert np.all(local > 0) and not np.allclose(local, np.log(2))  # the specialist differs from the base
     np.testing.assert_allclose(remote, local, rtol=1e-5)
     assert not any((run / "mix" / "ama" / "_row_nll").iterdir())
+
+
+def test_daar_features_on_ray_give_the_in_process_selection(tiny_lm: Path, tmp_path: Path, ray_local):  # noqa: F811
+    """DaaR through `select(..., executor="ray")`: the LM features are computed by 2 Ray workers reading their
+    rows from the pool, and the selection (ids, weights) and stored parameters equal the in-process ones."""
+    import json
+
+    from fixtures_lm import SENTENCES, sentence_pool_run
+
+    from curate.select import select
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"domain": d, "prompt": SENTENCES[i], "response": SENTENCES[i]}) + "\n"
+                             for d, i in (("math", 0), ("math", 7), ("code", 2), ("code", 3))))
+    kw = {"model": str(tiny_lm), "layer": 1, "max_length": 64, "seeds": str(seeds), "epochs": 2, "folds": 1,
+          "stratify": "none"}
+    local = select(sentence_pool_run(tmp_path / "a", 24), "daar", 8, seed=0, **kw)
+    remote = select(sentence_pool_run(tmp_path / "b", 24), "daar", 8, seed=0, executor="ray",
+                    executor_options={"workers": 2}, **kw)
+    assert remote.ids == local.ids and np.array_equal(remote.weights, local.weights)
+    assert remote.params == local.params and "executor" not in remote.params

@@ -82,6 +82,8 @@ def select(
     decontaminate: bool = True,
     decontam_threshold: float | None = None,
     force: bool = False,
+    executor: Any = None,
+    executor_options: dict[str, Any] | None = None,
     **params: Any,
 ) -> Selection:
     """Run selector `method` on the pool of `run` within `budget`; save and return the selection.
@@ -101,6 +103,8 @@ def select(
     default 0.95). With `decontaminate` (default) every row recorded as a copy of a validation row, by this
     call or by `curate score --validation`, cannot be selected; the sidecar's `stats.decontamination` lists
     them with their reason. `decontaminate=False` keeps them eligible and counts how many were selected.
+    `executor` / `executor_options`: where a selector's per-row model passes run (DaaR's and RDS+'s LM
+    features; "local", "ray", "ray:ADDRESS"); the selection does not depend on it.
     A stage (curate.stage): a saved selection of the same name whose arguments and input files (pool, signals,
     embeddings, index, map, reference, decontamination records, mixtures, the validation file) are unchanged is
     returned as stored, without running the selector again (`force=True` reruns it).
@@ -108,8 +112,11 @@ def select(
     from curate.signals import decontam
 
     run = run if isinstance(run, RunDir) else RunDir(run)
-    if validation is not None and "validation" in inspect.signature(SELECTORS.get(method).__init__).parameters:
+    takes = inspect.signature(SELECTORS.get(method).__init__).parameters
+    if validation is not None and "validation" in takes:
         params["validation"] = str(validation)
+    if executor is not None and "executor" in takes:  # where the selector's per-row model passes run
+        params.update(executor=executor, executor_options=executor_options)
     selector = make_selector(method, **params)
     if validation is None and isinstance(getattr(selector, "validation", None), (str, os.PathLike)):
         validation = selector.validation

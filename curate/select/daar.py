@@ -45,6 +45,7 @@ module ranks on it. The contrastive inter/intra bands of the paper's analysis ar
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,13 @@ class DaaRSelector(Selector):
         seeds_per_domain: int = 10,
         seed_threshold: float | dict = 0.85,
         generator_model: str | None = None,
+        executor: Any = None,
+        executor_options: dict[str, Any] | None = None,
     ) -> None:
+        from curate.executors import get_executor
+
+        get_executor(executor, executor_options)  # bad names fail before any work
+        self.executor, self.executor_options = executor, executor_options
         if generate_seeds and seeds:
             raise ValueError("daar: give either seeds=PATH.jsonl or generate_seeds=True, not both")
         if generate_seeds and not domain_descriptions:
@@ -177,6 +184,8 @@ class DaaRSelector(Selector):
         )
 
     def _features(self, view: PoolView, kind: str) -> np.ndarray:
+        from curate.executors import get_executor
+
         return pool_features(
             view,
             kind,
@@ -185,6 +194,7 @@ class DaaRSelector(Selector):
             max_length=self.max_length,
             batch_size=self.lm_batch_size,
             device=self.device,
+            executor=get_executor(self.executor, self.executor_options),
         )
 
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:

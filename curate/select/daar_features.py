@@ -9,6 +9,7 @@ of its input embeddings ("input_embeddings", the paper's e(x)), cached under <ru
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,20 @@ def row_texts(prompts: Sequence[str | None], responses: Sequence[str | None]) ->
     return [
         TEMPLATE.format(prompt=p or "", response=r or "") for p, r in zip(prompts, responses, strict=True)
     ]
+
+
+@dataclass(frozen=True)
+class PoolRowTexts:
+    """DaaR's texts of pool rows [start, stop), read from the run on demand: what a worker computing feature
+    shards reads itself (picklable), so a remote executor is not sent every text."""
+
+    root: str
+
+    def __call__(self, start: int, stop: int) -> list[str]:
+        from curate.run import RunDir
+
+        rows = RunDir(self.root).scan_pool().slice(start, stop - start).select("prompt", "response").collect()
+        return row_texts(rows["prompt"].to_list(), rows["response"].to_list())
 
 
 def resolve_lm(model: str | None) -> str:
@@ -45,12 +60,15 @@ def pool_features(
     max_length: int,
     batch_size: int,
     device: str,
+    executor: Any = None,
 ) -> np.ndarray:
     """Features [N, d] of every pool row, pool order: the pool's sentence vectors (`kind` "embeddings") or the
-    LM features of its DaaR texts ("truncated" after decoder layer `layer`, or "input_embeddings"), cached."""
+    LM features of its DaaR texts ("truncated" after decoder layer `layer`, or "input_embeddings"), cached.
+    `executor` computes the missing feature shards (in process by default; Ray workers read their rows)."""
     if kind == "embeddings":
         return view.vectors()
     from index.features import cached_features, feature_fingerprint
+    from index.io import run_job
 
     if view.run is None:
         raise ValueError("daar: LM features are cached in a run directory; this PoolView is in memory")
@@ -67,6 +85,8 @@ def pool_features(
         batch_size=batch_size,
         device=device,
         progress=view.n > 1000,
+        executor=executor,
+        source=PoolRowTexts(str(view.run.root)) if executor is not None and executor is not run_job else None,
     )
 
 

@@ -76,11 +76,12 @@ class Selector:
     default_stratify: ClassVar[str] = "none"
 
     def get_params(self) -> dict[str, Any]:
-        """The `__init__` parameters and their values (stored as same-named attributes)."""
+        """The `__init__` parameters and their values (stored as same-named attributes), less where the
+        selector's model passes run (`executor`, `executor_options`): a selection does not depend on it."""
         sig = inspect.signature(type(self).__init__)
         out = {}
         for p in sig.parameters.values():
-            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            if p.name in ("self", "executor", "executor_options") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue
             out[p.name] = getattr(self, p.name)
         return out
