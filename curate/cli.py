@@ -195,13 +195,16 @@ def select(
                                     "pool copies of its rows are left out."),
     decontaminate: bool = typer.Option(None, "--decontaminate/--no-decontaminate",
                                        help="Leave out pool rows that copy validation rows (default: on)."),
+    executor: str = ExecutorOpt,
+    executor_opt: list[str] = ExecutorOptsOpt,
 ) -> None:
     """Choose a subset with a selector; writes selections/<name>.parquet (id, weight, rank, reason)."""
     params = _parse_params(param)
     if max_ifd is not None:
         params["max_ifd"] = max_ifd
     sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, stratify=stratify,
-                validation=validation, decontaminate=decontaminate, **params)
+                validation=validation, decontaminate=decontaminate, executor=executor,
+                executor_options=_parse_params(executor_opt) or None, **params)
     console.print(f"selected {len(sel.ids)} rows with {method}: {run / 'selections' / (name or method)}.parquet")
     dec = sel.stats.get("decontamination")
     if dec and dec["contaminated_rows"]:
@@ -248,6 +251,8 @@ def train(
     reference: int = typer.Option(None, help="Train ILA's reference model on N balanced-random pool rows."),
     seed: int = typer.Option(None),
     param: list[str] = typer.Option(None, "--param", "-p", help="Other train() parameters KEY=VALUE."),
+    executor: str = ExecutorOpt,
+    executor_opt: list[str] = ExecutorOptsOpt,
 ) -> None:
     """Fine-tune a causal LM on a selection (SFT or DPO, per-row weights), report held-out NLL per domain."""
     if heldout_split is not None and heldout_split >= 1:
@@ -255,7 +260,7 @@ def train(
     opts = dict(model=model, name=name, out=out, objective=objective, lora=lora, merge=merge, epochs=epochs,
                 max_steps=max_steps, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum, dtype=dtype,
                 mixture=mixture, heldout=heldout, heldout_split=heldout_split, eval_every=eval_every, seed=seed,
-                **_parse_params(param))
+                executor=executor, executor_options=_parse_params(executor_opt) or None, **_parse_params(param))
     if reference is not None:
         if run is None:
             raise typer.BadParameter("--reference needs --run")
@@ -298,6 +303,8 @@ def mix_ama(
     heldout_split: float = typer.Option(None, help="Held-out rows drawn from the pool (count, or fraction < 1)."),
     seed: int = typer.Option(None),
     param: list[str] = typer.Option(None, "--param", "-p", help="Other train() parameters KEY=VALUE."),
+    executor: str = ExecutorOpt,
+    executor_opt: list[str] = ExecutorOptsOpt,
 ) -> None:
     """AutoMixAlign: specialists per domain, then a generalist on the clipped excess loss (AMA-S / AMA-R)."""
     from curate.mix.ama import ama
@@ -307,7 +314,7 @@ def mix_ama(
     opts = dict(model=model, name=name, eta=eta, floor=floor, smoothing=smoothing, lora=lora, max_steps=max_steps,
                 lr=lr, batch_tokens=batch_tokens, heldout_split=heldout_split, seed=seed,
                 specialist={"max_steps": specialist_steps} if specialist_steps is not None else None,
-                **_parse_params(param))
+                executor=executor, executor_options=_parse_params(executor_opt) or None, **_parse_params(param))
     try:
         res = ama(run, selection, method=method, **{k: v for k, v in opts.items() if v is not None})
     except USER_ERRORS as exc:

@@ -91,7 +91,8 @@ def score(
     >= `decontam_threshold`, default 0.95) are recorded under <run>/decontam/ (curate.signals.decontam) and
     left out of selections by default. dtype "auto" = bf16 on GPU, float32 on CPU (resolved on this machine:
     Ray workers compute in the same dtype). `executor` ("local", "ray", "ray:ADDRESS", with `executor_options`)
-    runs the LM passes (loss, perplexity, IFD, depth) shard by shard; results do not depend on it.
+    runs the LM passes (loss, perplexity, IFD, depth, ICL and MIW's ICL gains) shard by shard; results do not
+    depend on it.
     Other keyword parameters (max_length, tags_field, depth_group, icl_k, n_val, miw_*, ...) are the
     signals' parameters; they enter the cache key of the signals that use them. A stage (curate.stage): nothing
     runs when the arguments, pool, embeddings, models and outputs are unchanged. Within a run, a stored signal

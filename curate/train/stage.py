@@ -118,6 +118,8 @@ def train(
     callbacks: Sequence[Any] = (),
     mixture_hook: Callable[[int, dict[str, float]], Any] | None = None,
     row_objective: Any | None = None,
+    executor: Any = None,
+    executor_options: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Fine-tune `model` on a run's `selection` (or on `data` files), SFT or DPO, full or LoRA.
 
@@ -127,8 +129,11 @@ def train(
     training. `row_objective` (a `curate.train.trainer.RowObjective`) replaces the weighted loss, e.g. by
     AutoMixAlign's excess loss; `data` may also be `TrainRows` already read. Held-out rows come from `heldout`
     (a file) or a seeded `heldout_split` of the pool (rows or a fraction); they are evaluated every `eval_every` steps and at the end, under bf16 autocast when
-    `eval_dtype` (default: `dtype`) is bfloat16.
+    `eval_dtype` (default: `dtype`) is bfloat16. `executor` / `executor_options` ("local", "ray", ...): where
+    DPO's reference log-probs pass runs; the result does not depend on it.
     """
+    from curate.executors import get_executor
+
     rd = RunDir(run) if run is not None else None
     if (selection is None) == (data is None):
         raise ValueError("give either a run and a selection, or `data` files (an export folder or a file)")
@@ -191,6 +196,7 @@ def train(
             eval_every=eval_every, log_every=log_every, save_every=save_every,
             keep_checkpoints=keep_checkpoints, progress=progress, callbacks=callbacks,
             mixture_hook=mixture_hook, row_objective=row_objective,
+            executor=None if executor is None else get_executor(executor, executor_options),
         )  # fmt: skip
 
 
@@ -227,7 +233,7 @@ def _domain_codes(names: list[str], rows: tdata.TrainRows) -> np.ndarray:
 
 def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, params, device, dtype, lr,
            eval_every, log_every, save_every, keep_checkpoints, progress, callbacks, mixture_hook,
-           row_objective=None) -> TrainResult:
+           row_objective=None, executor=None) -> TrainResult:
     import torch
     from transformers import TrainingArguments, set_seed
 
@@ -268,7 +274,7 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
     feats = tdata.encode_rows(scorer, rows, preference=preference)
     names = sorted(set(rows.domains()) | (set(held.domains()) if held is not None else set()))
     codes = _domain_codes(names, rows)
-    ref = _reference_logps(scorer, rows, feats, rd, out, fingerprint, params) if preference else None
+    ref = _reference_logps(scorer, rows, feats, rd, out, fingerprint, params, executor) if preference else None
     held_seqs = _held_sequences(scorer, held) if held is not None else None
 
     if params["mixture"]:

@@ -106,6 +106,8 @@ def ama(
     eval_every: int = 0,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    executor: Any = None,
+    executor_options: dict[str, Any] | None = None,
     **train_kwargs: Any,
 ) -> AmaResult:
     """Run AutoMixAlign (`ama-s`, `ama-r`) or a baseline (`doremi`, `uniform`, `stratified`) on a selection.
@@ -113,7 +115,8 @@ def ama(
     Specialists train with the same settings as the generalist (`train_kwargs`, passed to `curate.train.train`),
     overridden by `specialist` (e.g. {"max_steps": 200}). `eta`: step size of the task weights (default 0.01 for
     AMA, 1 for DoReMi); `floor`: AMA-S's exploration floor c; `smoothing`: toward uniform (AMA-R 0, DoReMi
-    1e-3). `callbacks` go to the generalist's Trainer only. Every part resumes after an interruption.
+    1e-3). `callbacks` go to the generalist's Trainer only. `executor` / `executor_options` ("local", "ray", ...):
+    where the per-row specialist-loss and DPO reference passes run. Every part resumes after an interruption.
     """
     from curate.train import train
 
@@ -139,7 +142,8 @@ def ama(
     row_objective = None
     out = rd.root / "train" / name
     if method in ("ama-s", "ama-r", "doremi"):
-        common = dict(model=model, objective=kind, settings=spec_settings, progress=progress)
+        common = dict(model=model, objective=kind, settings=spec_settings, progress=progress, executor=executor,
+                      executor_options=executor_options)
         if method == "doremi":  # one reference model on every row instead of a specialist per task
             ref = trained_losses(rd, rows, ALL, **common)
         else:
@@ -152,7 +156,8 @@ def ama(
     res = train(rd, selection, name=name, model=model, objective=kind, mixture=str(init_path),
                 row_objective=row_objective, mixture_hook=row_objective.after_step if row_objective else None,
                 heldout=heldout, heldout_split=heldout_split, eval_every=eval_every, progress=progress,
-                callbacks=callbacks, **{k: v for k, v in settings.items() if k in train_kwargs})
+                callbacks=callbacks, executor=executor, executor_options=executor_options,
+                **{k: v for k, v in settings.items() if k in train_kwargs})
     path = rd.mixture_path(name)
     if not res.metrics:  # a non-main process of a multi-process run: the main one writes the mixture
         return AmaResult(method, path, {}, res)
