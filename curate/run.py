@@ -18,19 +18,14 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import polars as pl
 
 from curate.errors import CurateError, MissingArtefactError
-
-F = TypeVar("F", bound=Callable)
-
 
 # what each locked stage writes (folders, or files at the root): where its killed runs leave temporary files
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -44,20 +39,6 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 
 class RunBusyError(CurateError, RuntimeError):
     """Another process is running the same stage on this run directory."""
-
-
-def locked(stage: str) -> Callable[[F], F]:
-    """Decorate a stage function `fn(run, ...)` so it holds the run directory's `stage` lock while it runs."""
-
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
-        def run_locked(run, *args, **kwargs):
-            with RunDir(run).lock(stage):
-                return fn(run, *args, **kwargs)
-
-        return run_locked  # type: ignore[return-value]
-
-    return wrap
 
 
 class RunDir:
