@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from curate.signals.base import ScoreContext, short_hash, signal
+from curate.signals.lm import ScorerJob
 from curate.signals.lm_signals import score_eot, scored_tokens
 from curate.signals.rowcache import cached_job, write_columns
 from curate.signals.validation import ValItem, read_validation
@@ -136,7 +137,7 @@ def other_demos(ctx: ScoreContext | PoolMessages, positions: np.ndarray, k: int,
 
 
 @dataclass
-class ICLJob:
+class ICLJob(ScorerJob):
     """ICL gains of the pool rows at `positions`, one shard of them at a time: a picklable shard job
     (`index.io.ShardJob`), so a Ray actor loads the model once and reads its rows from the run. In process,
     `local` (never pickled) hands over the scorer and pool the score call already holds."""
@@ -157,18 +158,11 @@ class ICLJob:
     progress: bool = False
     local: Callable[[], Any] | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "local": None}
-
     def setup(self) -> tuple[Any, PoolMessages]:
         """(scorer, pool conversations): the score call's, or loaded in this worker."""
         if self.local is not None:
             return self.local()
-        from curate.signals.lm import LMScorer
-
-        scorer = LMScorer(self.model, dtype=self.dtype, device=self.device, max_length=self.max_length,
-                          batch_tokens=self.batch_tokens)
-        return scorer, PoolMessages(self.root)
+        return self.load_scorer(), PoolMessages(self.root)
 
     def run(self, state: tuple[Any, PoolMessages], i: int, tmp: Path,
             progress: Callable[[int], None] | None = None) -> int:

@@ -75,6 +75,25 @@ class Encoded:
         return start, max(start, stop)
 
 
+class ScorerJob:
+    """What the shard jobs that score rows with one causal LM share (`LMNllJob`, `ICLJob`, `RowNllJob`): their
+    dataclass fields `model`, `dtype`, `device`, `max_length`, `batch_tokens` and `local` (the caller's scorer,
+    never pickled, used in process); a worker loads its own scorer once in `setup`."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "local": None}
+
+    def load_scorer(self) -> LMScorer:
+        """The caller's scorer, or one loaded here (`device` None: this process's default device)."""
+        if self.local is not None:
+            return self.local()
+        return LMScorer(self.model, dtype=self.dtype, device=self.device, max_length=self.max_length,
+                        batch_tokens=self.batch_tokens)
+
+    def setup(self):  # noqa: ANN201 - a job's worker state
+        return self.load_scorer()
+
+
 class LMScorer:
     """A causal LM plus its tokenizer and formatter: encodes conversations, returns per-row NLL."""
 

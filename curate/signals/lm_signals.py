@@ -21,6 +21,7 @@ import numpy as np
 
 from curate.run import RunDir
 from curate.signals.base import ScoreContext, short_hash, signal
+from curate.signals.lm import ScorerJob
 from curate.signals.rowcache import cached_job, write_columns
 
 LM_PARAMS = {"max_length": 2048, "score_eot": False}
@@ -41,7 +42,7 @@ def scored_tokens(ctx: ScoreContext) -> dict:
 
 
 @dataclass
-class LMNllJob:
+class LMNllJob(ScorerJob):
     """Per-row (NLL, token count) parts of pool rows under one causal LM, one shard at a time: a picklable
     shard job (`index.io.ShardJob`), so a Ray actor loads the model once and reads its rows from the run.
     In process, `local` (never pickled) hands over the scorer the score call already holds."""
@@ -57,17 +58,6 @@ class LMNllJob:
     shard_rows: int
     progress: bool = False
     local: Callable[[], Any] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "local": None}
-
-    def setup(self) -> Any:
-        if self.local is not None:
-            return self.local()
-        from curate.signals.lm import LMScorer
-
-        return LMScorer(self.model, dtype=self.dtype, device=self.device, max_length=self.max_length,
-                        batch_tokens=self.batch_tokens)
 
     def run(self, scorer: Any, i: int, tmp: Path, progress: Callable[[int], None] | None = None) -> int:
         lo, hi = i * self.shard_rows, min(self.n_rows, (i + 1) * self.shard_rows)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate.signals.lm import ScorerJob
 from curate.signals.rowcache import cached_job, write_columns
 from curate.train import data as tdata
 from index.io import atomic_path, run_job
@@ -33,7 +34,7 @@ SHARD_ROWS = 4096
 
 
 @dataclass
-class RowNllJob:
+class RowNllJob(ScorerJob):
     """Per-row (NLL sum, token count) of the response, and of the rejected response with `preference`, under
     one causal LM: a picklable shard job (`index.io.ShardJob`), so a Ray actor loads the model once and reads
     its rows from `rows_path`. In process, `local` (never pickled) hands over a scorer already loaded."""
@@ -48,18 +49,6 @@ class RowNllJob:
     n_rows: int
     shard_rows: int
     local: Callable[[], Any] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "local": None}
-
-    def setup(self) -> Any:
-        """The scorer: the caller's, or loaded here (`device` None: this process's default device)."""
-        if self.local is not None:
-            return self.local()
-        from curate.signals.lm import LMScorer
-
-        return LMScorer(self.model, dtype=self.dtype, device=self.device, max_length=self.max_length,
-                        batch_tokens=self.batch_tokens)
 
     def run(self, scorer: Any, i: int, tmp: Path, progress: Callable[[int], None] | None = None) -> int:
         """Shard `i`'s columns into `tmp`: nll_sum, n_tokens (and rejected_nll_sum, rejected_n_tokens)."""
