@@ -143,11 +143,6 @@ class ICLJob(ScorerJob):
     `local` (never pickled) hands over the scorer and pool the score call already holds."""
 
     root: str
-    model: str
-    dtype: str
-    device: str | None
-    max_length: int
-    batch_tokens: int
     val: list[ValItem]
     positions: np.ndarray
     k: int
@@ -156,7 +151,6 @@ class ICLJob(ScorerJob):
     cache: bool
     shard_rows: int
     progress: bool = False
-    local: Callable[[], Any] | None = None
 
     def setup(self) -> tuple[Any, PoolMessages]:
         """(scorer, pool conversations): the score call's, or loaded in this worker."""
@@ -201,9 +195,10 @@ def icl_for_positions(ctx: ScoreContext, positions: np.ndarray, tag: str) -> tup
     folder = ctx.rd.root / "signals" / "_icl" / f"{tag}-{short_hash(key)}"
     positions = np.asarray(positions, dtype=np.int64)
     shard_rows = int(ctx.param("icl_shard_rows", 256))
-    job = ICLJob(str(ctx.rd.root), ctx.model_path("model"), resolve_dtype(ctx.dtype, ctx.device or default_device()),
-                 ctx.device, int(ctx.param("max_length", 2048)), ctx.batch_tokens, val, positions, k, seed, eot,
-                 bool(ctx.param("icl_cache", True)), shard_rows, progress=ctx.progress,
+    job = ICLJob(model=ctx.model_path("model"), dtype=resolve_dtype(ctx.dtype, ctx.device or default_device()),
+                 device=ctx.device, max_length=int(ctx.param("max_length", 2048)), batch_tokens=ctx.batch_tokens,
+                 root=str(ctx.rd.root), val=val, positions=positions, k=k, seed=seed, eot=eot,
+                 cache=bool(ctx.param("icl_cache", True)), shard_rows=shard_rows, progress=ctx.progress,
                  local=lambda: (ctx.scorer("model"), PoolMessages(str(ctx.rd.root), ctx.pool["messages"])))
     cols, _ = cached_job(folder, len(positions), shard_rows, key, job, ctx.executor)
     return cols["icl"].astype(np.float64), float(np.mean(cols["tokens_per_row"])) if len(positions) else 0.0

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,10 +76,18 @@ class Encoded:
         return start, max(start, stop)
 
 
+@dataclass
 class ScorerJob:
-    """What the shard jobs that score rows with one causal LM share (`LMNllJob`, `ICLJob`, `RowNllJob`): their
-    dataclass fields `model`, `dtype`, `device`, `max_length`, `batch_tokens` and `local` (the caller's scorer,
-    never pickled, used in process); a worker loads its own scorer once in `setup`."""
+    """The part of the shard jobs that score rows with one causal LM (`LMNllJob`, `ICLJob`, `RowNllJob`): the
+    model and how it is run, and `local` (the caller's scorer, never pickled, used in process); a worker loads
+    its own scorer once in `setup`."""
+
+    model: str
+    dtype: str
+    device: str | None
+    max_length: int
+    batch_tokens: int
+    local: Callable[[], Any] | None = field(default=None, kw_only=True)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "local": None}

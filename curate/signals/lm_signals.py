@@ -48,16 +48,10 @@ class LMNllJob(ScorerJob):
     In process, `local` (never pickled) hands over the scorer the score call already holds."""
 
     root: str
-    model: str
-    dtype: str
-    device: str | None
-    max_length: int
-    batch_tokens: int
     variant: str
     n_rows: int
     shard_rows: int
     progress: bool = False
-    local: Callable[[], Any] | None = None
 
     def run(self, scorer: Any, i: int, tmp: Path, progress: Callable[[int], None] | None = None) -> int:
         lo, hi = i * self.shard_rows, min(self.n_rows, (i + 1) * self.shard_rows)
@@ -92,8 +86,9 @@ def lm_stats(ctx: ScoreContext, role: str, variant: str, eot: bool | None = None
     params = {"max_length": int(ctx.param("max_length", 2048)), "variant": variant, "parts": "response,eot"}
     folder = ctx.rd.root / "signals" / "_lm" / f"{fp}-{short_hash(params)}" / variant
     shard_rows = int(ctx.param("shard_rows", 2048))
-    job = LMNllJob(str(ctx.rd.root), ctx.model_path(role), resolve_dtype(ctx.dtype, ctx.device or default_device()),
-                   ctx.device, params["max_length"], ctx.batch_tokens, variant, ctx.n, shard_rows,
+    job = LMNllJob(model=ctx.model_path(role), dtype=resolve_dtype(ctx.dtype, ctx.device or default_device()),
+                   device=ctx.device, max_length=params["max_length"], batch_tokens=ctx.batch_tokens,
+                   root=str(ctx.rd.root), variant=variant, n_rows=ctx.n, shard_rows=shard_rows,
                    progress=ctx.progress, local=lambda: ctx.scorer(role))
     key = {"model": fp, "params": params, "pool": ctx.key_pool()}
     cols, _ = cached_job(folder, ctx.n, shard_rows, key, job, ctx.executor)

@@ -40,15 +40,9 @@ class RowNllJob(ScorerJob):
     its rows from `rows_path`. In process, `local` (never pickled) hands over a scorer already loaded."""
 
     rows_path: str
-    model: str
-    dtype: str
-    device: str | None
-    max_length: int
-    batch_tokens: int
     preference: bool
     n_rows: int
     shard_rows: int
-    local: Callable[[], Any] | None = None
 
     def run(self, scorer: Any, i: int, tmp: Path, progress: Callable[[int], None] | None = None) -> int:
         """Shard `i`'s columns into `tmp`: nll_sum, n_tokens (and rejected_nll_sum, rejected_n_tokens)."""
@@ -97,8 +91,9 @@ def row_nll(
         device = None  # a remote worker scores on its own device (its GPU when it has one)
     with atomic_path(rows_path, suffix=".parquet") as tmp:
         rows.frame.write_parquet(tmp)
-    job = RowNllJob(str(rows_path), str(model), dtype, device, int(max_length), int(batch_tokens), preference,
-                    rows.frame.height, int(shard_rows), local=local)
+    job = RowNllJob(model=str(model), dtype=dtype, device=device, max_length=int(max_length),
+                    batch_tokens=int(batch_tokens), rows_path=str(rows_path), preference=preference,
+                    n_rows=rows.frame.height, shard_rows=int(shard_rows), local=local)
     cols, done = cached_job(folder / "shards", rows.frame.height, int(shard_rows), key, job, executor)
     shutil.rmtree(folder, ignore_errors=True)
     return cols, done
