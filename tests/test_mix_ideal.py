@@ -60,6 +60,23 @@ def test_influence_matrix_equals_the_dense_inverse_products():
             assert influence(ek, g_r, g_d) == pytest.approx(want, rel=1e-5)
 
 
+def test_the_whole_sets_mean_gradient_is_the_size_weighted_mean_of_its_parts():
+    """What lets IDEAL derive the whole reference set's influence row from its domains' rows."""
+    from curate.mix.ideal.ekfac import mean_gradient
+
+    torch.manual_seed(2)
+    lin, X = nn.Linear(4, 3, bias=False), torch.randn(10, 4)
+
+    def losses(model, x):
+        return (model(x) ** 2).sum(-1)
+
+    whole, n = mean_gradient(lin, {"l": lin}, X.split(4), losses)
+    a, na = mean_gradient(lin, {"l": lin}, [X[:3]], losses)
+    b, nb = mean_gradient(lin, {"l": lin}, X[3:].split(5), losses)
+    assert (n, na, nb) == (10, 3, 7)
+    assert torch.allclose(whole["l"], 0.3 * a["l"] + 0.7 * b["l"], rtol=1e-6)
+
+
 class _MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -210,7 +227,7 @@ def test_influence_upweights_the_matching_domain_and_downweights_the_conflicting
 
     ref = _conflict_run(tmp_path / "run")
     doc = ideal(tmp_path / "run", "all", ref, model=str(tiny_lm), rounds=2, epochs=15, sample_rate=1.0,
-                **TRAIN)
+                keep_factors=True, **TRAIN)
     r0 = doc["rounds"][0]
     assert r0["influence"]["all"]["good"] > 0 > r0["influence"]["all"]["bad"]
     assert r0["beta"]["good"] == pytest.approx(0.15) and -0.15 <= r0["beta"]["bad"] < 0
@@ -229,17 +246,18 @@ def test_influence_upweights_the_matching_domain_and_downweights_the_conflicting
     keys = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(run / "mix" / "ideal" / "ekfac-r0.safetensors"))
     assert any(k.endswith("::lam") for k in keys) and ek.damping == 0.1
 
-    # a re-run reuses every round (the cached factors are not rewritten)
-    mtime = (run / "mix" / "ideal" / "ekfac-r0.safetensors").stat().st_mtime_ns
+    # a re-run reuses every round (the stored influence is not rewritten); without keep_factors the factors go
+    mtime = (run / "mix" / "ideal" / "round-0.json").stat().st_mtime_ns
     again = ideal(run, "all", ref, model=str(tiny_lm), rounds=2, epochs=15, sample_rate=1.0, **TRAIN)
     assert again["rounds"][1]["counts"] == doc["rounds"][1]["counts"]
-    assert (run / "mix" / "ideal" / "ekfac-r0.safetensors").stat().st_mtime_ns == mtime
+    assert (run / "mix" / "ideal" / "round-0.json").stat().st_mtime_ns == mtime
+    assert not list((run / "mix" / "ideal").glob("ekfac-r*"))
 
     key0 = json.loads((run / "mix" / "ideal" / "round-0.json").read_text())["key"]
     # other parameters do not reuse the cached factors, influence or volumes of the first run
     other = ideal(run, "all", ref, model=str(tiny_lm), rounds=1, epochs=15, sample_rate=0.5, m=0.05,
                   train_final=False, **TRAIN)
-    assert (run / "mix" / "ideal" / "ekfac-r0.safetensors").stat().st_mtime_ns != mtime
+    assert (run / "mix" / "ideal" / "round-0.json").stat().st_mtime_ns != mtime
     assert other["rounds"][0]["beta"]["good"] == pytest.approx(0.05)
     assert other["rounds"][1]["counts"]["good"] < doc["rounds"][1]["counts"]["good"]
     assert json.loads((run / "mix" / "ideal" / "round-0.json").read_text())["key"] != key0

@@ -1,7 +1,8 @@
 """AutoMixAlign's specialists: one model per task (domain) trained on that task's rows alone, with the training
 module and the generalist's settings, and each specialist's loss on every row of its task, cached.
 
-    <run>/mix/ama/specialists/<task>-<key>/train/         the specialist's training run (resumable)
+    <run>/mix/ama/specialists/<task>-<key>/train/         the specialist's training run (resumable; with LoRA
+                                                          the adapter, its merged copy deleted once scored)
     <run>/mix/ama/specialists/<task>-<key>/losses.parquet  id, loss (SFT: per-token mean NLL; DPO: DPO loss)
 
 `<key>` fingerprints the base model's weights, the objective, the training settings and the task's rows (ids
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,8 @@ def trained_losses(rd: RunDir, rows: tdata.TrainRows, task: str, *, model: str, 
             raise ValueError(f"specialist {task!r} ({res.out}) gave non-finite losses")
         with atomic_path(path, suffix=".parquet") as tmp:
             pl.DataFrame({"id": rows.frame["id"], "loss": losses}).write_parquet(tmp)
+        if kwargs.get("lora"):  # the merged copy was only for scoring (0.5 GB each on SmolLM2); the adapter stays
+            shutil.rmtree(folder / "train" / "model", ignore_errors=True)
     frame = pl.read_parquet(path)
     return dict(zip(frame["id"].to_list(), frame["loss"].to_list(), strict=True))
 

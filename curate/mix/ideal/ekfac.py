@@ -44,9 +44,9 @@ class _Capture:
 
     def _hook(self, name: str):
         def fwd(module, inputs, output):
-            self.a[name] = _tokens(inputs[0].detach()).double()
+            self.a[name] = _tokens(inputs[0].detach())
             if output.requires_grad:
-                output.register_hook(lambda grad: self.g.__setitem__(name, _tokens(grad.detach()).double()))
+                output.register_hook(lambda grad: self.g.__setitem__(name, _tokens(grad.detach())))
 
         return fwd
 
@@ -63,10 +63,16 @@ def _run_backward(model: nn.Module, batch, loss_fn: Callable) -> torch.Tensor:
     return loss.detach()
 
 
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    """Per-batch products run in float64 for a float64 model, else float32 (half the time of float64 on CPU;
+    one batch's sums lose nothing that matters); the sums over batches are float64."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _weighted_gram(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Σ_bt w_bt x_bt x_btᵀ as one matrix product over the flattened tokens, in the activations' precision
-    (float32 for a float32 model: one batch's sum), returned in float64 for accumulation over batches."""
-    flat = x.reshape(-1, x.shape[-1])
+    """Σ_bt w_bt x_bt x_btᵀ as one matrix product over the flattened tokens (one batch, see `_work_dtype`),
+    returned in float64 for accumulation over batches."""
+    flat = x.reshape(-1, x.shape[-1]).to(_work_dtype(x))
     return ((flat * w.reshape(-1, 1).to(flat.dtype)).T @ flat).double()
 
 
@@ -134,7 +140,7 @@ class EKFAC:
                         a, g, w = self._masked(caps, name, batch, mask)
                         # per-example gradients in the eigenbasis, Q_Sᵀ (Σ_t g_t a_tᵀ) Q_A = Σ_t (Q_Sᵀ g_t)(Q_Aᵀ a_t)ᵀ:
                         # rotate the tokens first (T (d_in² + d_out²) instead of B (d_out² d_in + d_out d_in²))
-                        dt = g.dtype if g.dtype == torch.float64 else torch.float32
+                        dt = _work_dtype(g)
                         g_rot = (g.to(dt) * w[..., None].to(dt)) @ self.Q_S[name].to(dt)
                         a_rot = a.to(dt) @ self.Q_A[name].to(dt)
                         lam[name] += (torch.bmm(g_rot.transpose(1, 2), a_rot).double() ** 2).sum(0)
@@ -154,14 +160,15 @@ class EKFAC:
         return a, g, w.to(a.device)
 
     # applying ---------------------------------------------------------------------------------
-    def ihvp(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """H⁻¹ V per module for weight-shaped `grads` (damped: δ = damping x mean eigenvalue)."""
+    def ihvp(self, grads: dict[str, torch.Tensor], dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+        """H⁻¹ V per module for weight-shaped `grads` (damped: δ = damping x mean eigenvalue), the four rotations
+        in `dtype` (float32: half the time on CPU, ~1e-6 relative error, what influence scores need)."""
         out = {}
         for name, V in grads.items():
             lam = self.lam[name]
-            delta = self.damping * lam.mean()
-            Qs, Qa = self.Q_S[name], self.Q_A[name]
-            out[name] = Qs @ ((Qs.T @ V.double() @ Qa) / (lam + delta)) @ Qa.T
+            scale = (1.0 / (lam + self.damping * lam.mean())).to(dtype)
+            Qs, Qa = self.Q_S[name].to(dtype), self.Q_A[name].to(dtype)
+            out[name] = Qs @ ((Qs.T @ V.to(dtype) @ Qa) * scale) @ Qa.T
         return out
 
     def dense_inverse(self, name: str) -> torch.Tensor:
@@ -245,8 +252,8 @@ def influence_matrix(
     """s[r][d] = Σ_modules ⟨H⁻¹ g_r, g_d⟩ (= ⟨g_r, H⁻¹ g_d⟩: the damped inverse is symmetric) for every
     reference set r and domain d. One H⁻¹ product per reference set, kept in float32; `refs` and `doms` may
     be generators, so only one gradient at a time need be in memory (on SmolLM2's MLPs one gradient is 0.6 GB in
-    float64, one H⁻¹ product ~0.5 TFLOP)."""
-    inv = {r: {n: v.float() for n, v in ekfac.ihvp(g).items()} for r, g in refs}
+    float64, one H⁻¹ product ~0.5 TFLOP, done in float32)."""
+    inv = {r: ekfac.ihvp(g, dtype=torch.float32) for r, g in refs}
     out: dict[str, dict[str, float]] = {r: {} for r in inv}
     for d, g_dom in doms:
         for r, h in inv.items():

@@ -1,8 +1,8 @@
 """IDEAL rounds (Ming et al., ICLR 2026; docs/methods.md): train -> EK-FAC influence -> new domain volumes.
 
 Round t trains on the volumes of round t (round 0: the selection as it is), fits EK-FAC on a σ-sample of its
-training rows, takes the mean gradient of each domain (σ-sample) and of the reference set (whole, and each of
-its domains), and computes the influence matrix s[r][j] = g_refᵀ H⁻¹ g_j. The whole-reference row gives
+training rows, takes the mean gradient of each domain (σ-sample) and of each of the reference set's domains (the
+whole set's row is their size-weighted mean: s is linear in the gradient), and computes the influence matrix s[r][j] = g_refᵀ H⁻¹ g_j. The whole-reference row gives
 β_j = m s_j / max|s|, and n_j' = round(n_j (1 + β_j)) rows of domain j, by seeded subsampling (β < 0) or
 duplication (β > 0) of the current rows. Volumes are stored as a selection whose weights are multiplicities
 (a row kept twice has weight 2: the same summed loss as two copies), `selections/<name>-r<t>`, and the
@@ -137,7 +137,7 @@ def influence_round(
 
     t = time.perf_counter()
     ref_dom = np.asarray(reference.domains())
-    ref_sets = {"all": np.arange(len(ref_dom))} | {d: np.flatnonzero(ref_dom == d) for d in sorted(set(ref_dom))}
+    ref_sets = {d: np.flatnonzero(ref_dom == d) for d in sorted(set(ref_dom))}
     ref_grads = (
         (r, mean_gradient(model, modules, lm.row_batches(ref_feats, idx, scorer.pad_id, batch_tokens),
                           lm.true_losses)[0])
@@ -152,7 +152,10 @@ def influence_round(
             yield d, mean_gradient(model, modules, lm.row_batches(feats, take, scorer.pad_id, batch_tokens),
                                    lm.true_losses)[0]
 
-    matrix = influence_matrix(ek, ref_grads, domain_gradients())
+    by_ref = influence_matrix(ek, ref_grads, domain_gradients())
+    # the whole reference set's mean gradient is the size-weighted mean of its domains' (and s is linear in it)
+    share = {r: idx.size / len(ref_dom) for r, idx in ref_sets.items()}
+    matrix = {"all": {d: sum(share[r] * by_ref[r][d] for r in by_ref) for d in sizes}} | by_ref
     if scaling == "sum":
         total = sum(sizes.values())
         matrix = {r: {d: s * (sizes[d] / total) for d, s in row.items()} for r, row in matrix.items()}
@@ -190,6 +193,7 @@ def ideal(
     influence_scaling: str = "mean",
     correct: bool = True,
     train_final: bool = True,
+    keep_factors: bool = False,
     heldout: str | os.PathLike | None = None,
     seed: int = 0,
     batch_tokens: int = 2048,
@@ -200,7 +204,9 @@ def ideal(
     `mixtures/<name>.json` and the volume selections; return the mixture document.
 
     `layers`: 'mlp' (default; LoRA training is merged first), 'lora' (LoRA parameters: train with lora=True),
-    or module names. Each round's training, EK-FAC factors and influence are kept, so a killed run resumes.
+    or module names. Each round's training and influence are kept, so a killed run resumes; the EK-FAC
+    factors (2.5 GB a round on SmolLM2's MLPs) are deleted once the round's influence is stored, unless
+    `keep_factors`.
     """
     from curate.train import from_files, from_selection, train
 
@@ -241,15 +247,17 @@ def ideal(
             key = hashlib.blake2b(json.dumps([read_json(res.out / "config.json")["key"], doc["params"], ref_rows.key(),
                                               batch_tokens, max_length], sort_keys=True, default=str).encode(),
                                   digest_size=8).hexdigest()
-            cached = work / f"round-{t}.json"
+            cached, factors = work / f"round-{t}.json", work / f"ekfac-r{t}.safetensors"
             inf = read_json(cached) if cached.exists() else {}
             if inf.get("key") != key:
                 model_dir = res.out / ("adapter" if layers == "lora" else "model")
                 inf = influence_round(model_dir, base, counts, ref_rows, layers=layers, sample_rate=sample_rate,
                                       damping=damping, correct=correct, scaling=influence_scaling,
                                       batch_tokens=batch_tokens, max_length=max_length, seed=seed + t,
-                                      cache=work / f"ekfac-r{t}.safetensors", key=key) | {"key": key}
+                                      cache=factors, key=key) | {"key": key}
                 write_json(cached, inf)
+            if not keep_factors:
+                factors.unlink(missing_ok=True)
             beta = step_sizes(inf["influence"]["all"], m)
             entry.update({"influence": inf["influence"], "beta": beta, "reference_loss": inf["reference_loss"],
                           "timings": {**entry["timings"], **inf["timings"]}})
