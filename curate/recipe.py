@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +105,7 @@ def call_stage(
     name: str, run: RunDir, params: dict[str, Any], seed: int | None = None, defaults: dict[str, Any] | None = None
 ) -> StageResult:
     """Call one stage with `run` and its parameters through `curate.stage.run_stage`; fill in `seed` and the
-    recipe-wide `defaults` (the executor) where the stage takes them and does not set them itself. Stages that
-    keep their own key (train, reference, mix-ideal: a named training run) are called directly."""
+    recipe-wide `defaults` (the executor) where the stage takes them and does not set them itself."""
     fn = stage_function(name)
     sig = inspect.signature(fn)
     kwargs = dict(params)
@@ -121,12 +119,7 @@ def call_stage(
     if unknown:
         allowed = [p for p in sig.parameters if p != "run"]
         raise RecipeError(f"stage {name!r} has no parameter {unknown[0]!r}; it takes: {', '.join(allowed)}")
-    staged = getattr(fn, "run_stage", None)
-    if staged is not None:
-        return staged(run=run, **kwargs)
-    t0 = time.perf_counter()
-    value = fn(run=run, **kwargs)
-    return StageResult(name, value, False, time.perf_counter() - t0, {})
+    return fn.run_stage(run=run, **kwargs)
 
 
 def run_recipe(recipe: Recipe, *, log: Callable[[str], None] = print) -> list[tuple[str, StageResult]]:

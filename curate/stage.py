@@ -161,14 +161,24 @@ def stage(
             return st, rd, force
 
         @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return staged(*args, **kwargs).value
-
         def staged(*args: Any, **kwargs: Any) -> StageResult:
             st, rd, force = build(args, kwargs)
             return run_stage(st, rd, force=force)
 
-        call.run_stage = staged  # type: ignore[attr-defined]
-        return call  # type: ignore[return-value]
+        return returning_value(staged)  # type: ignore[return-value]
 
     return wrap
+
+
+def returning_value(staged: Callable[..., StageResult], returns: Any = None) -> Callable[..., Any]:
+    """A function with `staged`'s parameters that returns its result's value (of type `returns`, for the
+    signature, when given); `.run_stage` is `staged` (what recipes call, for the whole `StageResult`)."""
+
+    @functools.wraps(staged)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return staged(*args, **kwargs).value
+
+    if returns is not None:
+        call.__signature__ = inspect.signature(staged).replace(return_annotation=returns)  # type: ignore[attr-defined]
+    call.run_stage = staged  # type: ignore[attr-defined]
+    return call

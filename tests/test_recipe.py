@@ -44,18 +44,22 @@ def test_missing_recipe_file(tmp_path):
 
 
 def test_call_stage_rejects_unknown_parameter(tmp_path, monkeypatch):
+    from curate.stage import stage
+
     calls = []
 
+    @stage("fake", inputs=lambda run, a: [], outputs=lambda run, a: [])
     def fake(run, *, k=1, seed=0):
         calls.append((run, k, seed))
         return k
 
     monkeypatch.setitem(rc.STAGES, "fake", "x:y")
     monkeypatch.setattr(rc, "stage_function", lambda name: fake)
-    assert rc.call_stage("fake", "R", {"k": 3}, seed=5).value == 3
-    assert calls == [("R", 3, 5)]
+    res = rc.call_stage("fake", tmp_path, {"k": 3}, seed=5)
+    assert (res.value, res.skipped, calls) == (3, False, [(tmp_path, 3, 5)])
+    assert rc.call_stage("fake", tmp_path, {"k": 3}, seed=5).skipped and len(calls) == 1
     with pytest.raises(rc.RecipeError, match="has no parameter 'kk'; it takes: k, seed"):
-        rc.call_stage("fake", "R", {"kk": 3})
+        rc.call_stage("fake", tmp_path, {"kk": 3})
 
 
 def test_parse_params_yaml_values():
@@ -83,16 +87,20 @@ def test_cli_reports_missing_pool_clearly(tmp_path):
 
 def test_recipe_executor_goes_to_the_stages_that_take_one(tmp_path, monkeypatch):
     p = _write(tmp_path, "run: out\nexecutor: ray\nexecutor_options: {workers: 3}\nstages:\n"
-                         "  - fake\n  - plain\n  - fake: {executor: local}\n")
+                         "  - fake\n  - plain\n  - fake: {executor: local, n: 2}\n")
     monkeypatch.setitem(rc.STAGES, "fake", "x:y")
     monkeypatch.setitem(rc.STAGES, "plain", "x:z")
     r = rc.Recipe.load(p)
     assert r.executor == {"executor": "ray", "executor_options": {"workers": 3}}
+    from curate.stage import stage
+
     calls = []
 
-    def fake(run, *, executor=None, executor_options=None):
+    @stage("fake", inputs=lambda run, a: [], outputs=lambda run, a: [])
+    def fake(run, *, n=1, executor=None, executor_options=None):
         calls.append((executor, executor_options))
 
+    @stage("plain", inputs=lambda run, a: [], outputs=lambda run, a: [])
     def plain(run, *, k=1):
         calls.append(k)
 

@@ -106,14 +106,15 @@ def _tree(root: Path) -> dict[str, int]:
 
 
 def test_a_finished_recipe_run_again_does_no_work_in_any_stage(tmp_path, tiny_model, tiny_lm):  # noqa: F811
-    """ingest -> embed -> index -> map -> score (heuristic and LM) -> select (five selectors) -> export ->
-    compare -> report; the second run skips every stage and rewrites no file."""
+    """ingest -> embed -> index -> map -> ILA's reference model -> score (heuristic and LM) -> select (five
+    selectors) -> export -> train -> compare -> report; the second run skips every stage and rewrites no file."""
     from curate.recipe import Recipe, run_recipe
 
     data = write_jsonl(tmp_path / "pool.jsonl", [{"messages": r["messages"], "domain": r["domain"] or "misc"}
                                                  for r in pool_rows(60)])
     names = ["random", "balanced-random", "k-center", "deita", "ila"]
     recipe = tmp_path / "r.yaml"
+    train = "max_steps: 2, batch_tokens: 256, max_length: 64, progress: false"
     recipe.write_text(f"""run: {tmp_path / "run"}
 seed: 0
 stages:
@@ -121,6 +122,7 @@ stages:
   - embed: {{model: {tiny_model}, progress: false}}
   - index: {{k: 5, progress: false}}
   - map: {{n_clusters: 4, progress: false}}
+  - reference: {{n: 12, model: {tiny_lm}, lora: false, {train}}}
   - score: {{names: [tokens, mtld, knn_novelty], progress: false}}
   - score: {{names: [loss, ifd], model: {tiny_lm}, max_length: 64, progress: false}}
   - select: {{method: random, budget: 10}}
@@ -129,6 +131,7 @@ stages:
   - select: {{method: deita, budget: 10, signal: ifd, max_ifd: null}}
   - select: {{method: ila, budget: 10, signal: ifd, max_ifd: null}}
   - export: {{selection: ila}}
+  - train: {{selection: ila, model: {tiny_lm}, {train}}}
   - compare: {{names: [{", ".join(names)}]}}
   - report: {{progress: false}}
 """)
@@ -139,4 +142,6 @@ stages:
     assert [n for n, r in second if not r.skipped] == []
     assert _tree(tmp_path / "run") == before  # nothing rewritten, sidecars included
     assert [r.value.ids for n, r in second if n == "select"] == [r.value.ids for n, r in first if n == "select"]
+    trained = [(r.value.out, r.value.metrics) for n, r in first + second if n in ("train", "reference")]
+    assert trained[:2] == trained[2:] and trained[1][0] == tmp_path / "run" / "train" / "ila"
     assert second[-1][1].value == first[-1][1].value == tmp_path / "run" / "report.html"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from curate.errors import CurateError
 from curate.models import model_fingerprint, resolve_model
@@ -11,6 +12,12 @@ from curate.models import model_fingerprint, resolve_model
 
 class ModelDirError(CurateError):
     """A model directory that cannot be trained from (no config, no safetensors weights)."""
+
+
+def model_key(run: Any, a: dict[str, Any]) -> dict[str, str]:
+    """A stage key part (`curate.stage.stage(key=...)`) for a stage whose argument `model` names the base model:
+    its fingerprint, so the key changes when the model's weights do."""
+    return {"model_fingerprint": model_fingerprint(check_model_dir(a["model"]), "float32")}
 
 
 def check_model_dir(model: str | os.PathLike) -> Path:

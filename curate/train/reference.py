@@ -9,13 +9,23 @@ both in `<run>/reference.json`; later selections exclude those rows by default.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from curate.run import RunDir
+from curate.stage import stage
+from curate.train.model import model_key
 from curate.train.stage import TrainResult, train
-from index.io import write_json
+from index.io import read_json, write_json
 
 
+def _stored(run: RunDir, a: dict[str, Any]) -> TrainResult:
+    out = Path(read_json(run.reference_path)["train"])
+    return TrainResult(out, read_json(out / "metrics.json"))
+
+
+@stage("reference", inputs=lambda run, a: ["pool"], outputs=lambda run, a: ["reference.json"], key=model_key,
+       load=_stored)
 def train_reference(
     run: RunDir | str | os.PathLike,
     n: int | str = 300,

@@ -15,7 +15,6 @@ one resumes from its last complete checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import shutil
@@ -30,6 +29,7 @@ import polars as pl
 
 from curate.run import RunDir
 from curate.signals.lm import default_device, resolve_dtype
+from curate.stage import Stage, StageResult, returning_value, run_stage
 from curate.train import data as tdata
 from index.io import read_json, write_json
 
@@ -77,7 +77,7 @@ def _objective(rows: tdata.TrainRows, objective: str) -> str:
 
 
 
-def train(
+def train_stage(
     run: RunDir | str | os.PathLike | None = None,
     selection: str | None = None,
     *,
@@ -120,8 +120,9 @@ def train(
     row_objective: Any | None = None,
     executor: Any = None,
     executor_options: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Fine-tune `model` on a run's `selection` (or on `data` files), SFT or DPO, full or LoRA.
+) -> StageResult:
+    """Fine-tune `model` on a run's `selection` (or on `data` files), SFT or DPO, full or LoRA (`train` returns
+    the `TrainResult`; `train_stage` the `StageResult` around it).
 
     Per-row weights follow the convention of `curate.train.loss`. `mixture` names `<run>/mixtures/<name>.json`
     (or a path): rows are then drawn by its domain proportions (with the importance correction when the file
@@ -131,6 +132,10 @@ def train(
     (a file) or a seeded `heldout_split` of the pool (rows or a fraction); they are evaluated every `eval_every` steps and at the end, under bf16 autocast when
     `eval_dtype` (default: `dtype`) is bfloat16. `executor` / `executor_options` ("local", "ray", ...): where
     DPO's reference log-probs pass runs; the result does not depend on it.
+
+    With a run directory the run is a stage (`curate.stage.run_stage`, sidecar `stages/train-<name>.json`), keyed
+    by the parameters and the content of the training and held-out rows; a finished run of the same key is
+    returned as stored, and `<out>` holding a run of another key is an error rather than an overwrite.
     """
     from curate.executors import get_executor
 
@@ -184,13 +189,9 @@ def train(
         "data": rows.key(),
         "heldout": held.key() if held is not None else None,
     }
-    # under torchrun / accelerate every process runs this; the main one holds the lock and writes the files
-    ctx = rd.lock(f"train-{name}") if rd is not None and _is_main() else contextlib.nullcontext()
-    with ctx:
-        done = _finished(out, key)
-        if done is not None:
-            return done
-        return _train(
+
+    def go(_: RunDir | None = None) -> TrainResult:
+        return _finished(out, key) or _train(
             out=out, key=key, rows=rows, held=held, rd=rd, model_path=model_path, objective=objective,
             lora=lora, merge=merge, params=params, device=device, dtype=dtype, lr=lr,
             eval_every=eval_every, log_every=log_every, save_every=save_every,
@@ -198,6 +199,16 @@ def train(
             mixture_hook=mixture_hook, row_objective=row_objective,
             executor=None if executor is None else get_executor(executor, executor_options),
         )  # fmt: skip
+
+    # under torchrun / accelerate every process runs this; the main one holds the lock and writes the files
+    if rd is None or not _is_main():
+        t0 = time.perf_counter()
+        return StageResult(f"train-{name}", go(), False, time.perf_counter() - t0, _jsonable(key))
+    return run_stage(Stage(name=f"train-{name}", run=go, params=key, outputs=[out], lock=f"train-{name}",
+                           load=lambda r: TrainResult(out, read_json(out / "metrics.json"))), rd)
+
+
+train = returning_value(train_stage, returns=TrainResult)
 
 
 def _is_main() -> bool:

@@ -24,6 +24,8 @@ import polars as pl
 
 from curate.pool.schema import NO_DOMAIN
 from curate.run import RunDir
+from curate.stage import stage
+from curate.train.model import model_key
 from index.io import read_json, write_json
 
 SCALINGS = ("mean", "sum")
@@ -178,6 +180,14 @@ def _load(model_dir: Path, layers):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True), tok
 
 
+def _ideal_inputs(run: RunDir, a: dict[str, Any]) -> list[str]:
+    given = [a["reference"], a["heldout"]]
+    return [f"selections/{a['selection']}.parquet", *(str(Path(g).resolve()) for g in given if g is not None)]
+
+
+@stage(lambda a: f"mix-ideal-{a['name']}", inputs=_ideal_inputs, key=model_key,
+       outputs=lambda run, a: [f"mixtures/{a['name']}.json", f"selections/{a['name']}-r{a['rounds']}.parquet"],
+       load=lambda run, a: read_json(run.mixture_path(a["name"])))
 def ideal(
     run: RunDir | str | os.PathLike,
     selection: str,
@@ -204,7 +214,8 @@ def ideal(
     `mixtures/<name>.json` and the volume selections; return the mixture document.
 
     `layers`: 'mlp' (default; LoRA training is merged first), 'lora' (LoRA parameters: train with lora=True),
-    or module names. Each round's training and influence are kept, so a killed run resumes; the EK-FAC
+    or module names. A stage (`curate.stage`): a finished run of the same arguments, selection, reference and
+    model is returned as stored. Each round's training and influence are kept, so a killed run resumes; the EK-FAC
     factors (2.5 GB a round on SmolLM2's MLPs) are deleted once the round's influence is stored, unless
     `keep_factors`.
     """
