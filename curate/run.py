@@ -19,22 +19,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
 
 from curate.errors import CurateError, MissingArtefactError
-
-# what each locked stage writes (folders, or files at the root): where its killed runs leave temporary files
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "ingest": ("ingest.json", "quarantine.parquet", "duplicates.parquet"),
-    "embed": ("embeddings",),
-    "index": ("index",),
-    "map": ("map", "projection.parquet", "projection.json"),
-    "score": ("signals",),
-}
 
 
 class RunBusyError(CurateError, RuntimeError):
@@ -74,18 +65,18 @@ class RunDir:
                     "wait for it to finish, or use another --run",
                 ) from None
             try:
-                self.remove_stale_temp(stage)
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def remove_stale_temp(self, stage: str) -> list[Path]:
-        """Remove the temporary files (`.<name>.*.tmp`, see index.io.atomic_path) that killed runs of `stage`
-        left among its outputs; safe only while the stage's lock is held. Returns the paths removed."""
+    def remove_stale_temp(self, paths: Iterable[str | os.PathLike]) -> list[Path]:
+        """Remove the temporary files (`.<name>.*.tmp`, see index.io.atomic_path) that killed runs left in the
+        folders `paths` and beside the files `paths` (relative to the run, or absolute); safe only while the
+        lock of the stage writing them is held (curate.stage.run_stage). Returns the paths removed."""
         removed = []
-        for name in STAGE_OUTPUTS.get(stage, ()):
+        for name in paths:
             target = self.root / name
-            found = list(target.rglob(".*.tmp")) if target.is_dir() else list(self.root.glob(f".{name}.*.tmp"))
+            found = list(target.rglob(".*.tmp")) if target.is_dir() else list(target.parent.glob(f".{target.name}.*.tmp"))
             for tmp in found:
                 if tmp.is_file():
                     tmp.unlink(missing_ok=True)

@@ -1,6 +1,6 @@
 """One stage protocol: a stage has a name, a key (its parameters and the fingerprints of the files it reads),
 its outputs in the run directory and a run function; `run_stage` does for every stage the lock, the
-up-to-date check and the sidecar `<run>/stages/<name>.json`.
+up-to-date check, the removal of temporary files killed runs left, and the sidecar `<run>/stages/<name>.json`.
 
 Stage functions (`curate.select.select`, `curate.map.build_index`, ...) are declared with `@stage(...)`: a
 call builds the `Stage` from its arguments and goes through `run_stage`, so the CLI, recipes and notebooks
@@ -47,6 +47,7 @@ class Stage:
     writes_inputs: Sequence[str] = ()  # inputs the stage itself may update (e.g. select's decontam records)
     creates_run: bool = False  # the stage makes the run directory (ingest); others need it to exist
     lock_error: type[Exception] | None = None  # raised when another process holds the lock (RunBusyError)
+    scratch: Sequence[str | os.PathLike] = ()  # caches it writes besides `outputs` (temporary files swept too)
 
 
 @dataclass
@@ -98,6 +99,7 @@ def run_stage(stage: Stage, run: RunDir | str | os.PathLike, *, force: bool = Fa
     if stage.creates_run:
         rd.root.mkdir(parents=True, exist_ok=True)
     with rd.lock(stage.lock or stage.name, *(() if stage.lock_error is None else (stage.lock_error,))):
+        rd.remove_stale_temp([*stage.outputs, *stage.scratch])  # what killed runs of it left
         side = rd.stage_path(stage.name)
         key = {"params": jsonable(stage.params), "inputs": fingerprint(rd, stage.inputs)}
         if not force and side.exists():
@@ -128,6 +130,7 @@ def stage(
     key: Callable[[RunDir, dict[str, Any]], dict[str, Any]] | None = None,
     creates_run: bool = False,
     lock_error: type[Exception] | None = None,
+    scratch: Sequence[str] = (),
 ) -> Callable[[F], F]:
     """Declare `fn(..., run, ...)` (an argument named `run`) a stage: each call goes through `run_stage`, keyed by the call's arguments (all
     of them, defaults filled in, less `NOT_IN_KEY`), by `key(run, args)` when given (fingerprints that are not
@@ -157,6 +160,7 @@ def stage(
                 writes_inputs=writes_inputs,
                 creates_run=creates_run,
                 lock_error=lock_error,
+                scratch=scratch,
             )
             return st, rd, force
 

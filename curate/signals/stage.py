@@ -65,7 +65,7 @@ def _score_outputs(run: RunDir, a: dict) -> list[str]:
     return [*out, "decontam"] if a["validation"] is not None else out
 
 
-@stage(_score_name, inputs=_score_inputs, outputs=_score_outputs, lock="score",
+@stage(_score_name, inputs=_score_inputs, outputs=_score_outputs, lock="score", scratch=["signals"],
        load=lambda run, a: {n: run.signal_path(n) for n in a["names"]})
 def score(
     run: str | os.PathLike,
