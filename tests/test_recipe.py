@@ -86,7 +86,7 @@ def test_cli_reports_missing_pool_clearly(tmp_path):
 
 
 def test_recipe_executor_goes_to_the_stages_that_take_one(tmp_path, monkeypatch):
-    p = _write(tmp_path, "run: out\nexecutor: ray\nexecutor_options: {workers: 3}\nstages:\n"
+    p = _write(tmp_path, f"run: {tmp_path / 'out'}\nexecutor: ray\nexecutor_options: {{workers: 3}}\nstages:\n"
                          "  - fake\n  - plain\n  - fake: {executor: local, n: 2}\n")
     monkeypatch.setitem(rc.STAGES, "fake", "x:y")
     monkeypatch.setitem(rc.STAGES, "plain", "x:z")
