@@ -138,7 +138,7 @@ def run_core(x: np.ndarray, steps: list[str], res: dict) -> None:
         g, s = timed(knn_graph, x, k=10, progress=False)
         rec, s2 = timed(recall_at_k, g, x, sample=min(10_000, n), seed=0)
         res["knn"] = {"seconds": s, "k": 10, "recall_at_10": rec, "recall_queries": min(10_000, n),
-                      "recall_seconds": s2, "rss_gb": rss_gb()}
+                      "recall_seconds": s2, "params": g.info, "rss_gb": rss_gb()}
     if "kcenter" in steps:
         from index.diversity import covering_radius
         from index.kcenter import k_center_greedy

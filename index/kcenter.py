@@ -23,6 +23,9 @@ import numpy as np
 
 from index.faiss_index import check_vectors
 
+#: centres per matrix product in a refresh (bounds the product buffer: block x this many floats).
+REFRESH_CENTRES = 1024
+
 
 def _exact_dist(rows: np.ndarray, c: np.ndarray) -> np.ndarray:
     """float32(max(1 - x.c, 0)) with the dot products in float64."""
@@ -97,6 +100,7 @@ def k_center_greedy(
     approx = np.full(n, np.inf, dtype=np.float32)  # upper-bound-ish float32 min distance (exact within eps)
     exact_val: dict[int, tuple[float, int]] = {}  # row -> (exact min distance, number of centres checked)
     chosen = np.zeros(n, dtype=bool)
+    dot_buf = np.empty(min(block, n) * min(REFRESH_CENTRES, init.size + budget), dtype=np.float32)
     state = {"version": 0, "pool": np.zeros(0, dtype=np.int64), "pool_x": np.zeros((0, d), np.float32),
              "tau": np.float32(np.inf)}
 
@@ -121,9 +125,13 @@ def k_center_greedy(
             c = cvec[v:t]
             for s in range(0, n, block):
                 cur = approx[s : s + block]
-                for cs in range(0, c.shape[0], 1024):  # bounded temporaries: block x 1024 floats
-                    dist = np.float32(1.0) - x[s : s + block] @ c[cs : cs + 1024].T
-                    np.minimum(cur, np.maximum(dist.min(axis=1), 0.0), out=cur)
+                for cs in range(0, c.shape[0], REFRESH_CENTRES):
+                    cc = c[cs : cs + REFRESH_CENTRES]
+                    rows = min(block, n - s)
+                    # products into one reused buffer (fresh large arrays are page-faulted in every time);
+                    # min_j fl(1 - dot_j) == fl(1 - max_j dot_j), as fl(1 - .) is monotone: one pass less
+                    dot = np.matmul(x[s : s + block], cc.T, out=dot_buf[: rows * cc.shape[0]].reshape(rows, -1))
+                    np.minimum(cur, np.maximum(np.float32(1.0) - dot.max(axis=1), 0.0), out=cur)
             approx[chosen] = -1.0
             state["version"] = t
         if m_pool >= n:

@@ -2,12 +2,17 @@
 
 Methods (`kind`):
 - "flat": exact, faiss flat inner-product search in query batches (O(N^2 d); fine up to ~50k rows here).
-- "cells": approximate, for large N. Rows are partitioned by k-means into ~max(sqrt(N), N/512) cells, and every
-  row is also listed ("spilled") in its `spill` nearest cells. Every cell's rows are scored against the rows listed
-  in the `probe` cells nearest to it, with one bfloat16 matrix product per cell (AMX/BLAS speed, unlike
-  per-query list scanning); the best k+1+pad candidates are re-scored exactly in float32. (probe, spill) is the
-  cheapest pair whose estimated recall@k on a seeded row sample (exact neighbours listed in a probed cell)
-  reaches `target_recall` (default 0.92; at 1M the measured recall was 0.9145 for that estimate).
+- "cells": approximate, for large N. Rows are partitioned by k-means into ~max(sqrt(N), N/512) cells (and, with
+  `spill` > 1, each row is also listed in its next nearest cells). Each cell probes a list of cells: its `probe`
+  most similar cells (by centroid cosine) plus every cell whose centroid similarity to it is >= `threshold`, so
+  a cell inside a dense region (a large cluster cut into many cells) probes all of that region while an
+  isolated cell probes few. Cells with identical lists form one group, scored with one bfloat16 matrix product
+  per query batch against the group's candidate rows (AMX/BLAS speed, unlike per-query list scanning), the
+  candidates centred on the group mean so the rounded bf16 products keep precision near the top; the best
+  k+1+KEEP_EXTRA candidates are re-scored exactly in float32. (probe, threshold, spill) is the cheapest setting
+  whose estimated recall@k on a seeded row sample (exact neighbours listed in a probed cell) reaches
+  `target_recall` (TARGET_RECALL); the estimate is the recall before the bf16 preselection, which loses
+  almost nothing with the centring.
 - "ivf" / "hnsw": faiss approximate indexes (see index.faiss_index), searched per query.
 - "auto": "flat" up to EXACT_MAX_ROWS rows, "cells" beyond.
 """
@@ -16,7 +21,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,17 +31,30 @@ from index.io import atomic_path
 
 #: knn_graph(kind="auto") is exact up to this many rows (all pairs: 50k x 50k x 384 takes ~15 s here).
 EXACT_MAX_ROWS = 50_000
-#: estimated recall@k the "cells" method tunes its probe count for.
-TARGET_RECALL = 0.92
+#: estimated recall@k the "cells" method tunes its probe lists for.
+TARGET_RECALL = 0.96
+#: rows whose exact neighbours the "cells" tuner checks (seeded sample).
+TUNE_SAMPLE = 1000
+#: most cells a row may be listed in ("spill").
+SPILL_MAX = 4
+#: candidates kept per query beyond k+1 from the bf16 scores, for the exact float32 re-scoring.
+KEEP_EXTRA = 5
+#: column blocks of the block-maxima top-k (see _topk_cols).
+TOPK_BLOCK = 32
+#: bf16 scores per matrix product (bounds the score buffer: 2 bytes each).
+SCORE_ELEMS = 1 << 25
+#: most query rows per matrix product.
+QUERY_STEP = 4096
 
 
 @dataclass
 class KnnGraph:
     """kNN graph: `neighbors` int64 [N, k] pool positions (self excluded, -1 if missing, then sim 0);
-    `sims` float32 [N, k] cosine similarities, descending per row."""
+    `sims` float32 [N, k] cosine similarities, descending per row; `info`: how it was built (not saved)."""
 
     neighbors: np.ndarray
     sims: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.neighbors = np.asarray(self.neighbors, dtype=np.int64)
@@ -151,12 +170,14 @@ def knn_graph(
     probe: int | None = None,
     n_cells: int | None = None,
     spill: int | None = None,
+    threshold: float | None = None,
     target_recall: float = TARGET_RECALL,
 ) -> KnnGraph:
     """kNN graph of `vectors` (float32, L2-normalised) with self excluded; see the module doc for `kind`.
 
     `index`: an already built faiss index over the same rows (searched with k+1 per query; overrides kind).
-    `probe`/`spill`/`n_cells` fix the "cells" method's parameters (default: tuned to `target_recall`).
+    `probe`/`spill`/`threshold`/`n_cells` fix the "cells" method's parameters (default: tuned to `target_recall`;
+    a fixed `probe` without `threshold` probes only the `probe` most similar cells).
     """
     x = check_vectors(vectors)
     n = x.shape[0]
@@ -181,7 +202,7 @@ def knn_graph(
         return _knn_from_index(idx, x, k, batch_size, progress)
     if kind == "cells":
         return _knn_cells(x, k, probe=probe, n_cells=n_cells, seed=seed, progress=progress,
-                          target_recall=target_recall, spill=spill)
+                          target_recall=target_recall, spill=spill, threshold=threshold)
     raise ValueError(f"unknown kNN method {kind!r}; expected auto, flat, cells, ivf or hnsw")
 
 
@@ -211,32 +232,37 @@ def _knn_cells(
     progress: bool,
     target_recall: float,
     spill: int | None = None,
-    tune_sample: int = 1000,
+    threshold: float | None = None,
+    tune_sample: int = TUNE_SAMPLE,
 ) -> KnnGraph:
+    """The "cells" method (see the module doc): k-means cells, per-cell probe lists, blocked bf16 scoring."""
     import torch
-    from tqdm.auto import tqdm
 
     from index.cluster import kmeans
 
     n, d = x.shape
-    # ~max(sqrt(N), N/512) cells: scoring cost per query ~ spill * cell size, so cells stay ~512 rows at scale
+    # ~max(sqrt(N), N/512) cells: with cells of ~512 rows the per-cell products stay large enough for AMX/BLAS
     nc = int(n_cells) if n_cells is not None else int(max(1, min(round(max(math.sqrt(n), n / 512)), n // 32 or 1)))
     km = kmeans(x, nc, seed=seed, niter=10, max_points_per_centroid=64, spherical=True)
     labels = km.labels
     cent = km.centroids / np.maximum(np.linalg.norm(km.centroids, axis=1, keepdims=True), 1e-12)
-    # query side: cells ranked by centroid similarity to each cell's centroid (own cell first)
     csim = cent @ cent.T
-    np.fill_diagonal(csim, np.inf)
+    np.fill_diagonal(csim, np.inf)  # own cell first in every ranking and inside every threshold
     rank = np.argsort(-csim, axis=1, kind="stable")
-    # data side ("spill"): each row is listed in its `spill` nearest cells
-    a_max = min(nc, 16)
-    top = _top_cells(x, cent, labels, a_max)
+    a_max = min(nc, SPILL_MAX)
+    info: dict[str, Any] = {"method": "cells", "cells": nc, "target_recall": target_recall}
     if probe is None or spill is None:
-        probe, spill = _tune(x, labels, rank, top, k, target_recall, tune_sample, seed, probe, spill)
+        probe, spill, threshold, info["estimated_recall"] = _tune(
+            x, cent, labels, csim, rank, k, target_recall, tune_sample, seed, probe, spill, threshold, a_max)
     probe = int(max(1, min(probe, nc)))
     spill = int(max(1, min(spill, a_max)))
-    flat_cells = top[:, :spill].ravel()
-    flat_rows = np.repeat(np.arange(n, dtype=np.int64), spill)
+    thr = np.inf if threshold is None else float(threshold)
+    # rows listed per cell: own cell only (spill=1), or each row also in its spill-1 next nearest cells
+    if spill == 1:
+        flat_cells, flat_rows = labels, np.arange(n, dtype=np.int64)
+    else:
+        flat_cells = _top_cells(x, cent, labels, spill).ravel()
+        flat_rows = np.repeat(np.arange(n, dtype=np.int64), spill)
     mo = np.argsort(flat_cells, kind="stable")
     members = flat_rows[mo]
     mstart = np.zeros(nc + 1, dtype=np.int64)
@@ -244,42 +270,138 @@ def _knn_cells(
     order = np.argsort(labels, kind="stable")
     starts = np.zeros(nc + 1, dtype=np.int64)
     np.cumsum(np.bincount(labels, minlength=nc), out=starts[1:])
+    groups = _probe_groups(csim, rank, probe, thr, starts)
+    listed, qrows = np.diff(mstart), np.diff(starts)
+    scored = sum(int(listed[js].sum()) * int(qrows[cs].sum()) for cs, js in groups)
+    info.update(probe=probe, threshold=None if thr == np.inf else thr, spill=spill, groups=len(groups),
+                candidates_per_row=scored / n)
+    with torch.inference_mode():
+        graph = _score_groups(torch.from_numpy(x), k, groups, order, starts, members, mstart, spill > 1, progress,
+                              f"kNN graph (cells={nc}, probe={probe}, threshold={thr:.3g}, spill={spill})")
+    graph.info = info
+    return graph
 
-    xt = torch.from_numpy(x)
-    xb = xt.to(torch.bfloat16)
-    kc = min(k + 1 + max(8, k), n)
-    neighbors = np.empty((n, k), dtype=np.int64)
-    sims = np.empty((n, k), dtype=np.float32)
-    max_elems = 1 << 25
-    desc = f"kNN graph (cells={nc}, probe={probe}, spill={spill})"
-    with torch.inference_mode(), tqdm(total=n, desc=desc, unit="rows", disable=not progress) as bar:
-        for c in range(nc):
-            q_ids = order[starts[c] : starts[c + 1]]
-            if q_ids.size == 0:
-                continue
-            cand = np.concatenate([members[mstart[j] : mstart[j + 1]] for j in rank[c, :probe]])
-            if spill > 1 or probe > 1:
+
+def _probe_groups(
+    csim: np.ndarray, rank: np.ndarray, probe: int, threshold: float, starts: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(query cells, probed cells) groups: cell c probes its `probe` most similar cells and every cell whose
+    centroid similarity to it is >= `threshold`; cells with identical probe lists share one candidate block."""
+    nc = csim.shape[0]
+    by_list: dict[bytes, tuple[list[int], np.ndarray]] = {}
+    for c in range(nc):
+        if starts[c + 1] == starts[c]:
+            continue
+        js = rank[c, :probe]
+        if threshold < np.inf:
+            js = np.union1d(js, np.flatnonzero(csim[c] >= threshold))
+        else:
+            js = np.sort(js)
+        by_list.setdefault(js.tobytes(), ([], js))[0].append(c)
+    return [(np.asarray(cs, dtype=np.int64), js) for cs, js in by_list.values()]
+
+
+def _score_groups(
+    xt,
+    k: int,
+    groups: list[tuple[np.ndarray, np.ndarray]],
+    order: np.ndarray,
+    starts: np.ndarray,
+    members: np.ndarray,
+    mstart: np.ndarray,
+    dedup: bool,
+    progress: bool,
+    desc: str,
+) -> KnnGraph:
+    """Score every group's query rows against its candidate rows; keep the k best (self excluded), exact sims.
+
+    Candidates are centred on the mean of the group's query rows before the bf16 cast: q.(c - mu) ranks the
+    candidates of q exactly like q.c (q.mu is constant per query), but the products near the top are small,
+    so the bf16-rounded products (bf16 output: 8 significant bits) are much finer there than q.c would be
+    (in dense clusters the 11th and 30th neighbours differ by ~0.004, the bf16 step just below 1). The best
+    k + 1 + `KEEP_EXTRA` per query are then re-scored exactly in float32.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    n, d = xt.shape
+    kc = min(k + 1 + KEEP_EXTRA, n)
+    neighbors = np.full((n, k), -1, dtype=np.int64)
+    sims = np.zeros((n, k), dtype=np.float32)
+    counts = mstart[1:] - mstart[:-1]
+    cand_max = max((int(counts[js].sum()) for _, js in groups), default=1)
+    pad_max = -(-cand_max // TOPK_BLOCK) * TOPK_BLOCK
+    # buffers allocated once: large fresh tensors are page-faulted in on every use otherwise
+    cbuf = torch.empty((pad_max, d), dtype=torch.bfloat16)
+    stage = torch.empty((min(cand_max, 16384), d), dtype=torch.float32)
+    sbuf = torch.empty(SCORE_ELEMS + pad_max, dtype=torch.bfloat16)
+    gbuf = torch.empty((min(n, QUERY_STEP) * kc, d), dtype=torch.float32)
+    # per-cell row sums and counts, for the mean of each group's query rows
+    cell_of = torch.from_numpy(np.repeat(np.arange(starts.size - 1), np.diff(starts)))
+    cell_sum = torch.zeros((starts.size - 1, d), dtype=torch.float64)
+    for s in range(0, n, 65536):
+        rows = torch.from_numpy(order[s : s + 65536])
+        cell_sum.index_add_(0, cell_of[s : s + 65536], xt.index_select(0, rows).double())
+    cell_n = torch.from_numpy(np.diff(starts).astype(np.float64))
+    with tqdm(total=n, desc=desc, unit="rows", disable=not progress) as bar:
+        for cells, js in groups:
+            cand = np.concatenate([members[mstart[j] : mstart[j + 1]] for j in js])
+            if dedup:
                 cand = np.unique(cand)
+            q_ids = np.concatenate([order[starts[c] : starts[c + 1]] for c in cells])
+            m = cand.size
+            mp = -(-m // TOPK_BLOCK) * TOPK_BLOCK
             cand_t = torch.from_numpy(cand)
-            cb = xb.index_select(0, cand_t)
-            kk = min(kc, cand.size)
-            step = max(1, max_elems // cand.size)
+            cells_t = torch.from_numpy(cells)
+            mu = (cell_sum[cells_t].sum(0) / cell_n[cells_t].sum()).float()
+            cb = cbuf[:mp]
+            for s in range(0, m, stage.shape[0]):  # centred candidate block, cast to bf16
+                e = min(m, s + stage.shape[0])
+                blk = torch.index_select(xt, 0, cand_t[s:e], out=stage[: e - s])
+                blk -= mu
+                cb[s:e].copy_(blk)
+            cb[m:].zero_()
+            kk = min(kc, m)
+            step = max(1, min(QUERY_STEP, SCORE_ELEMS // mp))
             for s in range(0, q_ids.size, step):
                 qi = q_ids[s : s + step]
                 qi_t = torch.from_numpy(qi)
-                sc = xb.index_select(0, qi_t) @ cb.T
-                topi = torch.topk(sc, kk, dim=1, sorted=False).indices
-                gid = cand_t[topi]  # [q, kk] global positions
-                # exact float32 re-scoring of the candidates
-                ex = torch.einsum("qd,qkd->qk", xt.index_select(0, qi_t), xt[gid])
-                ex_np = ex.numpy()
+                xq = xt.index_select(0, qi_t)
+                sc = sbuf[: qi.size * mp].view(qi.size, mp)
+                torch.matmul(xq.to(torch.bfloat16), cb.T, out=sc)
+                topi = _topk_cols(sc, m, kk)
+                gid = cand_t[topi]  # [q, kk] pool positions
+                g = torch.index_select(xt, 0, gid.reshape(-1), out=gbuf[: gid.numel()]).view(qi.size, kk, d)
+                ex = torch.bmm(g, xq[:, :, None])[:, :, 0].numpy()  # exact float32 re-scoring
                 gid_np = gid.numpy()
-                srt = np.lexsort((gid_np, -ex_np), axis=1)
+                srt = np.lexsort((gid_np, -ex), axis=1)
                 gid_np = np.take_along_axis(gid_np, srt, axis=1)
-                ex_np = np.take_along_axis(ex_np, srt, axis=1)
-                neighbors[qi], sims[qi] = _drop_self(gid_np, ex_np, qi, k)
+                ex = np.take_along_axis(ex, srt, axis=1)
+                neighbors[qi], sims[qi] = _drop_self(gid_np, ex, qi, k)
                 bar.update(qi.size)
     return KnnGraph(neighbors=neighbors, sims=sims)
+
+
+def _topk_cols(sc, m: int, kk: int):
+    """Column positions of the `kk` largest of the first `m` scores per row (unordered), via block maxima.
+
+    The columns are split into TOPK_BLOCK strided blocks; the kk largest values lie in the kk blocks with the
+    largest maxima (any other block's maximum is beaten by kk values in other blocks), so one cheap max pass
+    and a top-k over the block maxima and over kk blocks replace a top-k over every column.
+    """
+    import torch
+
+    q, mp = sc.shape
+    if mp > m:
+        sc[:, m:] = -torch.inf
+    w = mp // TOPK_BLOCK
+    if w <= 4 * kk:
+        return torch.topk(sc[:, :m], kk, dim=1, sorted=False).indices
+    bmax = sc.view(q, TOPK_BLOCK, w).amax(1)  # [q, w]: max of columns b, b+w, b+2w, ...
+    tb = torch.topk(bmax, kk, dim=1, sorted=False).indices
+    cols = (tb[:, :, None] + torch.arange(TOPK_BLOCK)[None, None, :] * w).reshape(q, -1)
+    sub = torch.gather(sc, 1, cols)
+    return torch.gather(cols, 1, torch.topk(sub, kk, dim=1, sorted=False).indices)
 
 
 def _top_cells(x: np.ndarray, cent: np.ndarray, labels: np.ndarray, a: int, block: int = 65536) -> np.ndarray:
@@ -297,44 +419,64 @@ def _top_cells(x: np.ndarray, cent: np.ndarray, labels: np.ndarray, a: int, bloc
 
 def _tune(
     x: np.ndarray,
+    cent: np.ndarray,
     labels: np.ndarray,
+    csim: np.ndarray,
     rank: np.ndarray,
-    top: np.ndarray,
     k: int,
     target: float,
     sample: int,
     seed: int,
     probe: int | None,
     spill: int | None,
-) -> tuple[int, int]:
-    """Cheapest (probe, spill) whose estimated recall@k reaches `target`: on a seeded row sample, the fraction of
-    exact neighbours listed (spill) in one of the first `probe` cells of the query cell's ranking; cost = rows
-    scored per query."""
+    threshold: float | None,
+    a_max: int,
+) -> tuple[int, int, float | None, float]:
+    """Cheapest (probe, spill, threshold, its estimated recall) whose estimated recall@k reaches `target`.
+
+    On a seeded row sample: a query's exact neighbour counts as found when one of the cells it is listed in
+    (its `spill` nearest) is probed by the query's cell (among its `probe` most similar cells, or at centroid
+    similarity >= threshold); cost = rows scored for the sampled queries. For each (spill, probe) the largest
+    threshold reaching the target is exact on the sample. Fixed arguments are not tuned (with `probe` fixed
+    and no `threshold`, only the `probe` nearest cells are probed).
+    """
     n = x.shape[0]
     nc = rank.shape[0]
     rng = np.random.default_rng(seed + 7)
     rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
     ex, _ = exact_knn(x, rows, k)
-    pos_of = np.empty_like(rank)
-    np.put_along_axis(pos_of, rank, np.arange(nc)[None, :].repeat(nc, 0), axis=1)
     valid = ex >= 0
     nb = ex[valid]
+    if nb.size == 0:
+        return probe or 1, spill or 1, threshold, 1.0
     qcell = np.repeat(labels[rows], valid.sum(1))
-    # rank of each listed cell of the neighbour within the query cell's ranking: [pairs, a_max]
-    r = pos_of[qcell[:, None], top[nb]]
+    uniq, inv = np.unique(nb, return_inverse=True)
+    top = _top_cells(x[uniq], cent, labels[uniq], a_max)[inv]  # listing cells of each neighbour
+    pos_of = np.empty_like(rank)
+    np.put_along_axis(pos_of, rank, np.arange(nc)[None, :].repeat(nc, 0), axis=1)
+    r = pos_of[qcell[:, None], top]  # rank of each listing cell within the query cell's ranking
+    cs = csim[qcell[:, None], top]  # and its centroid similarity to the query cell
     sizes = np.bincount(labels, minlength=nc).astype(np.float64)
-    qc = labels[rows]
-    best = None
+    qc, qw = np.unique(labels[rows], return_counts=True)
+    need = int(math.ceil(target * nb.size - 1e-9))
+    tune_thr = probe is None and threshold is None
     probes = [p for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if p <= nc] + [nc]
-    spills = [a for a in (1, 2, 3, 4, 6, 8, 12, 16) if a <= top.shape[1]]
-    for a in [spill] if spill is not None else spills:
+    best = None
+    for a in [spill] if spill is not None else range(1, a_max + 1):
         for p in [probe] if probe is not None else probes:
-            rec = (r[:, :a] < p).any(axis=1).mean() if r.size else 1.0
-            if rec >= target or (probe is not None and spill is not None):
-                cost = a * sizes[rank[qc, :p]].sum()  # rows scored for the sampled queries (spill-inflated)
-                if best is None or cost < best[0]:
-                    best = (cost, p, a)
-                break  # larger p only costs more for this a
+            by_rank = (r[:, :a] < p).any(axis=1)
+            t = np.inf if threshold is None else float(threshold)
+            if tune_thr:
+                missing = need - int(by_rank.sum())
+                if missing > 0:  # the largest threshold admitting `missing` more neighbours
+                    t = float(np.sort(cs[~by_rank, :a].max(axis=1))[::-1][missing - 1])
+            covered = int((by_rank | (cs[:, :a] >= t).any(axis=1)).sum())
+            if covered < need and not (probe is not None and spill is not None):
+                continue
+            probed = (pos_of[qc] < p) | (csim[qc] >= t)
+            cost = a * float((probed * sizes[None, :]).sum(axis=1) @ qw)
+            if best is None or cost < best[0]:
+                best = (cost, p, a, None if t == np.inf else t, covered / nb.size)
     if best is None:
-        return nc, 1
-    return best[1], best[2]
+        return nc, 1, None, 1.0
+    return best[1], best[2], best[3], best[4]

@@ -103,3 +103,45 @@ def test_save_load_and_csr(tmp_path):
     assert (s != s.T).nnz == 0
     with pytest.raises(FileNotFoundError):
         KnnGraph.load(tmp_path / "nope.npz")
+
+
+def test_block_maxima_topk_equals_a_full_topk():
+    """The cells method's top-k via strided block maxima returns the k largest of the first m columns."""
+    import torch
+
+    from index.knn import TOPK_BLOCK, _topk_cols
+
+    gen = torch.Generator().manual_seed(0)
+    for q, m, kk in [(7, 5000, 16), (3, 4096, 11), (5, 300, 16), (4, 2000, 1)]:
+        mp = -(-m // TOPK_BLOCK) * TOPK_BLOCK
+        sc = torch.randn(q, mp, generator=gen).to(torch.bfloat16)  # bf16: many exact ties
+        sc[:, m:] = 100.0  # padding columns past m must never be picked
+        want = torch.topk(sc[:, :m].float(), kk, dim=1).values
+        cols = _topk_cols(sc.clone(), m, kk)
+        assert cols.shape == (q, kk) and int(cols.max()) < m
+        got = torch.sort(torch.gather(sc[:, :m].float(), 1, cols), dim=1, descending=True).values
+        assert torch.equal(got, want)
+        assert all(len(set(r.tolist())) == kk for r in cols)  # no column twice
+
+
+def test_probe_groups_follow_rank_and_threshold():
+    from index.knn import _probe_groups
+
+    csim = np.array([[np.inf, 0.9, 0.1, 0.5], [0.9, np.inf, 0.2, 0.6], [0.1, 0.2, np.inf, 0.3],
+                     [0.5, 0.6, 0.3, np.inf]])
+    rank = np.argsort(-csim, axis=1, kind="stable")
+    starts = np.array([0, 2, 4, 4, 7])  # cell 2 is empty: it queries nothing
+    groups = {tuple(cs): tuple(js) for cs, js in _probe_groups(csim, rank, 1, 0.55, starts)}
+    # cell 0: itself + cell 1 (0.9); cell 1: itself + 0 (0.9) + 3 (0.6); cell 3: itself + 1 (0.6)
+    assert groups == {(0,): (0, 1), (1,): (0, 1, 3), (3,): (1, 3)}
+    same = {tuple(cs): tuple(js) for cs, js in _probe_groups(csim, rank, 4, np.inf, starts)}
+    assert same == {(0, 1, 3): (0, 1, 2, 3)}  # identical lists share one candidate block
+
+
+def test_cells_method_reaches_a_higher_target_and_reports_how():
+    rng = np.random.default_rng(5)
+    x = _clustered(rng, 6000, 32, 40)
+    g = knn_graph(x, k=10, kind="cells", progress=False, seed=0, target_recall=0.99)
+    assert g.info["method"] == "cells" and g.info["estimated_recall"] >= 0.99
+    assert recall_at_k(g, x, sample=600, seed=2) >= 0.98
+    assert 0 < g.info["candidates_per_row"] <= 6000 * g.info["spill"]
