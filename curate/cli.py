@@ -119,7 +119,9 @@ def embed(
     """Embed every pool row into resumable shards keyed by the model fingerprint."""
     fp = _call("embed", run, model=model, dtype=dtype, batch_size=batch_size, device=device, executor=executor,
                executor_options=_parse_params(executor_opt) or None)
-    console.print(f"embeddings: {run / 'embeddings' / str(fp)}")
+    from curate.run import RunDir
+
+    console.print(f"embeddings: {RunDir(run).embeddings_dir(str(fp))}")
 
 
 @app.command("index")
@@ -205,7 +207,9 @@ def select(
     sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, stratify=stratify,
                 validation=validation, decontaminate=decontaminate, executor=executor,
                 executor_options=_parse_params(executor_opt) or None, **params)
-    console.print(f"selected {len(sel.ids)} rows with {method}: {run / 'selections' / (name or method)}.parquet")
+    from curate.run import RunDir
+
+    console.print(f"selected {len(sel.ids)} rows with {method}: {RunDir(run).selection_path(name or method)}")
     dec = sel.stats.get("decontamination")
     if dec and dec["contaminated_rows"]:
         what = "left out" if dec["excluded"] else f"kept eligible ({dec['selected_contaminated_rows']} selected)"
@@ -355,7 +359,9 @@ def mix_ideal(
         beta = ", ".join(f"{d} {b:+.3f}" for d, b in (r.get("beta") or {}).items())
         console.print(f"round {r['round']}: {sum(r['counts'].values())} rows" + (f"; beta {beta}" if beta else ""),
                       markup=False, soft_wrap=True)
-    console.print(f"mixture: {Path(run) / 'mixtures' / (doc['name'] + '.json')}; final selection {doc['final_selection']}")
+    from curate.run import RunDir
+
+    console.print(f"mixture: {RunDir(run).mixture_path(doc['name'])}; final selection {doc['final_selection']}")
 
 
 @app.command()

@@ -68,7 +68,7 @@ def _table_stem(names: Sequence[str]) -> str:
 
 def table_paths(run: RunDir | str | os.PathLike, names: Sequence[str]) -> tuple[Path, Path]:
     """The markdown and CSV files `compare` saves for these selections."""
-    folder = Path(run) / "compare"
+    folder = RunDir(run).compare_dir
     stem = _table_stem([str(n) for n in names])
     return folder / f"{stem}.md", folder / f"{stem}.csv"
 

@@ -41,7 +41,7 @@ DEFAULT_FIELDS = ("prompt", "response")
 
 
 def _current_path(rd: RunDir) -> Path:
-    return rd.root / "embeddings" / "current.json"
+    return rd.current_embeddings_path
 
 
 def ids_hash(ids: Sequence[str]) -> str:

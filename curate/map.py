@@ -152,7 +152,7 @@ MAP_STEPS = ("projection", "grid", "clusters", "diversity")
 def _stored_map(run: RunDir, a: dict) -> dict:
     """What `map_pool` returns, read back from the step sidecars of a current map."""
     strip = {"clusters": ("sizes",), "diversity": ("key",)}
-    paths = {"projection": run.root / "projection.json", **{s: run.map_dir / f"{s}.json" for s in MAP_STEPS[1:]}}
+    paths = {"projection": run.projection_meta_path, **{s: run.map_dir / f"{s}.json" for s in MAP_STEPS[1:]}}
     return {"skipped": list(MAP_STEPS), "written": [],
             **{s: {k: v for k, v in read_json(p).items() if k not in strip.get(s, ())} for s, p in paths.items()}}
 
@@ -245,7 +245,7 @@ def _map_steps(
     # projection -------------------------------------------------------------------------------
     pkey = {"fingerprint": fp, "method": projection, "dims": int(dims), "fit_sample": fit_sample, "seed": int(seed),
             "n": n}
-    pjson = rd.root / "projection.json"
+    pjson = rd.projection_meta_path
     stored = _current(pjson, pkey, rd.projection_path)
     names = coord_names(dims)
     steps.start("projection")

@@ -28,14 +28,13 @@ import polars as pl
 from curate.run import RunDir
 from curate.stage import stage
 
-REPORT_FILE = "report.html"
 MAX_SIGNAL_PANELS = 12
 PREFERRED_SIGNAL = "ifd"
 
 
 def report_path(run: RunDir | str | os.PathLike) -> Path:
     """Where `write_report` writes by default: <run>/report.html."""
-    return RunDir(run).root / REPORT_FILE
+    return RunDir(run).report_path
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -283,7 +282,8 @@ REPORT_INPUTS = ("pool", "ingest.json", "quarantine.parquet", "duplicates.parque
 
 
 @stage("report", inputs=lambda run, a: REPORT_INPUTS,
-       outputs=lambda run, a: [REPORT_FILE if a["out"] is None else str(Path(a["out"]).resolve())],
+       outputs=lambda run, a: [str(run.report_path.relative_to(run.root)) if a["out"] is None
+                               else str(Path(a["out"]).resolve())],
        load=lambda run, a: Path(a["out"]) if a["out"] is not None else report_path(run))
 def write_report(
     run: RunDir | str | os.PathLike,

@@ -1,19 +1,42 @@
 """The run directory: every artefact of one curation, laid out so a run can be resumed and audited.
 
-    <run>/pool/shard-*.parquet        unique, normalised rows (see curate.pool.schema)
-    <run>/duplicates.parquet          exact duplicates: source, row, id of the row kept
-    <run>/quarantine.parquet          unreadable rows: source, row, reason, raw
-    <run>/ingest.json                 inputs and counts of the ingest stage
-    <run>/embeddings/<fingerprint>/   embedding shards of one model (index.embed)
-    <run>/index/                      faiss index and kNN graph
-    <run>/projection.parquet          2-D / k-D coordinates
-    <run>/signals/<name>.parquet      one float per row (+ sidecar <name>.json with its key)
-    <run>/selections/<name>.parquet   id, weight, rank, reason (+ <name>.json with method and params)
-    <run>/mixtures/<name>.json        domain weights per round
-    <run>/export/                     the exported subset and manifest.json
-    <run>/train/<name>/               training runs (curate.train): config, logs, metrics, model
-    <run>/reference.json              ILA's reference model: its folder and the selection it was trained on
-    <run>/stages/<name>.json          each stage's key, outputs and time (curate.stage.run_stage)
+Every path below has a RunDir property or method (in brackets); stages join no run path by hand.
+
+    <run>/pool/shard-*.parquet          unique, normalised rows (see curate.pool.schema)  [pool_dir]
+    <run>/duplicates.parquet            exact duplicates: source, row, id of the row kept  [duplicates_path]
+    <run>/quarantine.parquet            unreadable rows: source, row, reason, raw  [quarantine_path]
+    <run>/ingest.json                   inputs and counts of the ingest stage  [ingest_path]
+    <run>/embeddings/<fingerprint>/     embedding shards of one model (index.embed)  [embeddings_dir(fp)]
+    <run>/embeddings/current.json       the fingerprint the embed stage wrote last  [current_embeddings_path]
+    <run>/index/                        faiss index and kNN graph  [index_dir]
+    <run>/projection.parquet            2-D / k-D coordinates  [projection_path]
+    <run>/projection.json               the projection's key and info  [projection_meta_path]
+    <run>/map/                          grid cells, clusters, centroids, diversity (+ sidecars)  [map_dir]
+    <run>/signals/<name>.parquet        one float per row (+ sidecar <name>.json with its key)  [signals_dir,
+                                        signal_path(name)]
+    <run>/signals/_icl/, _lm/           resumable shards of the ICL and LM-loss signals  [icl_cache_dir, lm_cache_dir]
+    <run>/signals/miw_weights.json      the indicator weights miw_score learnt (read by the miw selector)
+                                        [miw_weights_path]
+    <run>/features/                     cached LM features (<fingerprint>/) and DaaR seed files  [features_dir]
+    <run>/probes/                       fitted DaaR probes  [probes_dir]
+    <run>/decontam/                     one decontamination record per validation file  [decontam_dir]
+    <run>/selections/<name>.parquet     id, weight, rank, reason (+ <name>.json with method and params)
+                                        [selections_dir, selection_path(name)]
+    <run>/mixtures/<name>.json          domain weights per round  [mixtures_dir, mixture_path(name)]
+    <run>/mix/<name>/                   IDEAL's rounds: influence per round, EK-FAC factors  [mix_dir(name)]
+    <run>/mix/ama/<name>/               AMA's initial weights  [ama_dir(name)]
+    <run>/mix/ama/specialists/          AMA's specialists (and DoReMi's reference) with their row losses
+                                        [ama_specialists_dir]
+    <run>/mix/ama/_row_nll/             resumable shards of their per-row losses  [ama_row_nll_dir]
+    <run>/compare/                      tables of `curate compare`  [compare_dir]
+    <run>/export/                       the exported subset and manifest.json  [export_dir]
+    <run>/train/<name>/                 training runs (curate.train): config, logs, metrics, model  [train_dir(name)]
+    <run>/train/_ref_logps/             cached reference-model log-probs of DPO rows  [ref_logps_dir]
+    <run>/reference.json                ILA's reference model: its folder and the selection it was trained on
+                                        [reference_path]
+    <run>/report.html                   the report of `curate report`  [report_path]
+    <run>/atlas.parquet                 the map exported for viewers (curate.viz.atlas)  [atlas_path]
+    <run>/stages/<name>.json            each stage's key, outputs and time (curate.stage.run_stage)  [stage_path(name)]
 """
 
 from __future__ import annotations
@@ -104,6 +127,11 @@ class RunDir:
         return self.root / "embeddings" / fingerprint
 
     @property
+    def current_embeddings_path(self) -> Path:
+        """embeddings/current.json: the fingerprint (and model, fields) of the embeddings written last."""
+        return self.root / "embeddings" / "current.json"
+
+    @property
     def index_dir(self) -> Path:
         return self.root / "index"
 
@@ -112,17 +140,87 @@ class RunDir:
         return self.root / "projection.parquet"
 
     @property
+    def projection_meta_path(self) -> Path:
+        """projection.json: the key and info of the stored projection."""
+        return self.root / "projection.json"
+
+    @property
     def map_dir(self) -> Path:
         return self.root / "map"
 
+    @property
+    def signals_dir(self) -> Path:
+        return self.root / "signals"
+
     def signal_path(self, name: str) -> Path:
-        return self.root / "signals" / f"{name}.parquet"
+        return self.signals_dir / f"{name}.parquet"
+
+    @property
+    def icl_cache_dir(self) -> Path:
+        """signals/_icl/: resumable shards of the ICL signals."""
+        return self.signals_dir / "_icl"
+
+    @property
+    def lm_cache_dir(self) -> Path:
+        """signals/_lm/: resumable shards of the LM-loss signals."""
+        return self.signals_dir / "_lm"
+
+    @property
+    def miw_weights_path(self) -> Path:
+        """signals/miw_weights.json: the indicator weights miw_score learnt; the miw selector reads them."""
+        return self.signals_dir / "miw_weights.json"
+
+    @property
+    def features_dir(self) -> Path:
+        """features/: cached LM features (one folder per fingerprint) and DaaR's generated seed files."""
+        return self.root / "features"
+
+    @property
+    def probes_dir(self) -> Path:
+        """probes/: DaaR's fitted probes."""
+        return self.root / "probes"
+
+    @property
+    def decontam_dir(self) -> Path:
+        """decontam/: one decontamination record per validation file."""
+        return self.root / "decontam"
+
+    @property
+    def selections_dir(self) -> Path:
+        return self.root / "selections"
 
     def selection_path(self, name: str) -> Path:
-        return self.root / "selections" / f"{name}.parquet"
+        return self.selections_dir / f"{name}.parquet"
+
+    @property
+    def mixtures_dir(self) -> Path:
+        return self.root / "mixtures"
 
     def mixture_path(self, name: str) -> Path:
-        return self.root / "mixtures" / f"{name}.json"
+        return self.mixtures_dir / f"{name}.json"
+
+    def mix_dir(self, name: str) -> Path:
+        """mix/<name>/: the working folder of mixture `name` (IDEAL: each round's influence and EK-FAC factors)."""
+        return self.root / "mix" / name
+
+    def ama_dir(self, name: str) -> Path:
+        """mix/ama/<name>/: AMA's working folder for mixture `name` (its initial weights)."""
+        return self.mix_dir("ama") / name
+
+    @property
+    def ama_specialists_dir(self) -> Path:
+        """mix/ama/specialists/: AMA's trained specialists (and DoReMi's reference) with their row losses."""
+        return self.mix_dir("ama") / "specialists"
+
+    @property
+    def ama_row_nll_dir(self) -> Path:
+        """mix/ama/_row_nll/: resumable shards of the specialists' per-row losses."""
+        return self.mix_dir("ama") / "_row_nll"
+
+    @property
+    def compare_dir(self) -> Path:
+        """compare/: the tables `curate compare` saves."""
+        return self.root / "compare"
 
     @property
     def export_dir(self) -> Path:
@@ -131,6 +229,11 @@ class RunDir:
     def train_dir(self, name: str) -> Path:
         return self.root / "train" / name
 
+    @property
+    def ref_logps_dir(self) -> Path:
+        """train/_ref_logps/: the reference model's log-probs of DPO rows, cached per (model, max_length)."""
+        return self.root / "train" / "_ref_logps"
+
     def stage_path(self, name: str) -> Path:
         """The sidecar of a stage run (curate.stage): its key, its outputs' fingerprints, its time."""
         return self.root / "stages" / f"{name}.json"
@@ -138,6 +241,16 @@ class RunDir:
     @property
     def reference_path(self) -> Path:
         return self.root / "reference.json"
+
+    @property
+    def report_path(self) -> Path:
+        """report.html: where `curate report` writes by default."""
+        return self.root / "report.html"
+
+    @property
+    def atlas_path(self) -> Path:
+        """atlas.parquet: where the map is exported for viewers by default (curate.viz.atlas)."""
+        return self.root / "atlas.parquet"
 
     def reference_ids(self) -> set[str] | None:
         """Ids of the rows ILA's reference model was trained on (None when the run has no reference)."""

@@ -95,10 +95,10 @@ def domain_counts(domains: pl.Series) -> dict[str, int]:
 def fingerprints(run: RunDir) -> dict[str, Any]:
     """Embedding fingerprint (embeddings/current.json) and the key of every stored signal."""
     out: dict[str, Any] = {"embedding": None, "signals": {}}
-    cur = run.root / "embeddings" / "current.json"
+    cur = run.current_embeddings_path
     if cur.exists():
         out["embedding"] = read_json(cur)
-    sig_dir = run.root / "signals"
+    sig_dir = run.signals_dir
     if sig_dir.is_dir():
         for side in sorted(sig_dir.glob("*.json")):
             data = read_json(side)

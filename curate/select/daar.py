@@ -51,7 +51,7 @@ import numpy as np
 
 from curate.select.budget import Budget
 from curate.select.daar_features import pool_features
-from curate.select.daar_fit import fit_daar, probes_dir
+from curate.select.daar_fit import fit_daar
 from curate.select.daar_seed_io import SeedSource
 from curate.select.selector import Ranking, Selector, register_selector
 from curate.select.view import PoolView
@@ -220,7 +220,7 @@ class DaaRSelector(Selector):
             batch_size=self.batch_size,
             holdout=self.holdout,
             folds=self.folds,
-            cache_dir=None if view.run is None else probes_dir(view.run),
+            cache_dir=None if view.run is None else view.run.probes_dir,
         )
         h = res.predicted_entropy
         pos = np.arange(view.n)

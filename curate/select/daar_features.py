@@ -77,7 +77,7 @@ def pool_features(
     fp = feature_fingerprint(path, kind=kind, layer=layer, max_length=max_length)
     return cached_features(
         texts,
-        view.run.root / "features" / fp,
+        view.run.features_dir / fp,
         path,
         kind=kind,
         layer=layer,

@@ -19,13 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from curate.run import RunDir
 from curate.select.daar_probe import entropy, predict, train_probe
 from index.io import atomic_path, read_json
 
 #: bump when a change to the fit would change its result, so older cached fits are not reused
 FIT_VERSION = 1
-PROBES_DIR = "probes"
 
 
 @dataclass
@@ -228,11 +226,6 @@ def draw_probe_rows(n: int, probe_size: int, seed: int) -> np.ndarray:
     """The probe sample: `probe_size` pool positions (all when the pool is smaller), seeded, ascending."""
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=min(probe_size, n), replace=False))
-
-
-def probes_dir(run: RunDir | str | Path) -> Path:
-    """Where a run keeps its fitted DaaR probes (<run>/probes/)."""
-    return (run if isinstance(run, RunDir) else RunDir(run)).root / PROBES_DIR
 
 
 def _digest(a: np.ndarray) -> str:

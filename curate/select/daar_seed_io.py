@@ -186,7 +186,7 @@ class SeedSource:
             "embed": embed_key,
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        out = view.run.root / "features" / f"daar_seeds-{digest}.jsonl"
+        out = view.run.features_dir / f"daar_seeds-{digest}.jsonl"
         if out.exists():
             return out
         rows = daar_seeds.generate_seeds(

@@ -22,8 +22,6 @@ from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
 from curate.select.selector import Ranking, Selector, ShortRankingError, register_selector
 from curate.select.view import PoolView
 
-WEIGHTS_FILE = "miw_weights.json"
-
 
 def rank_by_score(score: np.ndarray) -> np.ndarray:
     """Positions by score, highest first; ties by position; NaN scores left out."""
@@ -37,7 +35,7 @@ def _file_weights(view: PoolView) -> dict[str, float]:
 
     if view.run is None:
         raise ValueError("miw: weights='file' needs a run directory (this PoolView is in memory)")
-    path = view.run.root / "signals" / WEIGHTS_FILE
+    path = view.run.miw_weights_path
     if not path.exists():
         raise FileNotFoundError(
             f"{path} is missing: run `curate score --signal miw_score` on {view.run.root} first "

@@ -195,7 +195,7 @@ class RDSSelector(Selector):
                                  pooling="weighted_mean")
         executor = get_executor(self.executor, self.executor_options)
         remote = executor is not run_job and type(view) is PoolView  # workers render their rows from the pool themselves
-        feats = cached_features(texts, view.run.root / "features" / fp, path, kind="truncated", layer=layers,
+        feats = cached_features(texts, view.run.features_dir / fp, path, kind="truncated", layer=layers,
                                 max_length=self.max_length, batch_size=self.batch_size, device=self.device,
                                 dtype="float32", progress=view.n > 1000, pooling="weighted_mean",
                                 executor=executor, model=(tok, base),

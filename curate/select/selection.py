@@ -106,6 +106,6 @@ def _check_name(name: str) -> None:
 def list_selections(run: RunDir | str | os.PathLike) -> list[str]:
     """Names of the selections saved in a run."""
     run = run if isinstance(run, RunDir) else RunDir(run)
-    d = run.root / "selections"
+    d = run.selections_dir
     return sorted(p.stem for p in d.glob("*.parquet")) if d.is_dir() else []
 

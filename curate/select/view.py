@@ -153,8 +153,8 @@ class PoolView:
     def signal_names(self) -> list[str]:
         """Names of every available signal."""
         names = set(self._signals)
-        if self.run is not None and (self.run.root / "signals").is_dir():
-            names |= {p.stem for p in (self.run.root / "signals").glob("*.parquet")}
+        if self.run is not None and self.run.signals_dir.is_dir():
+            names |= {p.stem for p in self.run.signals_dir.glob("*.parquet")}
         return sorted(names)
 
     def signal(self, name: str) -> np.ndarray:

@@ -37,7 +37,6 @@ from index.io import read_json, write_json
 
 DEFAULT_THRESHOLD = 0.95
 REASONS = ("exact_id", "exact_text", "near_duplicate")
-DECONTAM_DIR = "decontam"
 
 
 class DecontaminationError(CurateError):
@@ -124,9 +123,10 @@ def encode_like_pool(run: RunDir | str | os.PathLike, items: Sequence[ValItem], 
     from curate.embed import current_fingerprint, embedding_meta
     from index.embed import Encoder
 
-    root = RunDir(run).root
+    rd = RunDir(run)
+    root = rd.root
     fp = current_fingerprint(root)
-    cur = read_json(root / "embeddings" / "current.json")
+    cur = read_json(rd.current_embeddings_path)
     fields = list(cur.get("fields") or ["prompt", "response"])
     texts = []
     for item in items:
@@ -154,7 +154,7 @@ def _embedding_fp(root: Path) -> str | None:
         fp = current_fingerprint(root)
     except FileNotFoundError:
         return None
-    meta = root / "embeddings" / fp / "meta.json"
+    meta = RunDir(root).embeddings_dir(fp) / "meta.json"
     return fp if meta.exists() and read_json(meta).get("complete") else None
 
 
@@ -166,7 +166,7 @@ def _pool_digest(ids: Sequence[str]) -> str:
 
 def record_path(run: RunDir | str | os.PathLike, validation: str | os.PathLike) -> Path:
     """Where the decontamination record of a validation file lives."""
-    return RunDir(run).root / DECONTAM_DIR / f"{validation_fingerprint(validation)}.json"
+    return RunDir(run).decontam_dir / f"{validation_fingerprint(validation)}.json"
 
 
 def decontaminate(
@@ -229,7 +229,7 @@ def decontaminate(
 def contamination(run: RunDir | str | os.PathLike, *, refresh: bool = True, device: str | None = None) -> list[dict]:
     """Every decontamination record of `run` (refreshed first where stale and the validation file still exists)."""
     rd = RunDir(run)
-    folder = rd.root / DECONTAM_DIR
+    folder = rd.decontam_dir
     if not folder.is_dir():
         return []
     records = []

@@ -192,7 +192,7 @@ def icl_for_positions(ctx: ScoreContext, positions: np.ndarray, tag: str) -> tup
         "pool": ctx.key_pool(),
         "positions": short_hash(np.asarray(positions).tolist(), 16),
     }
-    folder = ctx.rd.root / "signals" / "_icl" / f"{tag}-{short_hash(key)}"
+    folder = ctx.rd.icl_cache_dir / f"{tag}-{short_hash(key)}"
     positions = np.asarray(positions, dtype=np.int64)
     shard_rows = int(ctx.param("icl_shard_rows", 256))
     job = ICLJob(model=ctx.model_path("model"), dtype=resolve_dtype(ctx.dtype, ctx.device or default_device()),

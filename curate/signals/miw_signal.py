@@ -130,7 +130,7 @@ def _miw_score(ctx: ScoreContext) -> np.ndarray:
             "params": {p: ctx.param(p, v) for p, v in _miw_score_def().params.items()},
         }
     )
-    write_json(ctx.rd.root / "signals" / "miw_weights.json", out)
+    write_json(ctx.rd.miw_weights_path, out)
     ctx.extra["miw_score"] = {"weights": out["weights"], "heldout_best": heldout["best"],
                               "heldout_uniform": heldout["uniform"], "search_best": res.best,
                               "search_uniform": res.uniform}

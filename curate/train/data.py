@@ -78,7 +78,7 @@ def from_selection(run: RunDir | str | os.PathLike, selection: str) -> TrainRows
         rows = selected_rows(run, selection)
     except (FileNotFoundError, ValueError) as exc:
         raise TrainDataError(str(exc)) from None
-    return _finish(rows.with_columns(pl.col("weight").cast(pl.Float64)), f"{run.root}/selections/{selection}")
+    return _finish(rows.with_columns(pl.col("weight").cast(pl.Float64)), str(run.selections_dir / selection))
 
 
 def from_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> TrainRows:

@@ -153,7 +153,7 @@ def train_stage(
     if out is None:
         if rd is None:
             raise ValueError("training on files without a run directory needs `out` (the output folder)")
-        out = rd.root / "train" / name
+        out = rd.train_dir(name)
     out = Path(out)
 
     held = None
@@ -442,7 +442,7 @@ def _reference_logps(scorer, rows, feats, rd, out, fingerprint, params, executor
     on `scorer`'s model; a Ray executor's workers load the initial model from its folder)."""
     from curate.train.rowpass import reference_logps
 
-    folder = (rd.root / "train" / "_ref_logps") if rd is not None else out
+    folder = rd.ref_logps_dir if rd is not None else out
 
     def local():
         scorer.model.eval()

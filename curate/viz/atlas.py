@@ -22,12 +22,10 @@ import polars as pl
 from curate.run import RunDir
 from index.io import atomic_path
 
-ATLAS_FILE = "atlas.parquet"
-
 
 def atlas_path(run: RunDir | str | os.PathLike) -> Path:
     """Where `export_map` writes by default: <run>/atlas.parquet."""
-    return RunDir(run).root / ATLAS_FILE
+    return RunDir(run).atlas_path
 
 
 def flag_column(name: str) -> str:

@@ -61,7 +61,7 @@ def load_mixture(path: str | os.PathLike) -> Mixture:
 
 def list_mixtures(run: RunDir | str | os.PathLike) -> list[Path]:
     """The mixture files of a run directory, by name."""
-    folder = RunDir(run).root / "mixtures"
+    folder = RunDir(run).mixtures_dir
     return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 

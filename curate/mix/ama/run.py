@@ -132,7 +132,7 @@ def ama(
         raise ValueError(f"AMA mixes tasks (domains): selection {selection!r} has only {tasks}; "
                          "it needs rows of at least 2 domains")
     init = initial_weights(method, rows, tasks)
-    init_path = rd.root / "mix" / "ama" / name / f"init-{method}.json"
+    init_path = rd.ama_dir(name) / f"init-{method}.json"
     write_json(init_path, {"method": method, "domains": tasks, "rounds": [{"round": 0, "weights": init}]})
 
     unknown = sorted(set(specialist or {}) - set(settings))
@@ -140,7 +140,7 @@ def ama(
         raise ValueError(f"unknown specialist training parameters: {', '.join(unknown)}")
     spec_settings = {**settings, **(specialist or {})}
     row_objective = None
-    out = rd.root / "train" / name
+    out = rd.train_dir(name)
     if method in ("ama-s", "ama-r", "doremi"):
         common = dict(model=model, objective=kind, settings=spec_settings, progress=progress, executor=executor,
                       executor_options=executor_options)

@@ -48,7 +48,7 @@ def cache_key(fingerprint: str, objective: str, settings: Mapping[str, Any], row
 
 def specialist_dir(rd: RunDir, task: str, key: str) -> Path:
     """Where a specialist (or the DoReMi reference, task `_all`) and its per-row losses live."""
-    return rd.root / "mix" / "ama" / "specialists" / f"{_slug(task)}-{key}"
+    return rd.ama_specialists_dir / f"{_slug(task)}-{key}"
 
 
 def row_losses(model_dir: Path, rows: tdata.TrainRows, *, objective: str, base_model: Path, rd: RunDir,
@@ -70,7 +70,7 @@ def row_losses(model_dir: Path, rows: tdata.TrainRows, *, objective: str, base_m
     preference = objective == "dpo"
     key = {"model": model_fingerprint(model_dir, "float32"), "rows": rows.key(), "preference": preference,
            "max_length": max_length, "batch_tokens": batch_tokens}
-    cols, _ = row_nll(rows, rd.root / "mix" / "ama" / "_row_nll" / digest(key), model=str(model_dir), key=key,
+    cols, _ = row_nll(rows, rd.ama_row_nll_dir / digest(key), model=str(model_dir), key=key,
                       preference=preference, max_length=max_length, batch_tokens=batch_tokens, device=device,
                       executor=run_on)
     sums, counts = cols["nll_sum"].astype(np.float64), cols["n_tokens"]
@@ -91,12 +91,12 @@ def _reference_logps(base_model: Path, rows: tdata.TrainRows, rd: RunDir, max_le
 
     ids = rows.frame["id"].to_list()
     fp = model_fingerprint(base_model, "float32")
-    have = read_reference_cache(rd.root / "train" / "_ref_logps" / f"{fp}-{max_length}.parquet")
+    have = read_reference_cache(rd.ref_logps_dir / f"{fp}-{max_length}.parquet")
     if all(i in have for i in ids):
         return (np.array([have[i][0] for i in ids]), np.array([have[i][1] for i in ids]))
     key = {"model": fp, "rows": rows.key(), "preference": True, "max_length": max_length,
            "batch_tokens": batch_tokens}
-    cols, _ = row_nll(rows, rd.root / "mix" / "ama" / "_row_nll" / digest(key), model=str(base_model), key=key,
+    cols, _ = row_nll(rows, rd.ama_row_nll_dir / digest(key), model=str(base_model), key=key,
                       preference=True, max_length=max_length, batch_tokens=batch_tokens, device=device,
                       executor=executor)
     return -cols["nll_sum"].astype(np.float64), -cols["rejected_nll_sum"].astype(np.float64)

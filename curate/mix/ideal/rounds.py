@@ -230,7 +230,7 @@ def ideal(
     if ref_rows.frame["domain"].null_count() == ref_rows.frame.height:
         raise ValueError(f"{reference}: the reference set needs a `domain` column (one per capability)")
     base = from_selection(rd, selection)
-    work = rd.root / "mix" / name
+    work = rd.mix_dir(name)
     work.mkdir(parents=True, exist_ok=True)
     counts = np.ones(base.frame.height, dtype=np.int64)
     domains = base.domains()
