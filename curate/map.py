@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate.pool.ids import MissingIdsError, positions
 from curate.run import RunDir
 from curate.stage import stage
 from index.io import atomic_path, read_json, save_npy, write_json
@@ -325,11 +326,10 @@ def _map_steps(
 def _positions(rd: RunDir, ids: pl.Series, positions_or_ids: Any) -> np.ndarray:
     items = list(positions_or_ids) if not isinstance(positions_or_ids, np.ndarray) else positions_or_ids
     if len(items) and isinstance(items[0], str):
-        lookup = dict(zip(ids.to_list(), range(len(ids)), strict=True))
-        missing = [i for i in items if i not in lookup]
-        if missing:
-            raise KeyError(f"{len(missing)} ids are not in the pool of {rd.root} (first: {missing[0]})")
-        return np.fromiter((lookup[i] for i in items), dtype=np.int64, count=len(items))
+        try:
+            return positions(items, ids)
+        except MissingIdsError as exc:
+            raise KeyError(f"{len(exc.missing)} ids are not in the pool of {rd.root} (first: {exc.first})") from None
     pos = np.asarray(items, dtype=np.int64).ravel()
     if pos.size and (pos.min() < 0 or pos.max() >= len(ids)):
         raise IndexError(f"positions must lie in [0, {len(ids)}) for the pool of {rd.root}")

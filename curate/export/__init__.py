@@ -22,6 +22,7 @@ import polars as pl
 
 from curate.export.layouts import LAYOUTS, POOL_COLUMNS, check_layout, to_layout
 from curate.export.manifest import coverage, domain_counts, fingerprints, package_versions, row_accounting
+from curate.pool.ids import align, positions
 from curate.run import RunDir
 from curate.stage import stage
 from index.io import read_json, write_json
@@ -37,7 +38,7 @@ def selected_rows(run: RunDir | str | os.PathLike, selection: str) -> pl.DataFra
     path = run.require(run.selection_path(selection), f"select --name {selection}")
     sel = pl.read_parquet(path).sort("rank")
     pool = run.scan_pool().select(POOL_COLUMNS).collect()
-    rows = sel.join(pool, on="id", how="left", maintain_order="left")
+    rows = align(sel, pool)
     missing = rows.filter(pl.col("kind").is_null())
     if missing.height:
         raise ValueError(
@@ -149,8 +150,7 @@ def _manifest(
     side_path = run.selection_path(selection).with_suffix(".json")
     side = read_json(side_path) if side_path.exists() else {}
     pool_domains = run.scan_pool().select("domain").collect()["domain"]
-    pool_pos = run.scan_pool().select("id").with_row_index("pos").collect()
-    order = rows.select("id").join(pool_pos, on="id", how="left", maintain_order="left")["pos"].to_numpy()
+    order = positions(rows["id"], run.scan_pool().select("id").collect()["id"])
     import curate
 
     return {

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate.pool.ids import MissingIdsError, positions
 from curate.run import RunDir
 from index.io import atomic_path, read_json, write_json
 
@@ -79,14 +80,12 @@ class Selection:
         df = pl.read_parquet(path).sort("rank")
         side_path = path.with_suffix(".json")
         side = read_json(side_path) if side_path.exists() else {}
-        pool_ids = run.read_pool(["id"])["id"]
-        pos = pl.DataFrame({"id": pool_ids, "pos": np.arange(len(pool_ids), dtype=np.int64)})
-        joined = df.select("id").join(pos, on="id", how="left", maintain_order="left")
-        if joined["pos"].null_count():
-            bad = joined.filter(pl.col("pos").is_null())["id"][0]
-            raise ValueError(f"{path}: id {bad} is not in the pool of {run.root} (stale selection?)")
+        try:
+            pos = positions(df["id"], run.read_pool(["id"])["id"])
+        except MissingIdsError as exc:
+            raise ValueError(f"{path}: id {exc.first} is not in the pool of {run.root} (stale selection?)") from None
         return cls(
-            positions=joined["pos"].to_numpy(),
+            positions=pos,
             ids=df["id"].to_list(),
             weights=df["weight"].to_numpy(),
             reasons=df["reason"].to_list(),

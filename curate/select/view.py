@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from curate.errors import MissingArtefactError
+from curate.pool.ids import align
 from curate.run import RunDir
 from curate.select.budget import TOKENS_SIGNAL
 
@@ -229,7 +230,7 @@ class PoolView:
         return self._projection
 
     def _join(self, df: pl.DataFrame, path: Path) -> pl.DataFrame:
-        joined = self.frame.select("id").join(df, on="id", how="left", maintain_order="left")
+        joined = align(self.frame["id"], df)
         missing = joined.filter(pl.any_horizontal(pl.exclude("id").is_null()))
         if missing.height:
             raise ValueError(

@@ -207,9 +207,11 @@ def group_labels(ctx: ScoreContext, group: str | None) -> list | None:
     if group == "cluster":
         import polars as pl
 
+        from curate.pool.ids import align
+
         path = ctx.rd.require(ctx.rd.map_dir / "clusters.parquet", "map")
         cl = pl.read_parquet(path, columns=["id", "cluster"])
-        joined = ctx.pool.select("id").join(cl, on="id", how="left", maintain_order="left")
+        joined = align(ctx.pool["id"], cl)
         if joined["cluster"].null_count():
             raise ValueError(f"{path} lacks {joined['cluster'].null_count()} pool rows: re-run `curate map`")
         return joined["cluster"].to_list()

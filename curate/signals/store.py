@@ -51,6 +51,8 @@ def load_signal(run: str | os.PathLike, name: str) -> np.ndarray:
     """A stored signal as float64 values aligned to pool order (clear error if missing or stale)."""
     import polars as pl
 
+    from curate.pool.ids import DuplicateIdsError, MissingIdsError, align
+
     rd = RunDir(run)
     path = rd.signal_path(name)
     if not path.exists():
@@ -62,10 +64,11 @@ def load_signal(run: str | os.PathLike, name: str) -> np.ndarray:
     ids = rd.read_pool(["id"])["id"]
     if df.height == ids.len() and df["id"].equals(ids):
         return df["value"].to_numpy().astype(np.float64, copy=False)
-    joined = pl.DataFrame({"id": ids}).join(df, on="id", how="left", maintain_order="left")
-    if joined.height != ids.len() or joined.filter(pl.col("id").is_in(df["id"]).not_()).height:
+    try:
+        joined = align(ids, df, require_all=True)
+    except (MissingIdsError, DuplicateIdsError):
         raise ValueError(
             f"signal {name!r} in {rd.root} was computed on another pool: re-run `curate score {rd.root} "
             f"--signal {name}`"
-        )
+        ) from None
     return joined["value"].to_numpy().astype(np.float64, copy=False)

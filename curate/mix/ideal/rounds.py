@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate.pool.ids import positions
 from curate.pool.schema import NO_DOMAIN
 from curate.run import RunDir
 from curate.stage import stage
@@ -62,11 +63,9 @@ def _save_volumes(rd: RunDir, name: str, rows: pl.DataFrame, counts: np.ndarray,
     from curate.select.selection import Selection
 
     keep = np.flatnonzero(counts > 0)
-    pool_ids = rd.read_pool(["id"])["id"].to_list()
-    pos = {x: i for i, x in enumerate(pool_ids)}
     ids = [rows["id"][int(i)] for i in keep]
     Selection(
-        positions=np.array([pos[x] for x in ids], dtype=np.int64),
+        positions=positions(ids, rd.read_pool(["id"])["id"]),
         ids=ids,
         weights=counts[keep].astype(np.float64) * rows["weight"].to_numpy()[keep],
         reasons=[f"ideal volume x{int(counts[i])}" for i in keep],
