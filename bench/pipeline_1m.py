@@ -12,24 +12,33 @@ and keeps the shortest prefix that holds `--rows` distinct (prompt, response) pa
 so the ingest stage really deduplicates and the pool has about `--rows` rows in random order.
 
 Embeddings: the embed stage (`curate.embed.embed`, bf16, 4,096-row shards) runs with a stand-in executor
-(the executor seam, `executor=` a callable): `--sample-shards` shards spread evenly over the pool are
-embedded by the real all-MiniLM-L6-v2 encoder through the stage's own shard job (timed: that is the
-encoder's rows/s per worker); every other shard gets a STAND-IN vector: the row's text (first 1,024
-characters, about MiniLM's 256-token window) as hashed word 1-2-grams (4,096 signed buckets,
-l2-normalised), mapped to 384-d by a ridge regression fitted on the real sample's vectors, plus a seeded
-gaussian random projection of the same features scaled to the fit's per-dimension residual (so the spread
-the regression smooths away comes back as a function of the text), then L2-normalised. Why: a full MiniLM pass over 1M rows takes
-about 1.6 h on these 2 cores (measured rate below), and the index and selectors' timings depend on the
-geometry (clusters of templated tasks, near-duplicates, spread), which random vectors would not have. The
-fit's held-out agreement with the real vectors is recorded (cosine to the real vector, nearest-neighbour
-cosines, kNN overlap) in the stage's JSON. The vectors are written through the stage, so meta.json names
-MiniLM: they are not MiniLM's except on the sample shards.
+(the executor seam: `executor=` a callable). `--sample-shards` shards spread evenly over the pool are
+embedded by the real all-MiniLM-L6-v2 encoder through the stage's own shard job (timed: the encoder's
+rows/s per worker). Every other shard gets a STAND-IN vector, not MiniLM's:
+- the row's text (first 1,024 characters, about MiniLM's 256-token window) as hashed word 1-2-grams
+  (4,096 signed buckets, l2-normalised);
+- mapped to 384-d by a ridge regression fitted on the real sample's vectors;
+- plus a seeded gaussian random projection of the same features, scaled to the fit's per-dimension residual
+  (the spread the regression smooths away comes back as a function of the text), then L2-normalised.
+Why: a full MiniLM pass over 1M rows takes about 3 h on these 2 cores (89 rows/s, measured), while the
+index and the selectors' timings depend on the geometry (clusters of templated tasks, near-duplicates,
+spread), which random vectors would not have. The stage's JSON records how close the stand-in comes to
+the real vectors on 4,000 held-out sample rows (cosine to the real vector, nearest-neighbour cosines, kNN
+overlap). The vectors are written through the stage, so the run's meta.json names MiniLM: outside the
+sample shards they are the stand-in.
 
 Stages after embed use the public stage functions with their defaults: `curate.map.build_index`
 (kind auto, k=10), `curate.map.map_pool` (PCA 2-D, grid, k-means, diversity), `curate.signals.score`
 (heuristic signals only), `curate.select.select` (budget `--budget` rows, each selector's default
 stratification), `curate.export.export` (every selection, messages layout). A re-run skips every stage
 whose record (<run-dir>/_bench/<stage>.json) exists, and the stages skip finished work themselves.
+Two more records: `lm_tokens` (SmolLM2-135M chat-template and MiniLM token counts of the sample rows,
+tokenizers only, for the projection) and `coverage` (the coverage report that `select` attaches to every
+selection, timed alone on the random selection). Selectors whose paper signal needs an LM run here on
+heuristic stand-in signals (ILA: mtld for relative depth; Deita: mtld x knn_novelty for its LLM scores; MIW:
+given weights for the ICL-learned ones; DaaR: sentence-embedding features for the truncated LM's); `rds`
+needs LM features of every row and is not run: its cost is the LM scoring pass, projected from
+bench/score_throughput_bf16.json. The JSON's `projection` gives the wall time on N workers.
 """
 
 from __future__ import annotations
