@@ -24,11 +24,10 @@ import numpy as np
 import polars as pl
 
 from curate.run import RunDir
-from curate.select.budget import TOKENS_SIGNAL
 from curate.select.selection import Selection
 from curate.select.stratify import MIX_FLAG_TV, mix_divergence
-from curate.select.view import PoolView
 from curate.stage import stage
+from curate.view import TOKENS_SIGNAL, PoolView
 from index.io import atomic_path
 
 # scalar figures taken from coverage_report when present

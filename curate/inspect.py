@@ -15,7 +15,7 @@ import polars as pl
 
 from curate.run import RunDir
 from curate.select.selection import Selection, list_selections
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 
 def pool_overview(run: RunDir | str | os.PathLike) -> pl.DataFrame:

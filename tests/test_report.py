@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from curate.cli import app
 from curate.recipe import Recipe, run_recipe
 from curate.report import SECTIONS, write_report
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 try:  # pytest fixtures; tests/ is on sys.path when it is not a package
     from fixtures_embed import tiny_model  # noqa: F401

@@ -219,3 +219,24 @@ def test_select_skips_a_current_selection_and_reruns_when_an_input_changes(tmp_p
     assert len(calls) == 3
     select(run, "random", 5, seed=2, force=True)
     assert len(calls) == 4
+
+
+def test_the_pool_view_reads_extra_columns_once_in_pool_order(tmp_path):
+    """PoolView.columns: the one pool reader of selectors and signals (ScoreContext.pool goes through it)."""
+    from fixtures_pool import make_run
+
+    from curate.signals.base import ScoreContext
+    from curate.view import PoolView
+
+    run = make_run(tmp_path / "run", n=12)
+    view = PoolView.from_run(run.root)
+    got = view.columns(["messages", "id", "meta"])
+    assert got.columns == ["id", "messages", "meta"]
+    assert got["id"].to_list() == run.read_pool(["id"])["id"].to_list()
+    assert got["messages"].to_list() == run.read_pool(["messages"])["messages"].to_list()
+    frame = view.frame
+    assert view.columns(["messages"])["messages"].to_list() == got["messages"].to_list() and view.frame is frame
+    ctx = ScoreContext(run.root, models={}, validation=None, dtype=None, batch_tokens=1, progress=False, params={})
+    assert ctx.pool.columns == ["id", "domain", "messages", "prompt", "response", "meta"] and ctx.n == 12
+    with pytest.raises(ValueError, match="no column"):
+        PoolView.from_arrays(ids=["a"], vectors=np.ones((1, 2), dtype=np.float32)).columns(["messages"])

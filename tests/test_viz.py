@@ -13,7 +13,7 @@ from fixtures_pool import Fixed, make_run, write_knn
 from curate import viz
 from curate.inspect import coverage_curves, map_frame
 from curate.select.selection import Selection
-from curate.select.view import PoolView
+from curate.view import PoolView
 from curate.viz.maps import sample_rows
 
 

@@ -10,7 +10,7 @@ from fixtures_pool import Fixed, make_run, write_knn
 from typer.testing import CliRunner
 
 from curate.cli import app
-from curate.select.view import PoolView
+from curate.view import PoolView
 from curate.viz import export_map
 from curate.viz.atlas import flag_column
 

@@ -21,8 +21,8 @@ from curate.select import baselines, daar, daar_band, deita, ila, miw, rds  # no
 from curate.select.budget import Budget
 from curate.select.selection import Selection, list_selections
 from curate.select.selector import SELECTORS, Ranking, Selector, register_selector
-from curate.select.view import PoolView
 from curate.stage import stage
+from curate.view import PoolView
 
 __all__ = [
     "SELECTORS",

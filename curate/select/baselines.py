@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 
 from curate.errors import ParameterError
-from curate.select.budget import TOKENS_SIGNAL, Budget
+from curate.select.budget import Budget
 from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
 from curate.select.selector import Ranking, Selector, ShortRankingError, register_selector
-from curate.select.view import PoolView
+from curate.view import TOKENS_SIGNAL, PoolView
 
 NO_DOMAIN = "(none)"
 

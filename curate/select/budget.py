@@ -23,7 +23,6 @@ import numpy as np
 from curate.errors import ParameterError
 
 #: the signal holding prompt + response tokens per row, which a token budget reads
-TOKENS_SIGNAL = "tokens"
 
 _BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|tok|tokens|rows)?\s*$", re.IGNORECASE)
 

@@ -54,7 +54,7 @@ from curate.select.daar_features import pool_features
 from curate.select.daar_fit import fit_daar
 from curate.select.daar_seed_io import SeedSource
 from curate.select.selector import Ranking, Selector, register_selector
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 
 @register_selector

@@ -10,7 +10,7 @@ import numpy as np
 from curate.errors import ParameterError
 from curate.select.budget import Budget
 from curate.select.selector import Ranking, Selector, ShortRankingError, register_selector
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 
 def band_positions(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 TEMPLATE = "Instruction: {prompt}\nOutput: {response}"
 FEATURE_KINDS = ("truncated", "input_embeddings", "embeddings")

@@ -25,7 +25,7 @@ from curate.select.daar_features import (
     resolve_lm,
     row_texts,
 )
-from curate.select.view import PoolView
+from curate.view import PoolView
 from index.io import atomic_path, iter_jsonl, write_json
 
 

@@ -32,7 +32,7 @@ from curate.errors import ParameterError
 from curate.select.budget import Budget
 from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
 from curate.select.selector import Ranking, Selector, ShortRankingError, register_selector
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 
 def fp32_margin(d: int) -> float:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import ParameterError
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 IFD_SIGNAL = "ifd"
 AUTO = "auto"

@@ -28,7 +28,7 @@ import numpy as np
 from curate.select.budget import Budget
 from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
 from curate.select.selector import Ranking, Selector, ShortRankingError, register_selector
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 CELL_ORDERS = ("random", "best")
 

@@ -31,7 +31,7 @@ import numpy as np
 from curate.errors import CurateError, ParameterError
 from curate.select.budget import Budget
 from curate.select.selector import Ranking, Selector, register_selector
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 ONE_TASK = "(none)"  # the task of validation rows without a domain
 
@@ -162,7 +162,7 @@ class RDSSelector(Selector):
 
     def _conversations(self, view: PoolView) -> list[list[dict]]:
         if view.run is not None and type(view) is PoolView:
-            return view.run.read_pool(["messages"])["messages"].to_list()
+            return view.columns(["messages"])["messages"].to_list()
         f = view.frame
         return [[{"role": "user", "content": p or ""}, {"role": "assistant", "content": r or ""}]
                 for p, r in zip(f["prompt"].to_list(), f["response"].to_list(), strict=True)]

@@ -1,6 +1,6 @@
 """The Selector base class, its Ranking and registry: methods rank, the base applies budget and exclusions.
 
-A selector reads a pool through a `PoolView` (`curate.select.view`) and returns a `Selection`
+A selector reads a pool through a `PoolView` (`curate.view`) and returns a `Selection`
 (`curate.select.selection`): pool positions in rank order (0 = chosen first) with a weight and a reason per
 row. Budgets (`curate.select.budget`) are applied here, centrally.
 
@@ -31,10 +31,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curate.registry import Registry
-from curate.select.budget import TOKENS_SIGNAL, Budget, Taken, exclusion_mask, take_within_tokens
+from curate.select.budget import Budget, Taken, exclusion_mask, take_within_tokens
 from curate.select.selection import Selection
 from curate.select.stratify import domain_mix, select_stratified
-from curate.select.view import PoolView
+from curate.view import TOKENS_SIGNAL, PoolView
 
 
 @dataclass

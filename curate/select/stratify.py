@@ -39,7 +39,7 @@ from curate.select.budget import Budget, Taken
 from curate.select.budget import exclusion_mask as _mask
 from curate.select.budget import take_within_tokens as _take_within_tokens
 from curate.select.selection import Selection
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 if TYPE_CHECKING:
     from curate.select.selector import Selector

@@ -14,6 +14,7 @@ import numpy as np
 
 from curate.registry import Registry
 from curate.run import RunDir
+from curate.view import PoolView
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class ScoreContext:
         self.progress = progress
         self.params = params
         self.device = device
-        self._pool = None
+        self.view = PoolView.from_run(self.rd)  # the run's pool, embeddings and graph, read once on first use
         self._scorers: dict[str, Any] = {}
         self._tok = None
         self._fps: dict[str, str] = {}
@@ -146,17 +147,15 @@ class ScoreContext:
     @property
     def pool(self):
         """The pool table (id, kind, domain, messages, prompt, response, meta), pool order."""
-        if self._pool is None:
-            self._pool = self.rd.read_pool(["id", "domain", "messages", "prompt", "response", "meta"])
-        return self._pool
+        return self.view.columns(["id", "domain", "messages", "prompt", "response", "meta"])
 
     @property
     def n(self) -> int:
-        return self.pool.height
+        return self.view.n
 
     @property
     def ids(self) -> list[str]:
-        return self.pool["id"].to_list()
+        return self.view.frame["id"].to_list()
 
     def messages(self, lo: int = 0, hi: int | None = None) -> list[list[dict]]:
         """Conversations of pool rows [lo, hi) as lists of {role, content}."""

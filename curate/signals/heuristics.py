@@ -233,16 +233,7 @@ def _math(ctx: ScoreContext) -> np.ndarray:
 
 
 def _knn_sims(ctx: ScoreContext) -> np.ndarray:
-    path = ctx.rd.require(ctx.rd.index_dir / "knn.npz", "index")
-    try:
-        from index.knn import KnnGraph
-
-        sims = np.asarray(KnnGraph.load(path).sims, dtype=np.float64)
-    except ImportError:  # the graph file is a plain npz (contracts: neighbors, sims)
-        with np.load(path) as z:
-            sims = np.asarray(z["sims"], dtype=np.float64)
-    if sims.shape[0] != ctx.n:
-        raise ValueError(f"{path} has {sims.shape[0]} rows but the pool has {ctx.n}: rebuild the index")
+    sims = np.asarray(ctx.view.knn().sims, dtype=np.float64)  # checked against the pool's length
     k = ctx.param("knn_k")
     if k is not None:
         if not 1 <= int(k) <= sims.shape[1]:

@@ -1,6 +1,6 @@
 """Relevance to the target task (RDS-style): cosine of each row's embedding to the validation set.
 
-Rows use the run's current embeddings (curate.embed.load_vectors); the validation rows are embedded with
+Rows use the run's current embeddings (the score context's PoolView); the validation rows are embedded with
 the same encoder (model path, dtype and text fields read from the run's embeddings/current.json), the
 "prompt" field being the question's text and "response" the answer, joined by a newline as the embed
 stage does. mode "mean": cosine to the normalised mean validation embedding; "max": the highest cosine
@@ -39,7 +39,6 @@ def relevance_scores(vectors: np.ndarray, val_vectors: np.ndarray, mode: str = "
 @signal("relevance", params={"relevance_mode": "mean", "n_val": 32, "icl_seed": 0}, roles=("embedder", "validation"))
 def _relevance(ctx: ScoreContext) -> np.ndarray:
     """Cosine of the row's embedding to the validation set's mean embedding (or max cosine)."""
-    from curate.embed import load_vectors
     from curate.signals.decontam import encode_like_pool
 
     if ctx.validation is None:
@@ -47,5 +46,4 @@ def _relevance(ctx: ScoreContext) -> np.ndarray:
     n_val = ctx.param("n_val", 32)
     val = read_validation(ctx.validation, None if n_val is None else int(n_val), int(ctx.param("icl_seed", 0)))
     val_vectors = encode_like_pool(ctx.rd, val, ctx.device)
-    vectors = load_vectors(ctx.rd.root)
-    return relevance_scores(vectors, val_vectors, ctx.param("relevance_mode", "mean"))
+    return relevance_scores(ctx.view.vectors(), val_vectors, ctx.param("relevance_mode", "mean"))

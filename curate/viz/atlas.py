@@ -62,7 +62,7 @@ def export_map(
     import pyarrow.parquet as pq
 
     from curate.inspect import map_frame
-    from curate.select.view import PoolView
+    from curate.view import PoolView
 
     rd = RunDir(run)
     view = PoolView.from_run(rd)

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from curate.run import RunDir
-from curate.select.view import PoolView
+from curate.view import PoolView
 
 
 def _shorten(text: str | None, chars: int | None) -> str:

@@ -1,4 +1,5 @@
-"""PoolView: what selectors, reports and viewers read of a pool, loaded lazily and cached, in pool order."""
+"""PoolView: the one lazy view of a run's pool that selectors, signals, reports and viewers read (table columns,
+embeddings, kNN graph, map, signals), loaded on first use and cached, in pool order."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import polars as pl
 from curate.errors import MissingArtefactError
 from curate.pool.ids import align
 from curate.run import RunDir
-from curate.select.budget import TOKENS_SIGNAL
 
 POOL_VIEW_COLUMNS = ["id", "domain", "kind", "prompt", "response", "n_duplicates"]
+#: the signal holding each row's prompt + response tokens (token budgets and counts)
+TOKENS_SIGNAL = "tokens"
 
 
 class PoolView:
@@ -112,6 +114,20 @@ class PoolView:
             assert self.run is not None
             self._frame = self.run.read_pool(POOL_VIEW_COLUMNS)
         return self._frame
+
+    def columns(self, names: Sequence[str]) -> pl.DataFrame:
+        """Pool columns `names` (id first) in pool order; columns beyond the view's own are read once, on first
+        use, and kept (e.g. the signals' messages and meta)."""
+        frame = self.frame
+        extra = [c for c in names if c not in frame.columns]
+        if extra:
+            if self.run is None:
+                raise ValueError(f"this in-memory PoolView has no column(s) {extra}")
+            more = self.run.read_pool(["id", *extra])
+            if not more["id"].equals(frame["id"]):
+                raise MissingArtefactError(f"{self.run.pool_dir} changed while it was read; run again")
+            self._frame = frame = pl.concat([frame, more.drop("id")], how="horizontal")
+        return frame.select(["id", *(c for c in names if c != "id")])
 
     @property
     def n(self) -> int:
