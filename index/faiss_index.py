@@ -147,20 +147,34 @@ def tune_nprobe(
         nprobe = min(nprobe * 2, ivf.nlist)
 
 
-def exact_search(x: np.ndarray, queries: np.ndarray, k: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k inner products of `queries` against all rows of `x` (faiss flat search in row blocks)."""
-    import faiss
+#: scores kept per query and row block beyond k, so ties at the k-th score still break by lower position
+TIE_EXTRA = 8
+
+
+def exact_search(
+    x: np.ndarray, queries: np.ndarray, k: int, block: int = 65536, query_block: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products of `queries` against all rows of `x`: float32 matrix products (BLAS) of query
+    blocks against row blocks and a top-k per block, merged (ties by lower position; more than TIE_EXTRA rows
+    tied at the k-th score of one block break arbitrarily). faiss's flat search does the same work about 2x
+    slower here (its per-score heap, measured at 51 vs 117 GFLOP/s on 2 cores)."""
+    import torch
 
     nq = queries.shape[0]
     best_s = np.full((nq, k), -np.inf, dtype=np.float32)
     best_i = np.full((nq, k), -1, dtype=np.int64)
-    for s in range(0, x.shape[0], block):
-        sub = faiss.IndexFlatIP(x.shape[1])
-        sub.add(x[s : s + block])
-        kk = min(k, sub.ntotal)
-        sims, idx = sub.search(queries, kk)
-        idx = np.where(idx >= 0, idx + s, -1)
-        best_s, best_i = _merge_topk(best_s, best_i, sims, idx, k)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    qt = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    with torch.inference_mode():
+        for s in range(0, x.shape[0], block):
+            xb = xt[s : s + block]
+            kk = min(k + TIE_EXTRA, xb.shape[0])
+            sims = np.empty((nq, kk), dtype=np.float32)
+            idx = np.empty((nq, kk), dtype=np.int64)
+            for a in range(0, nq, query_block):
+                v, i = torch.topk(qt[a : a + query_block] @ xb.T, kk, dim=1)
+                sims[a : a + v.shape[0]], idx[a : a + v.shape[0]] = v.numpy(), i.numpy() + s
+            best_s, best_i = _merge_topk(best_s, best_i, sims, idx, k)
     return best_s, best_i
 
 

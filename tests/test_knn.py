@@ -145,3 +145,18 @@ def test_cells_method_reaches_a_higher_target_and_reports_how():
     assert g.info["method"] == "cells" and g.info["estimated_recall"] >= 0.99
     assert recall_at_k(g, x, sample=600, seed=2) >= 0.98
     assert 0 < g.info["candidates_per_row"] <= 6000 * g.info["spill"]
+
+
+def test_exact_search_equals_a_numpy_oracle_across_row_blocks_with_ties():
+    from index.faiss_index import exact_search
+
+    rng = np.random.default_rng(7)
+    x = unit_rows(rng, 300, 16)
+    x[100:104] = x[5]  # exact ties: broken by lower position
+    q = x[[5, 0, 250]]
+    sims, idx = exact_search(x, q, 6, block=64, query_block=2)
+    s = q @ x.T
+    want = np.lexsort((np.broadcast_to(np.arange(300), s.shape), -s), axis=1)[:, :6]
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(sims, np.take_along_axis(s, want, axis=1), atol=1e-6)
+    assert idx[0].tolist()[:5] == [5, 100, 101, 102, 103]
