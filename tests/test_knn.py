@@ -160,3 +160,18 @@ def test_exact_search_equals_a_numpy_oracle_across_row_blocks_with_ties():
     np.testing.assert_array_equal(idx, want)
     np.testing.assert_allclose(sims, np.take_along_axis(s, want, axis=1), atol=1e-6)
     assert idx[0].tolist()[:5] == [5, 100, 101, 102, 103]
+
+
+def test_exact_search_l2_equals_a_numpy_oracle():
+    from index.faiss_index import exact_search
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((200, 5)).astype(np.float32) * 3  # not unit rows: norms matter for L2
+    q = rng.standard_normal((7, 5)).astype(np.float32)
+    d2, idx = exact_search(x, q, 4, block=50, query_block=3, metric="l2")
+    full = ((q[:, None, :].astype(np.float64) - x[None]) ** 2).sum(2)
+    want = np.argsort(full, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(d2, np.take_along_axis(full, want, axis=1), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="metric"):
+        exact_search(x, q, 4, metric="cosine")
