@@ -47,7 +47,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out/deita_real.json")
     args = ap.parse_args()
 
-    from curate.select.deita import bf16_screen_available, deita_filter, deita_filter_reference, score_order
+    from curate.select.deita import deita_filter, deita_filter_reference, score_order
+    from index.cpu import native_bf16
     from index.embed import Encoder, default_model_path
 
     cache = Path("/tmp/curate-bench") / f"deita_real_{args.n}_{args.seed}.npy"
@@ -75,7 +76,7 @@ def main() -> None:
     sims = vec[order[:walked]] @ vec[ref].T
     near = int((np.abs(sims - tau) < 0.0126).sum())
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "bf16_units": bf16_screen_available()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "bf16_units": native_bf16()},
         "n": int(len(vec)), "dim": int(vec.shape[1]), "budget": b, "threshold": tau, "embed_s": embed_s,
         "kept": int(ref.size), "rows_walked": walked, "pairs_within_bf16_margin": near,
         "runs": {f"{s} screen": {"median_s": m, "times_s": t, "equal_to_naive": bool(np.array_equal(o, ref)),

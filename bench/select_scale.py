@@ -77,8 +77,9 @@ def main() -> None:
     only = {s for s in args.only.split(",") if s}
 
     from curate.select import PoolView, make_selector
-    from curate.select.deita import bf16_screen_available, deita_filter, deita_filter_reference, score_order
+    from curate.select.deita import deita_filter, deita_filter_reference, score_order
     from curate.select.ila import ila_select, ila_select_reference
+    from index.cpu import native_bf16
     from index.grid import assign_cells
 
     t = time.perf_counter()
@@ -153,7 +154,7 @@ def main() -> None:
         med_ref, ts_ref, ref = timed(lambda: deita_filter_reference(vec, order, b, threshold=0.9), R)
         walked = int(np.flatnonzero(order == ref[-1])[0]) + 1
         for screen, (med, ts, out) in runs.items():
-            extra = {"rows_walked": walked, "bf16_units": bf16_screen_available(), "first_call_s": first}
+            extra = {"rows_walked": walked, "bf16_units": native_bf16(), "first_call_s": first}
             record(f"deita core ({screen} screen)", med, ts, equal_to_naive=bool(np.array_equal(out, ref)),
                    ratio_naive_over_this=med_ref / med, **(extra if screen == "bf16" else {}))
         record("deita naive (per-row dense)", med_ref, ts_ref)

@@ -218,20 +218,21 @@ class PoolView:
     def cells(self) -> np.ndarray:
         """Coverage-grid cell per row (int64), from <run>/map/grid.parquet."""
         if self._cells is None:
-            if self.run is None:
-                raise ValueError("this in-memory PoolView has no map cells")
-            path = self.run.require(self.run.map_dir / "grid.parquet", "map")
-            self._cells = self._aligned(pl.read_parquet(path), "cell", path).astype(np.int64)
+            self._cells = self._map_column("grid.parquet", "cell", "map cells")
         return self._cells
 
     def clusters(self) -> np.ndarray:
         """Cluster per row (int64), from <run>/map/clusters.parquet."""
         if self._clusters is None:
-            if self.run is None:
-                raise ValueError("this in-memory PoolView has no clusters")
-            path = self.run.require(self.run.map_dir / "clusters.parquet", "map")
-            self._clusters = self._aligned(pl.read_parquet(path), "cluster", path).astype(np.int64)
+            self._clusters = self._map_column("clusters.parquet", "cluster", "clusters")
         return self._clusters
+
+    def _map_column(self, file: str, column: str, what: str) -> np.ndarray:
+        """One int64 column of a map-stage file, aligned to the pool's rows."""
+        if self.run is None:
+            raise ValueError(f"this in-memory PoolView has no {what}")
+        path = self.run.require(self.run.map_dir / file, "map")
+        return self._aligned(pl.read_parquet(path), column, path).astype(np.int64)
 
     def projection(self) -> np.ndarray:
         """Projected coordinates (N, dims) float64: columns x, y (+ more), from <run>/projection.parquet."""

@@ -6,9 +6,10 @@ Methods (`kind`):
   `spill` > 1, each row is also listed in its next nearest cells). Each cell probes a list of cells: its `probe`
   most similar cells (by centroid cosine) plus every cell whose centroid similarity to it is >= `threshold`, so
   a cell inside a dense region (a large cluster cut into many cells) probes all of that region while an
-  isolated cell probes few. Cells with identical lists form one group, scored with one bfloat16 matrix product
-  per query batch against the group's candidate rows (AMX/BLAS speed, unlike per-query list scanning), the
-  candidates centred on the group mean so the rounded bf16 products keep precision near the top; the best
+  isolated cell probes few. Cells with identical lists form one group, scored with one matrix product per query
+  batch against the group's candidate rows (AMX/BLAS speed, unlike per-query list scanning; bfloat16 where the
+  CPU multiplies it natively, float32 elsewhere: `index.cpu`), the candidates centred on the group mean so the
+  rounded bf16 products keep precision near the top; the best
   k+1+KEEP_EXTRA candidates are re-scored exactly in float32. (probe, threshold, spill) is the cheapest setting
   whose estimated recall@k on a seeded row sample (exact neighbours listed in a probed cell) reaches
   `target_recall` (TARGET_RECALL); the estimate is the recall before the bf16 preselection, which loses
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from index.cpu import native_bf16
 from index.faiss_index import check_vectors, exact_search
 from index.io import atomic_path
 
@@ -274,7 +276,7 @@ def _knn_cells(
     listed, qrows = np.diff(mstart), np.diff(starts)
     scored = sum(int(listed[js].sum()) * int(qrows[cs].sum()) for cs, js in groups)
     info.update(probe=probe, threshold=None if thr == np.inf else thr, spill=spill, groups=len(groups),
-                candidates_per_row=scored / n)
+                candidates_per_row=scored / n, score_dtype="bfloat16" if native_bf16() else "float32")
     with torch.inference_mode():
         graph = _score_groups(torch.from_numpy(x), k, groups, order, starts, members, mstart, spill > 1, progress,
                               f"kNN graph (cells={nc}, probe={probe}, threshold={thr:.3g}, spill={spill})")
@@ -332,9 +334,10 @@ def _score_groups(
     cand_max = max((int(counts[js].sum()) for _, js in groups), default=1)
     pad_max = -(-cand_max // TOPK_BLOCK) * TOPK_BLOCK
     # buffers allocated once: large fresh tensors are page-faulted in on every use otherwise
-    cbuf = torch.empty((pad_max, d), dtype=torch.bfloat16)
+    dt = torch.bfloat16 if native_bf16() else torch.float32
+    cbuf = torch.empty((pad_max, d), dtype=dt)
     stage = torch.empty((min(cand_max, 16384), d), dtype=torch.float32)
-    sbuf = torch.empty(SCORE_ELEMS + pad_max, dtype=torch.bfloat16)
+    sbuf = torch.empty(SCORE_ELEMS + pad_max, dtype=dt)
     gbuf = torch.empty((min(n, QUERY_STEP) * kc, d), dtype=torch.float32)
     # per-cell row sums and counts, for the mean of each group's query rows
     cell_of = torch.from_numpy(np.repeat(np.arange(starts.size - 1), np.diff(starts)))
@@ -368,7 +371,7 @@ def _score_groups(
                 qi_t = torch.from_numpy(qi)
                 xq = xt.index_select(0, qi_t)
                 sc = sbuf[: qi.size * mp].view(qi.size, mp)
-                torch.matmul(xq.to(torch.bfloat16), cb.T, out=sc)
+                torch.matmul(xq.to(dt), cb.T, out=sc)
                 topi = _topk_cols(sc, m, kk)
                 gid = cand_t[topi]  # [q, kk] pool positions
                 g = torch.index_select(xt, 0, gid.reshape(-1), out=gbuf[: gid.numel()]).view(qi.size, kk, d)

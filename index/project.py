@@ -117,15 +117,16 @@ def _smooth_knn_weights(dist: np.ndarray, n_iter: int = 64) -> np.ndarray:
 def _knn_place(
     ref: np.ndarray, ref_coords: np.ndarray, queries: np.ndarray, k: int, batch_size: int, progress: bool
 ) -> np.ndarray:
-    from index.faiss_index import exact_search
+    import faiss
 
-    ref = np.ascontiguousarray(ref, dtype=np.float32)
+    index = faiss.IndexFlatL2(ref.shape[1])
+    index.add(np.ascontiguousarray(ref, dtype=np.float32))
     k = min(k, ref.shape[0])
     out = np.empty((queries.shape[0], ref_coords.shape[1]), dtype=np.float32)
     bar = _bar(queries.shape[0], "place rows", progress)
     for s in range(0, queries.shape[0], batch_size):
         q = np.ascontiguousarray(queries[s : s + batch_size], dtype=np.float32)
-        d2, nn = exact_search(ref, q, k, metric="l2")
+        d2, nn = index.search(q, k)
         w = _smooth_knn_weights(np.sqrt(np.maximum(d2, 0.0)).astype(np.float64))
         w /= w.sum(axis=1, keepdims=True)
         out[s : s + q.shape[0]] = np.einsum("qk,qkc->qc", w, ref_coords[nn].astype(np.float64))

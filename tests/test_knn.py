@@ -138,10 +138,15 @@ def test_probe_groups_follow_rank_and_threshold():
     assert same == {(0, 1, 3): (0, 1, 2, 3)}  # identical lists share one candidate block
 
 
-def test_cells_method_reaches_a_higher_target_and_reports_how():
+@pytest.mark.parametrize("bf16", [True, False])
+def test_cells_method_reaches_a_higher_target_and_reports_how(bf16, monkeypatch):
+    import index.knn
+
+    monkeypatch.setattr(index.knn, "native_bf16", lambda: bf16)  # both scoring dtypes, whatever this CPU has
     rng = np.random.default_rng(5)
     x = _clustered(rng, 6000, 32, 40)
     g = knn_graph(x, k=10, kind="cells", progress=False, seed=0, target_recall=0.99)
+    assert g.info["score_dtype"] == ("bfloat16" if bf16 else "float32")
     assert g.info["method"] == "cells" and g.info["estimated_recall"] >= 0.99
     assert recall_at_k(g, x, sample=600, seed=2) >= 0.98
     assert 0 < g.info["candidates_per_row"] <= 6000 * g.info["spill"]
@@ -161,17 +166,3 @@ def test_exact_search_equals_a_numpy_oracle_across_row_blocks_with_ties():
     np.testing.assert_allclose(sims, np.take_along_axis(s, want, axis=1), atol=1e-6)
     assert idx[0].tolist()[:5] == [5, 100, 101, 102, 103]
 
-
-def test_exact_search_l2_equals_a_numpy_oracle():
-    from index.faiss_index import exact_search
-
-    rng = np.random.default_rng(8)
-    x = rng.standard_normal((200, 5)).astype(np.float32) * 3  # not unit rows: norms matter for L2
-    q = rng.standard_normal((7, 5)).astype(np.float32)
-    d2, idx = exact_search(x, q, 4, block=50, query_block=3, metric="l2")
-    full = ((q[:, None, :].astype(np.float64) - x[None]) ** 2).sum(2)
-    want = np.argsort(full, axis=1, kind="stable")[:, :4]
-    np.testing.assert_array_equal(idx, want)
-    np.testing.assert_allclose(d2, np.take_along_axis(full, want, axis=1), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="metric"):
-        exact_search(x, q, 4, metric="cosine")

@@ -22,9 +22,7 @@ order, which reproduces the sequential loop exactly.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +31,7 @@ from curate.select.budget import Budget
 from curate.select.ifd_filter import IFD_SIGNAL, IFDFilter, resolve_max_ifd
 from curate.select.selector import Ranking, Selector, ShortRankingError, register_selector
 from curate.view import PoolView
+from index.cpu import native_bf16
 
 
 def fp32_margin(d: int) -> float:
@@ -105,16 +104,6 @@ def _block_accept(x: np.ndarray, g: np.ndarray, threshold: float, margin: float)
         else:
             keep[j] = not (_cos64(x[prev], x[j]) >= threshold).any()
     return keep
-
-
-@functools.cache
-def bf16_screen_available() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16), which makes the bf16 screen pay off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
 class _Fp32Screen:
@@ -241,7 +230,7 @@ def deita_filter(
     """
     vectors, order = _check(vectors, order, threshold)
     if screen == "auto":
-        screen = "bf16" if bf16_screen_available() else "fp32"
+        screen = "bf16" if native_bf16() else "fp32"
     if screen not in _SCREENS:
         raise ValueError(f"screen must be 'auto' or one of {sorted(_SCREENS)}, got {screen!r}")
     budget = max(0, order.size if budget is None else int(budget))
