@@ -43,7 +43,7 @@ SPILL_MAX = 4
 KEEP_EXTRA = 5
 #: column blocks of the block-maxima top-k (see _topk_cols).
 TOPK_BLOCK = 32
-#: bf16 scores per matrix product (bounds the score buffer: 2 bytes each).
+#: scores per matrix product (bounds the score buffer: 2 bytes each in bf16, 4 in float32).
 SCORE_ELEMS = 1 << 25
 #: most query rows per matrix product.
 QUERY_STEP = 4096
