@@ -147,6 +147,18 @@ def tune_nprobe(
         nprobe = min(nprobe * 2, ivf.nlist)
 
 
+def read_only_tensor(a: np.ndarray):
+    """A float32 torch view of `a` without a copy, for reading only: torch warns about read-only arrays (the
+    memory-mapped vectors), though nothing here writes through the view."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
 #: scores kept per query and row block beyond k, so ties at the k-th score still break by lower position
 TIE_EXTRA = 8
 
@@ -163,8 +175,7 @@ def exact_search(
     nq = queries.shape[0]
     best_s = np.full((nq, k), -np.inf, dtype=np.float32)
     best_i = np.full((nq, k), -1, dtype=np.int64)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    qt = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    xt, qt = read_only_tensor(x), read_only_tensor(queries)
     with torch.inference_mode():
         for s in range(0, x.shape[0], block):
             xb = xt[s : s + block]

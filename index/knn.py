@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from index.cpu import native_bf16
-from index.faiss_index import check_vectors, exact_search
+from index.faiss_index import check_vectors, exact_search, read_only_tensor
 from index.io import atomic_path
 
 #: knn_graph(kind="auto") is exact up to this many rows (all pairs: 50k x 50k x 384 takes ~15 s here).
@@ -278,7 +278,7 @@ def _knn_cells(
     info.update(probe=probe, threshold=None if thr == np.inf else thr, spill=spill, groups=len(groups),
                 candidates_per_row=scored / n, score_dtype="bfloat16" if native_bf16() else "float32")
     with torch.inference_mode():
-        graph = _score_groups(torch.from_numpy(x), k, groups, order, starts, members, mstart, spill > 1, progress,
+        graph = _score_groups(read_only_tensor(x), k, groups, order, starts, members, mstart, spill > 1, progress,
                               f"kNN graph (cells={nc}, probe={probe}, threshold={thr:.3g}, spill={spill})")
     graph.info = info
     return graph

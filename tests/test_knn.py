@@ -166,3 +166,17 @@ def test_exact_search_equals_a_numpy_oracle_across_row_blocks_with_ties():
     np.testing.assert_allclose(sims, np.take_along_axis(s, want, axis=1), atol=1e-6)
     assert idx[0].tolist()[:5] == [5, 100, 101, 102, 103]
 
+
+
+def test_exact_search_reads_a_read_only_memmap_quietly(tmp_path):
+    import warnings
+
+    from index.faiss_index import exact_search
+
+    x = unit_rows(np.random.default_rng(9), 50, 8)
+    np.save(tmp_path / "x.npy", x)
+    m = np.load(tmp_path / "x.npy", mmap_mode="r")  # read-only, as the stored vectors are
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, idx = exact_search(m, m[:3], 2)
+    assert idx[:, 0].tolist() == [0, 1, 2]
