@@ -45,6 +45,8 @@ KEEP_EXTRA = 5
 TOPK_BLOCK = 32
 #: scores per matrix product (bounds the score buffer: 2 bytes each in bf16, 4 in float32).
 SCORE_ELEMS = 1 << 25
+#: similarity below the k-th exact neighbour's that recall_at_k still counts as a tie (float32 rounding).
+TIE_TOL = 1e-6
 #: most query rows per matrix product.
 QUERY_STEP = 4096
 
@@ -142,21 +144,29 @@ def exact_knn(vectors: np.ndarray, queries_positions: np.ndarray, k: int) -> tup
 
 
 def recall_at_k(graph: KnnGraph, vectors: np.ndarray, sample: int = 10_000, seed: int = 0) -> float:
-    """Mean fraction of the exact k nearest neighbours (self excluded) found by `graph`, on a seeded row sample."""
+    """Mean fraction of the exact k nearest neighbours (self excluded) found by `graph`, on a seeded row sample.
+
+    Ties count as found: a returned neighbour at least as similar as the k-th exact one (within float32 rounding,
+    TIE_TOL) is a hit. Among exact duplicates any k of them are right, while matching ids would call all but the
+    lowest-numbered ones misses (on BIG-bench-like vectors, 0.85 by ids against 0.98 with ties).
+    """
     x = check_vectors(vectors)
     n = x.shape[0]
     if graph.n != n:
         raise ValueError(f"graph has {graph.n} rows but vectors have {n}")
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-    ex, _ = exact_knn(x, rows, graph.k)
+    ex, ex_sims = exact_knn(x, rows, graph.k)
     got = graph.neighbors[rows]
     hits = 0
     total = 0
-    for a, b in zip(got, ex, strict=True):
-        b = b[b >= 0]
-        total += len(b)
-        hits += len(np.intersect1d(a[a >= 0], b))
+    for r, a, b, bs in zip(rows, got, ex, ex_sims, strict=True):
+        valid = b >= 0
+        total += int(valid.sum())
+        a = a[(a >= 0) & (a != r)]
+        if valid.any() and a.size:
+            sims = x[a] @ x[r]
+            hits += min(int((sims >= bs[valid][-1] - TIE_TOL).sum()), int(valid.sum()))
     return hits / max(total, 1)
 
 

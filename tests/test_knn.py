@@ -88,6 +88,20 @@ def test_exact_knn_and_recall_of_perfect_graph():
     assert recall_at_k(bad, x, sample=200) < 0.2
 
 
+def test_recall_counts_tied_neighbours_as_found():
+    rng = np.random.default_rng(11)
+    x = unit_rows(rng, 100, 8)
+    x[:30] = x[0]  # 30 exact duplicates: any 10 of the other 29 are row 0's exact neighbours
+    nb, sims = _numpy_knn(x, 10)
+    assert nb[0].tolist() == list(range(1, 11))  # the exact search breaks the tie by position
+    tied = nb.copy()
+    tied[:30] = [[j for j in range(29, 0, -1) if j != i][:10] for i in range(30)]  # other duplicates
+    assert recall_at_k(KnnGraph(tied, sims), x, sample=100) == 1.0
+    worse = tied.copy()
+    worse[:30, -1] = 50  # one non-duplicate among each duplicate's ten
+    assert recall_at_k(KnnGraph(worse, sims), x, sample=100) == pytest.approx(1 - 30 / 1000)
+
+
 def test_save_load_and_csr(tmp_path):
     x = unit_rows(np.random.default_rng(6), 40, 8)
     g = knn_graph(x, k=3, progress=False)
