@@ -198,7 +198,9 @@ def knn_graph(
     if index is not None:
         if index.ntotal != n:
             raise ValueError(f"index holds {index.ntotal} rows but vectors have {n}")
-        return _knn_from_index(index, x, k, batch_size, progress)
+        graph = _knn_from_index(index, x, k, batch_size, progress)
+        graph.info = {"method": "index", "index_class": type(index).__name__}
+        return graph
     if kind == "auto":
         kind = "flat" if n <= EXACT_MAX_ROWS else "cells"
     if kind == "flat":
@@ -206,12 +208,16 @@ def knn_graph(
 
         flat = faiss.IndexFlatIP(x.shape[1])
         flat.add(x)
-        return _knn_from_index(flat, x, k, batch_size, progress)
+        graph = _knn_from_index(flat, x, k, batch_size, progress)
+        graph.info = {"method": "flat"}
+        return graph
     if kind in ("ivf", "hnsw"):
         from index.faiss_index import build_index
 
         idx = build_index(x, kind, seed=seed, progress=progress)
-        return _knn_from_index(idx, x, k, batch_size, progress)
+        graph = _knn_from_index(idx, x, k, batch_size, progress)
+        graph.info = {"method": kind}
+        return graph
     if kind == "cells":
         return _knn_cells(x, k, probe=probe, n_cells=n_cells, seed=seed, progress=progress,
                           target_recall=target_recall, spill=spill, threshold=threshold)

@@ -42,6 +42,7 @@ def test_build_index_and_map_pool(tiny_run):
     assert info["skipped"] is False and info["n"] == N and info["exact"] is True
     for name in ("faiss.index", "knn.npz", "index.json"):
         assert (rd.index_dir / name).exists()
+    assert read_json(rd.index_dir / "index.json")["graph"] == {"method": "flat"}
     graph = map_stage.load_graph(rd.root)
     sims = vec @ vec.T
     np.fill_diagonal(sims, -np.inf)
