@@ -187,3 +187,20 @@ def test_reexport_replaces_old_shards_and_custom_out(run, tmp_path):
         export(run, "pick", formats=("csv",))
     with pytest.raises(FileNotFoundError, match="select --name nope"):
         export(run, "nope")
+
+
+def test_manifest_reuses_the_coverage_report_that_select_stored(run, monkeypatch):
+    import curate.export as export_mod
+
+    side_path = run.selection_path("pick").with_suffix(".json")
+    side = read_json(side_path)
+    stored = {"coverage": 0.25, "covering_radius": 0.5}
+    side.setdefault("stats", {})["coverage"] = stored
+    side_path.write_text(json.dumps(side))
+
+    def boom(*a, **k):
+        raise AssertionError("the coverage report was computed again")
+
+    monkeypatch.setattr(export_mod, "coverage", boom)
+    m = read_json(export(run, "pick", formats=("parquet",)) / "manifest.json")
+    assert m["coverage"] == {"report": stored}

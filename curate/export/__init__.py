@@ -182,7 +182,9 @@ def _manifest(
         },
         "fingerprints": fingerprints(run),
         "packages": package_versions(),
-        "coverage": coverage(run, order),
+        # the report `select` stored for these rows (its sidecar is an input of this stage), else computed now
+        "coverage": ({"report": stored} if (stored := (side.get("stats") or {}).get("coverage"))
+                     else coverage(run, order)),
         "reference": _reference(run, rows),
     }
 
