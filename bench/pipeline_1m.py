@@ -508,7 +508,7 @@ def projection(results: dict) -> dict | None:
     gpu_enc = GPU_EFFECTIVE_FLOPS / (2 * 22.7e6 * tok["minilm_tokens_mean"])
     gpu_lm = GPU_EFFECTIVE_FLOPS / (2 * 135e6)
     out = {"rows": rows, "measured": {
-        "encoder_rows_per_s_per_worker": enc_rows_s, "encoder_worker": "this 2-core CPU, bf16, in-process",
+        "encoder_rows_per_s_per_worker": enc_rows_s, "encoder_worker": f"this 2-core CPU, {emb.get('dtype', 'bfloat16')}, in-process",
         "lm_tokens_per_s_per_worker": lm_tok_s, "lm_source": str(LM_THROUGHPUT_FILE.relative_to(REPO)),
         "lm_cond_tokens_per_row": cond, "lm_alone_tokens_per_row": alone,
         "global_seconds_one_selection": global_one, "global_seconds_all_selections": global_all,
