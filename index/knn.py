@@ -198,9 +198,8 @@ def knn_graph(
     if index is not None:
         if index.ntotal != n:
             raise ValueError(f"index holds {index.ntotal} rows but vectors have {n}")
-        graph = _knn_from_index(index, x, k, batch_size, progress)
-        graph.info = {"method": "index", "index_class": type(index).__name__}
-        return graph
+        return _knn_from_index(index, x, k, batch_size, progress,
+                               {"method": "index", "index_class": type(index).__name__})
     if kind == "auto":
         kind = "flat" if n <= EXACT_MAX_ROWS else "cells"
     if kind == "flat":
@@ -208,23 +207,21 @@ def knn_graph(
 
         flat = faiss.IndexFlatIP(x.shape[1])
         flat.add(x)
-        graph = _knn_from_index(flat, x, k, batch_size, progress)
-        graph.info = {"method": "flat"}
-        return graph
+        return _knn_from_index(flat, x, k, batch_size, progress, {"method": "flat"})
     if kind in ("ivf", "hnsw"):
         from index.faiss_index import build_index
 
         idx = build_index(x, kind, seed=seed, progress=progress)
-        graph = _knn_from_index(idx, x, k, batch_size, progress)
-        graph.info = {"method": kind}
-        return graph
+        return _knn_from_index(idx, x, k, batch_size, progress, {"method": kind})
     if kind == "cells":
         return _knn_cells(x, k, probe=probe, n_cells=n_cells, seed=seed, progress=progress,
                           target_recall=target_recall, spill=spill, threshold=threshold)
     raise ValueError(f"unknown kNN method {kind!r}; expected auto, flat, cells, ivf or hnsw")
 
 
-def _knn_from_index(index, x: np.ndarray, k: int, batch_size: int, progress: bool) -> KnnGraph:
+def _knn_from_index(
+    index, x: np.ndarray, k: int, batch_size: int, progress: bool, info: dict[str, Any]
+) -> KnnGraph:
     from tqdm.auto import tqdm
 
     n = x.shape[0]
@@ -237,7 +234,7 @@ def _knn_from_index(index, x: np.ndarray, k: int, batch_size: int, progress: boo
             d, i = index.search(x[s:e], kk)
             neighbors[s:e], sims[s:e] = _drop_self(i.astype(np.int64), d, np.arange(s, e), k)
             bar.update(e - s)
-    return KnnGraph(neighbors=neighbors, sims=sims)
+    return KnnGraph(neighbors=neighbors, sims=sims, info=info)
 
 
 def _knn_cells(
@@ -290,12 +287,13 @@ def _knn_cells(
     np.cumsum(np.bincount(labels, minlength=nc), out=starts[1:])
     groups = _probe_groups(csim, rank, probe, thr, starts)
     listed, qrows = np.diff(mstart), np.diff(starts)
+    dt = torch.bfloat16 if native_bf16() else torch.float32  # the candidate products' dtype
     scored = sum(int(listed[js].sum()) * int(qrows[cs].sum()) for cs, js in groups)
     info.update(probe=probe, threshold=None if thr == np.inf else thr, spill=spill, groups=len(groups),
-                candidates_per_row=scored / n, score_dtype="bfloat16" if native_bf16() else "float32")
+                candidates_per_row=scored / n, score_dtype=str(dt).removeprefix("torch."))
     with torch.inference_mode():
-        graph = _score_groups(read_only_tensor(x), k, groups, order, starts, members, mstart, spill > 1, progress,
-                              f"kNN graph (cells={nc}, probe={probe}, threshold={thr:.3g}, spill={spill})")
+        graph = _score_groups(read_only_tensor(x), k, groups, order, starts, members, mstart, spill > 1, dt,
+                              progress, f"kNN graph (cells={nc}, probe={probe}, threshold={thr:.3g}, spill={spill})")
     graph.info = info
     return graph
 
@@ -328,6 +326,7 @@ def _score_groups(
     members: np.ndarray,
     mstart: np.ndarray,
     dedup: bool,
+    dt,
     progress: bool,
     desc: str,
 ) -> KnnGraph:
@@ -350,7 +349,6 @@ def _score_groups(
     cand_max = max((int(counts[js].sum()) for _, js in groups), default=1)
     pad_max = -(-cand_max // TOPK_BLOCK) * TOPK_BLOCK
     # buffers allocated once: large fresh tensors are page-faulted in on every use otherwise
-    dt = torch.bfloat16 if native_bf16() else torch.float32
     cbuf = torch.empty((pad_max, d), dtype=dt)
     stage = torch.empty((min(cand_max, 16384), d), dtype=torch.float32)
     sbuf = torch.empty(SCORE_ELEMS + pad_max, dtype=dt)

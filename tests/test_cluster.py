@@ -89,7 +89,6 @@ def test_equals_naive_lloyd_from_the_same_start(spherical):
     init = x[[0, 50, 100, 150]].copy()
     r = kmeans(x, 4, init_centroids=init, niter=6, spherical=spherical)
     lab, c = _naive_lloyd(x, init, 6, spherical)
-    # kmeans stops early once labels repeat; the naive loop then only recomputes the same means
     np.testing.assert_allclose(r.centroids, c, atol=1e-5)
     np.testing.assert_array_equal(r.labels, lab)
     assert r.inertia == pytest.approx(float(((x - c[lab]) ** 2).sum()), rel=1e-5)

@@ -40,14 +40,14 @@ from typing import Any
 
 import numpy as np
 
+from index.cpu import auto_dtype
+
 PLAIN_ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
 
 
 def resolve_dtype(dtype: str | None, device: str) -> str:
     """'auto' -> bfloat16 on GPU and on CPUs with native bf16 units, float32 elsewhere (index.cpu.auto_dtype)."""
     if dtype in (None, "auto"):
-        from index.cpu import auto_dtype
-
         return auto_dtype(device)
     aliases = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16", "half": "float16"}
     dtype = aliases.get(dtype, dtype)
