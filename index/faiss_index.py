@@ -161,32 +161,66 @@ def read_only_tensor(a: np.ndarray):
 
 #: scores kept per query and row block beyond k, so ties at the k-th score still break by lower position
 TIE_EXTRA = 8
+#: column blocks of the block-maxima top-k (see topk_columns).
+TOPK_BLOCK = 32
 
 
 def exact_search(
     x: np.ndarray, queries: np.ndarray, k: int, block: int = 65536, query_block: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k inner products of `queries` against all rows of `x`: float32 matrix products (BLAS) of query
-    blocks against row blocks and a top-k per block, merged (ties by lower position; more than TIE_EXTRA rows
-    tied at the k-th score of one block break arbitrarily). faiss's flat search does the same work about 2x
-    slower here (its per-score heap, measured at 51 vs 117 GFLOP/s on 2 cores)."""
+    """Exact top-k inner products of `queries` against all rows of `x`: float32 matrix products of query blocks
+    against row blocks and a top-k per block, merged (ties by lower position; more than TIE_EXTRA rows tied at
+    the k-th score of one block break arbitrarily). The products run in numpy's BLAS (see `index.cpu`), the
+    top-k by block maxima in torch: 1.6x torch's product + top-k on a 2-core AMD EPYC (108 vs 67 GFLOP/s)."""
     import torch
 
     nq = queries.shape[0]
     best_s = np.full((nq, k), -np.inf, dtype=np.float32)
     best_i = np.full((nq, k), -1, dtype=np.int64)
-    xt, qt = read_only_tensor(x), read_only_tensor(queries)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    buf = np.empty(min(nq, query_block) * min(block, x.shape[0]), dtype=np.float32)
     with torch.inference_mode():
         for s in range(0, x.shape[0], block):
-            xb = xt[s : s + block]
-            kk = min(k + TIE_EXTRA, xb.shape[0])
+            xb = np.ascontiguousarray(x[s : s + block], dtype=np.float32)
+            m = xb.shape[0]
+            kk = min(k + TIE_EXTRA, m)
             sims = np.empty((nq, kk), dtype=np.float32)
             idx = np.empty((nq, kk), dtype=np.int64)
             for a in range(0, nq, query_block):
-                v, i = torch.topk(qt[a : a + query_block] @ xb.T, kk, dim=1)
-                sims[a : a + v.shape[0]], idx[a : a + v.shape[0]] = v.numpy(), i.numpy() + s
+                qb = q[a : a + query_block]
+                sc = torch.from_numpy(np.matmul(qb, xb.T, out=buf[: qb.shape[0] * m].reshape(qb.shape[0], m)))
+                cols = topk_columns(sc, m, kk)
+                sims[a : a + qb.shape[0]] = torch.gather(sc, 1, cols).numpy()
+                idx[a : a + qb.shape[0]] = cols.numpy() + s
             best_s, best_i = _merge_topk(best_s, best_i, sims, idx, k)
     return best_s, best_i
+
+
+def topk_columns(sc, m: int, kk: int):
+    """Column positions (torch int64 [q, kk], unordered) of the `kk` largest of the first `m` scores per row
+    of the torch tensor `sc` (columns past `m` are padding, overwritten with -inf).
+
+    The first TOPK_BLOCK * w columns (w = width // TOPK_BLOCK) are split into TOPK_BLOCK strided blocks; the kk
+    largest values lie in the kk blocks with the largest maxima (any other block's maximum is beaten by kk
+    values in other blocks) or in the few columns left over, so one cheap max pass and a top-k over the block
+    maxima and over those columns replace a top-k over every column.
+    """
+    import torch
+
+    q, mp = sc.shape
+    if mp > m:
+        sc[:, m:] = -torch.inf
+    w = mp // TOPK_BLOCK
+    if w <= 4 * kk:
+        return torch.topk(sc[:, :m], kk, dim=1, sorted=False).indices
+    body = TOPK_BLOCK * w
+    bmax = sc[:, :body].unflatten(1, (TOPK_BLOCK, w)).amax(1)  # [q, w]: max of columns b, b+w, b+2w, ...
+    tb = torch.topk(bmax, kk, dim=1, sorted=False).indices
+    cols = (tb[:, :, None] + torch.arange(TOPK_BLOCK)[None, None, :] * w).reshape(q, -1)
+    if body < mp:
+        cols = torch.cat([cols, torch.arange(body, mp).expand(q, -1)], dim=1)
+    sub = torch.gather(sc, 1, cols)
+    return torch.gather(cols, 1, torch.topk(sub, kk, dim=1, sorted=False).indices)
 
 
 def _merge_topk(

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from index.cpu import native_bf16
-from index.faiss_index import check_vectors, exact_search, read_only_tensor
+from index.faiss_index import TOPK_BLOCK, check_vectors, exact_search, read_only_tensor, topk_columns
 from index.io import atomic_path
 
 #: knn_graph(kind="auto") is exact up to this many rows (all pairs: 50k x 50k x 384 takes ~15 s here).
@@ -41,8 +41,6 @@ TUNE_SAMPLE = 1000
 SPILL_MAX = 4
 #: candidates kept per query beyond k+1 from the bf16 scores, for the exact float32 re-scoring.
 KEEP_EXTRA = 5
-#: column blocks of the block-maxima top-k (see _topk_cols).
-TOPK_BLOCK = 32
 #: scores per matrix product (bounds the score buffer: 2 bytes each in bf16, 4 in float32).
 SCORE_ELEMS = 1 << 25
 #: similarity below the k-th exact neighbour's that recall_at_k still counts as a tie (float32 rounding).
@@ -385,8 +383,11 @@ def _score_groups(
                 qi_t = torch.from_numpy(qi)
                 xq = xt.index_select(0, qi_t)
                 sc = sbuf[: qi.size * mp].view(qi.size, mp)
-                torch.matmul(xq.to(dt), cb.T, out=sc)
-                topi = _topk_cols(sc, m, kk)
+                if dt == torch.float32:  # numpy's BLAS: the faster float32 product (index.cpu)
+                    np.matmul(xq.numpy(), cb.numpy().T, out=sc.numpy())
+                else:
+                    torch.matmul(xq.to(dt), cb.T, out=sc)
+                topi = topk_columns(sc, m, kk)
                 gid = cand_t[topi]  # [q, kk] pool positions
                 g = torch.index_select(xt, 0, gid.reshape(-1), out=gbuf[: gid.numel()]).view(qi.size, kk, d)
                 ex = torch.bmm(g, xq[:, :, None])[:, :, 0].numpy()  # exact float32 re-scoring
@@ -397,28 +398,6 @@ def _score_groups(
                 neighbors[qi], sims[qi] = _drop_self(gid_np, ex, qi, k)
                 bar.update(qi.size)
     return KnnGraph(neighbors=neighbors, sims=sims)
-
-
-def _topk_cols(sc, m: int, kk: int):
-    """Column positions of the `kk` largest of the first `m` scores per row (unordered), via block maxima.
-
-    The columns are split into TOPK_BLOCK strided blocks; the kk largest values lie in the kk blocks with the
-    largest maxima (any other block's maximum is beaten by kk values in other blocks), so one cheap max pass
-    and a top-k over the block maxima and over kk blocks replace a top-k over every column.
-    """
-    import torch
-
-    q, mp = sc.shape
-    if mp > m:
-        sc[:, m:] = -torch.inf
-    w = mp // TOPK_BLOCK
-    if w <= 4 * kk:
-        return torch.topk(sc[:, :m], kk, dim=1, sorted=False).indices
-    bmax = sc.view(q, TOPK_BLOCK, w).amax(1)  # [q, w]: max of columns b, b+w, b+2w, ...
-    tb = torch.topk(bmax, kk, dim=1, sorted=False).indices
-    cols = (tb[:, :, None] + torch.arange(TOPK_BLOCK)[None, None, :] * w).reshape(q, -1)
-    sub = torch.gather(sc, 1, cols)
-    return torch.gather(cols, 1, torch.topk(sub, kk, dim=1, sorted=False).indices)
 
 
 def _top_cells(x: np.ndarray, cent: np.ndarray, labels: np.ndarray, a: int, block: int = 65536) -> np.ndarray:

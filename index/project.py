@@ -95,8 +95,9 @@ def _sample(n: int, fit_sample: int | str | None, auto: int, seed: int) -> np.nd
     return np.sort(rng.choice(n, size=int(fit_sample), replace=False))
 
 
-def _smooth_knn_weights(dist: np.ndarray, n_iter: int = 64) -> np.ndarray:
-    """UMAP membership strengths exp(-(d - rho) / sigma), sigma set so each row's weights sum to log2(k)."""
+def _smooth_knn_weights(dist: np.ndarray, n_iter: int = 64, tol: float = 1e-5) -> np.ndarray:
+    """UMAP membership strengths exp(-(d - rho) / sigma), sigma set by bisection so each row's weights sum to
+    log2(k), stopped once every row is within `tol` of it (umap-learn's tolerance) or after `n_iter` steps."""
     k = dist.shape[1]
     target = np.log2(k)
     rho = dist[:, :1]
@@ -106,6 +107,8 @@ def _smooth_knn_weights(dist: np.ndarray, n_iter: int = 64) -> np.ndarray:
     sigma = np.ones((dist.shape[0], 1))
     for _ in range(n_iter):
         total = np.exp(-gap / sigma).sum(axis=1, keepdims=True)
+        if np.abs(total - target).max() < tol:
+            break
         over = total > target
         hi = np.where(over, sigma, hi)
         lo = np.where(over, lo, sigma)

@@ -120,18 +120,21 @@ def test_save_load_and_csr(tmp_path):
 
 
 def test_block_maxima_topk_equals_a_full_topk():
-    """The cells method's top-k via strided block maxima returns the k largest of the first m columns."""
+    """The top-k via strided block maxima returns the k largest of the first m columns, with the width padded
+    to whole blocks (the cells method) or not (exact search: columns left over after the last whole block)."""
     import torch
 
-    from index.knn import TOPK_BLOCK, _topk_cols
+    from index.faiss_index import TOPK_BLOCK, topk_columns
 
     gen = torch.Generator().manual_seed(0)
-    for q, m, kk in [(7, 5000, 16), (3, 4096, 11), (5, 300, 16), (4, 2000, 1)]:
-        mp = -(-m // TOPK_BLOCK) * TOPK_BLOCK
+    for q, m, kk, pad in [(7, 5000, 16, True), (3, 4096, 11, True), (5, 300, 16, True), (4, 2000, 1, True),
+                          (6, 5003, 12, False), (2, 4127, 3, False), (3, 4096 + 31, 16, False)]:
+        mp = -(-m // TOPK_BLOCK) * TOPK_BLOCK if pad else m
         sc = torch.randn(q, mp, generator=gen).to(torch.bfloat16)  # bf16: many exact ties
         sc[:, m:] = 100.0  # padding columns past m must never be picked
+        sc[0, m - 1] = 50.0  # the last real column (left over after the whole blocks when unpadded) is the best
         want = torch.topk(sc[:, :m].float(), kk, dim=1).values
-        cols = _topk_cols(sc.clone(), m, kk)
+        cols = topk_columns(sc.clone(), m, kk)
         assert cols.shape == (q, kk) and int(cols.max()) < m
         got = torch.sort(torch.gather(sc[:, :m].float(), 1, cols), dim=1, descending=True).values
         assert torch.equal(got, want)

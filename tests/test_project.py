@@ -75,3 +75,24 @@ def test_umap_fit_on_sample_and_place_rest():
     assert trustworthiness(x, p.coords, n_neighbors=10) > 0.85
     q = project(x, method="umap", dims=2, fit_sample=600, seed=0, progress=False)
     np.testing.assert_array_equal(p.coords, q.coords)
+
+
+def test_placement_weights_match_a_per_row_bisection():
+    """UMAP placement weights: exp(-(d - d_1) / sigma) with each row's sigma solving sum = log2(k), as a plain
+    scalar bisection per row finds it (the vectorised one stops at umap-learn's tolerance)."""
+    from index.project import _smooth_knn_weights
+
+    rng = np.random.default_rng(3)
+    dist = np.sort(rng.uniform(0.1, 2.0, (50, 15)), axis=1)
+    dist[0] = 0.7  # all neighbours equally far: every weight is 1, sum k > log2(k) for any sigma
+    w = _smooth_knn_weights(dist)
+    target = np.log2(15)
+    for i in range(1, 50):
+        gap = dist[i] - dist[i, 0]
+        lo, hi = 0.0, 1e3
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (lo, mid) if np.exp(-gap / mid).sum() > target else (mid, hi)
+        np.testing.assert_allclose(w[i], np.exp(-gap / mid), atol=1e-4)
+        assert abs(w[i].sum() - target) < 1e-5
+    np.testing.assert_array_equal(w[0], np.ones(15))
