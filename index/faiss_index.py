@@ -200,10 +200,10 @@ def topk_columns(sc, m: int, kk: int):
     """Column positions (torch int64 [q, kk], unordered) of the `kk` largest of the first `m` scores per row
     of the torch tensor `sc` (columns past `m` are padding, overwritten with -inf).
 
-    The first TOPK_BLOCK * w columns (w = width // TOPK_BLOCK) are split into TOPK_BLOCK strided blocks; the kk
-    largest values lie in the kk blocks with the largest maxima (any other block's maximum is beaten by kk
-    values in other blocks) or in the few columns left over, so one cheap max pass and a top-k over the block
-    maxima and over those columns replace a top-k over every column.
+    The first TOPK_BLOCK * w columns (w = width // TOPK_BLOCK) are split into w blocks of TOPK_BLOCK adjacent
+    columns; the kk largest values lie in the kk blocks with the largest maxima (any other block's maximum is
+    beaten by kk values in other blocks) or in the few columns left over, so one cheap max pass and a top-k
+    over the block maxima and over those columns replace a top-k over every column.
     """
     import torch
 
@@ -214,9 +214,9 @@ def topk_columns(sc, m: int, kk: int):
     if w <= 4 * kk:
         return torch.topk(sc[:, :m], kk, dim=1, sorted=False).indices
     body = TOPK_BLOCK * w
-    bmax = sc[:, :body].unflatten(1, (TOPK_BLOCK, w)).amax(1)  # [q, w]: max of columns b, b+w, b+2w, ...
+    bmax = sc[:, :body].unflatten(1, (w, TOPK_BLOCK)).amax(2)  # [q, w]: max of columns b*TOPK_BLOCK + 0..31
     tb = torch.topk(bmax, kk, dim=1, sorted=False).indices
-    cols = (tb[:, :, None] + torch.arange(TOPK_BLOCK)[None, None, :] * w).reshape(q, -1)
+    cols = (tb[:, :, None] * TOPK_BLOCK + torch.arange(TOPK_BLOCK)[None, None, :]).reshape(q, -1)
     if body < mp:
         cols = torch.cat([cols, torch.arange(body, mp).expand(q, -1)], dim=1)
     sub = torch.gather(sc, 1, cols)

@@ -105,3 +105,27 @@ def test_knn_novelty_density(tmp_path):
     np.testing.assert_allclose(load_signal(run, "knn_novelty"), 1 - sims[:, :2].astype(float).mean(1), rtol=1e-6)
     with pytest.raises(ValueError, match="knn_k"):
         score(run, ["knn_novelty"], knn_k=9, progress=False)
+
+
+@pytest.mark.parametrize("before", [None, "false"])
+def test_token_counts_run_on_the_tokenizers_threads_and_restore_the_setting(before, monkeypatch):
+    """Inside token_counts the fast tokenizer may use its threads; the caller's TOKENIZERS_PARALLELISM comes
+    back unchanged (unset stays unset), so forked workers keep their configuration."""
+    import os
+
+    from curate.signals.heuristics import token_counts
+
+    if before is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", before)
+    seen = []
+
+    def tokenizer(texts, **_):
+        seen.append(os.environ.get("TOKENIZERS_PARALLELISM"))
+        return {"input_ids": [t.split() for t in texts]}
+
+    counts = token_counts(tokenizer, ["a b c", "", "d e"] * 3, chunk=4)
+    np.testing.assert_array_equal(counts, [3, 0, 2] * 3)
+    assert seen == ["true"] * 3
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == before
