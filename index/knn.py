@@ -335,7 +335,8 @@ def _score_groups(
     candidates of q exactly like q.c (q.mu is constant per query), but the products near the top are small,
     so the bf16-rounded products (bf16 output: 8 significant bits) are much finer there than q.c would be
     (in dense clusters the 11th and 30th neighbours differ by ~0.004, the bf16 step just below 1). The best
-    k + 1 + `KEEP_EXTRA` per query are then re-scored exactly in float32.
+    k + 1 + `KEEP_EXTRA` per query are then re-scored exactly in float32. In float32 (`dt`) the products are
+    the sims already: no centring, no re-scoring.
     """
     import torch
     from tqdm.auto import tqdm
@@ -349,16 +350,18 @@ def _score_groups(
     pad_max = -(-cand_max // TOPK_BLOCK) * TOPK_BLOCK
     # buffers allocated once: large fresh tensors are page-faulted in on every use otherwise
     cbuf = torch.empty((pad_max, d), dtype=dt)
-    stage = torch.empty((min(cand_max, 16384), d), dtype=torch.float32)
     sbuf = torch.empty(SCORE_ELEMS + pad_max, dtype=dt)
-    gbuf = torch.empty((min(n, QUERY_STEP) * kc, d), dtype=torch.float32)
-    # per-cell row sums and counts, for the mean of each group's query rows
-    cell_of = torch.from_numpy(np.repeat(np.arange(starts.size - 1), np.diff(starts)))
-    cell_sum = torch.zeros((starts.size - 1, d), dtype=torch.float64)
-    for s in range(0, n, 65536):
-        rows = torch.from_numpy(order[s : s + 65536])
-        cell_sum.index_add_(0, cell_of[s : s + 65536], xt.index_select(0, rows).double())
-    cell_n = torch.from_numpy(np.diff(starts).astype(np.float64))
+    exact = dt == torch.float32
+    if not exact:
+        stage = torch.empty((min(cand_max, 16384), d), dtype=torch.float32)  # a centred block before the cast
+        gbuf = torch.empty((min(n, QUERY_STEP) * kc, d), dtype=torch.float32)
+        # per-cell row sums and counts, for the mean of each group's query rows
+        cell_of = torch.from_numpy(np.repeat(np.arange(starts.size - 1), np.diff(starts)))
+        cell_sum = torch.zeros((starts.size - 1, d), dtype=torch.float64)
+        for s in range(0, n, 65536):
+            rows = torch.from_numpy(order[s : s + 65536])
+            cell_sum.index_add_(0, cell_of[s : s + 65536], xt.index_select(0, rows).double())
+        cell_n = torch.from_numpy(np.diff(starts).astype(np.float64))
     with tqdm(total=n, desc=desc, unit="rows", disable=not progress) as bar:
         for cells, js in groups:
             cand = np.concatenate([members[mstart[j] : mstart[j + 1]] for j in js])
@@ -368,14 +371,17 @@ def _score_groups(
             m = cand.size
             mp = -(-m // TOPK_BLOCK) * TOPK_BLOCK
             cand_t = torch.from_numpy(cand)
-            cells_t = torch.from_numpy(cells)
-            mu = (cell_sum[cells_t].sum(0) / cell_n[cells_t].sum()).float()
             cb = cbuf[:mp]
-            for s in range(0, m, stage.shape[0]):  # centred candidate block, cast to bf16
-                e = min(m, s + stage.shape[0])
-                blk = torch.index_select(xt, 0, cand_t[s:e], out=stage[: e - s])
-                blk -= mu
-                cb[s:e].copy_(blk)
+            if exact:
+                torch.index_select(xt, 0, cand_t, out=cb[:m])
+            else:
+                cells_t = torch.from_numpy(cells)
+                mu = (cell_sum[cells_t].sum(0) / cell_n[cells_t].sum()).float()
+                for s in range(0, m, stage.shape[0]):  # centred candidate block, cast to bf16
+                    e = min(m, s + stage.shape[0])
+                    blk = torch.index_select(xt, 0, cand_t[s:e], out=stage[: e - s])
+                    blk -= mu
+                    cb[s:e].copy_(blk)
             cb[m:].zero_()
             kk = min(kc, m)
             step = max(1, min(QUERY_STEP, SCORE_ELEMS // mp))
@@ -390,8 +396,11 @@ def _score_groups(
                     torch.matmul(xq.to(dt), cb.T, out=sc)
                 topi = topk_columns(sc, m, kk)
                 gid = cand_t[topi]  # [q, kk] pool positions
-                g = torch.index_select(xt, 0, gid.reshape(-1), out=gbuf[: gid.numel()]).view(qi.size, kk, d)
-                ex = torch.bmm(g, xq[:, :, None])[:, :, 0].numpy()  # exact float32 re-scoring
+                if exact:
+                    ex = torch.gather(sc, 1, topi).numpy()
+                else:  # exact float32 re-scoring
+                    g = torch.index_select(xt, 0, gid.reshape(-1), out=gbuf[: gid.numel()]).view(qi.size, kk, d)
+                    ex = torch.bmm(g, xq[:, :, None])[:, :, 0].numpy()
                 gid_np = gid.numpy()
                 srt = np.lexsort((gid_np, -ex), axis=1)
                 gid_np = np.take_along_axis(gid_np, srt, axis=1)
