@@ -8,9 +8,9 @@ Methods (`kind`):
   a cell inside a dense region (a large cluster cut into many cells) probes all of that region while an
   isolated cell probes few. Cells with identical lists form one group, scored with one matrix product per query
   batch against the group's candidate rows (AMX/BLAS speed, unlike per-query list scanning; bfloat16 where the
-  CPU multiplies it natively, float32 elsewhere: `index.cpu`), the candidates centred on the group mean so the
-  rounded bf16 products keep precision near the top; the best
-  k+1+KEEP_EXTRA candidates are re-scored exactly in float32. (probe, threshold, spill) is the cheapest setting
+  CPU multiplies it natively, float32 elsewhere: `index.cpu`). In bf16 the candidates are centred on the group
+  mean so the rounded products keep precision near the top, and the best k+1+KEEP_EXTRA are re-scored exactly
+  in float32; float32 products are the sims as they are. (probe, threshold, spill) is the cheapest setting
   whose estimated recall@k on a seeded row sample (exact neighbours listed in a probed cell) reaches
   `target_recall` (TARGET_RECALL); the estimate is the recall before the bf16 preselection, which loses
   almost nothing with the centring.
