@@ -351,7 +351,7 @@ def _score_groups(
     # buffers allocated once: large fresh tensors are page-faulted in on every use otherwise
     cbuf = torch.empty((pad_max, d), dtype=dt)
     sbuf = torch.empty(SCORE_ELEMS + pad_max, dtype=dt)
-    exact = dt == torch.float32
+    exact = dt == torch.float32  # float32 products are the sims; bf16 ones only preselect
     if not exact:
         stage = torch.empty((min(cand_max, 16384), d), dtype=torch.float32)  # a centred block before the cast
         gbuf = torch.empty((min(n, QUERY_STEP) * kc, d), dtype=torch.float32)
@@ -390,7 +390,7 @@ def _score_groups(
                 qi_t = torch.from_numpy(qi)
                 xq = xt.index_select(0, qi_t)
                 sc = sbuf[: qi.size * mp].view(qi.size, mp)
-                if dt == torch.float32:  # numpy's BLAS: the faster float32 product (index.cpu)
+                if exact:  # numpy's BLAS: the faster float32 product (index.cpu)
                     np.matmul(xq.numpy(), cb.numpy().T, out=sc.numpy())
                 else:
                     torch.matmul(xq.to(dt), cb.T, out=sc)

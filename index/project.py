@@ -105,14 +105,17 @@ def _smooth_knn_weights(dist: np.ndarray, n_iter: int = 64, tol: float = 1e-5) -
     lo = np.zeros((dist.shape[0], 1))
     hi = np.full((dist.shape[0], 1), np.inf)
     sigma = np.ones((dist.shape[0], 1))
+    # rows with >= log2(k) neighbours tied at rho (duplicates) sum to at least that for any sigma: sigma -> 0
+    stuck = (gap == 0).sum(axis=1, keepdims=True) >= target
     for _ in range(n_iter):
         total = np.exp(-gap / sigma).sum(axis=1, keepdims=True)
-        if np.abs(total - target).max() < tol:
+        if (np.abs(total - target) < tol)[~stuck].all():
             break
         over = total > target
         hi = np.where(over, sigma, hi)
         lo = np.where(over, lo, sigma)
         sigma = np.where(np.isinf(hi), sigma * 2.0, 0.5 * (lo + hi))
+    sigma = np.where(stuck, 0.0, sigma)
     sigma = np.maximum(sigma, 1e-3 * np.maximum(dist.mean(axis=1, keepdims=True), 1e-12))
     return np.exp(-gap / sigma)
 

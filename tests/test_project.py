@@ -85,9 +85,10 @@ def test_placement_weights_match_a_per_row_bisection():
     rng = np.random.default_rng(3)
     dist = np.sort(rng.uniform(0.1, 2.0, (50, 15)), axis=1)
     dist[0] = 0.7  # all neighbours equally far: every weight is 1, sum k > log2(k) for any sigma
+    dist[1, :5] = dist[1, 0]  # 5 > log2(15) tied nearest: sigma -> 0 (floored), the others weigh ~0
     w = _smooth_knn_weights(dist)
     target = np.log2(15)
-    for i in range(1, 50):
+    for i in range(2, 50):
         gap = dist[i] - dist[i, 0]
         lo, hi = 0.0, 1e3
         for _ in range(200):
@@ -96,3 +97,7 @@ def test_placement_weights_match_a_per_row_bisection():
         np.testing.assert_allclose(w[i], np.exp(-gap / mid), atol=1e-4)
         assert abs(w[i].sum() - target) < 1e-5
     np.testing.assert_array_equal(w[0], np.ones(15))
+    np.testing.assert_array_equal(w[1, :5], np.ones(5))
+    floor = 1e-3 * dist[1].mean()
+    np.testing.assert_allclose(w[1, 5:], np.exp(-(dist[1, 5:] - dist[1, 0]) / floor))
+    assert (w[1, 5:] < 1e-6).all()
