@@ -117,11 +117,21 @@ class RayExecutor:
                 if progress is not None:
                     progress(rows)
         except ray.exceptions.RayError as exc:
+            _stop(ray, actors, pending)  # settled first: no other actor's shard may land after the error
             left = len(missing_shards(out_dir, n_shards, ext))
             raise ExecutorError(
                 f"a Ray worker failed on shard {shard} of {out_dir} ({type(exc).__name__}: {first_line(exc)}); finished shards "
                 f"are kept: re-run the stage to compute the {left} missing of {n_shards}") from exc
         finally:
-            for a in actors:
-                ray.kill(a)
+            _stop(ray, actors, pending)
         return sorted(done)
+
+
+def _stop(ray: Any, actors: list, pending: dict, timeout: float = 60.0) -> None:
+    """Kill the actors and wait until their queued tasks have ended (finished or failed with the actor), so no
+    shard is renamed into place after this returns; ray.kill alone returns before the actor is gone."""
+    for a in actors:
+        ray.kill(a)
+    if pending:
+        ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
+        pending.clear()
