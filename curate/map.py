@@ -102,8 +102,7 @@ def build_index(
         "exact": exact, "n": int(len(vectors)),
         "dim": int(vectors.shape[1]), "k": int(k), "fingerprint": fp, "recall_at_k": recall,
         "recall_sample": None if exact else int(min(recall_sample, len(vectors))),
-        # the kNN method's settings (cells, probes, score dtype), as plain JSON values
-        "graph": {a: (b.item() if isinstance(b, np.generic) else b) for a, b in graph.info.items()},
+        "graph": graph.info,  # the kNN method's settings (cells, probes, score dtype)
         "seconds": time.perf_counter() - t0,
     }
     write_json(out / INDEX_JSON, info)

@@ -102,6 +102,7 @@ class RayExecutor:
         pending: dict[Any, tuple[int, int]] = {}
         done: list[int] = []
         shard = -1
+        failure: Exception | None = None
         try:
             while todo or pending:
                 for a in load:  # top every actor up to `in_flight` queued shards
@@ -117,13 +118,14 @@ class RayExecutor:
                 if progress is not None:
                     progress(rows)
         except ray.exceptions.RayError as exc:
-            _stop(ray, actors, pending)  # settled first: no other actor's shard may land after the error
+            failure = exc
+        finally:
+            _stop(ray, actors, pending)  # before any error is raised: no other actor's shard may land after it
+        if failure is not None:
             left = len(missing_shards(out_dir, n_shards, ext))
             raise ExecutorError(
-                f"a Ray worker failed on shard {shard} of {out_dir} ({type(exc).__name__}: {first_line(exc)}); finished shards "
-                f"are kept: re-run the stage to compute the {left} missing of {n_shards}") from exc
-        finally:
-            _stop(ray, actors, pending)
+                f"a Ray worker failed on shard {shard} of {out_dir} ({type(failure).__name__}: {first_line(failure)}); "
+                f"finished shards are kept: re-run the stage to compute the {left} missing of {n_shards}") from failure
         return sorted(done)
 
 
@@ -134,4 +136,3 @@ def _stop(ray: Any, actors: list, pending: dict, timeout: float = 60.0) -> None:
         ray.kill(a)
     if pending:
         ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
-        pending.clear()
