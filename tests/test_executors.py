@@ -81,12 +81,20 @@ def test_ray_embedding_equals_in_process(tiny_model: Path, tmp_path: Path, ray_l
 
 
 class DieOnce(EmbedJob):
-    """An embedding job whose worker process dies (SIGKILL-like) on shard 3 the first time it reaches it."""
+    """An embedding job whose worker process dies (SIGKILL-like) on shard 3 the first time it reaches it, once
+    shard 2 (handed out just before it, so on the other actor or already done) has started; shard 2 is slow."""
 
     marker: str = ""
 
     def run(self, state, i, tmp, progress=None):
+        if i == 2:
+            Path(self.marker + ".2").write_text("started")
+            time.sleep(1.0)
         if i == 3 and not Path(self.marker).exists():
+            for _ in range(200):
+                if Path(self.marker + ".2").exists():
+                    break
+                time.sleep(0.05)
             Path(self.marker).write_text("died")
             with open(tmp, "wb") as fh:  # a half-written shard under the temporary name
                 fh.write(b"\x93NUMPY partial")
@@ -105,8 +113,8 @@ def test_killed_worker_leaves_no_corrupt_shard_and_rerun_fills_the_gap(tiny_mode
     with pytest.raises(ExecutorError, match="shard 3 .*re-run the stage"):
         RayExecutor(workers=2, in_flight=1, retries=0)(job, out, 8, "npy")
     settled = missing_shards(out, 8, "npy")
-    assert 3 in settled
-    time.sleep(1.0)  # the other actor was killed and waited for: nothing lands after the error
+    assert 3 in settled and 2 not in settled  # the other actor's slow shard was finished before the error
+    time.sleep(1.0)  # and nothing lands after it
     assert missing_shards(out, 8, "npy") == settled
     for f in out.glob("shard-*.npy"):  # every shard under a final name is whole
         assert np.load(f).shape[1] == enc.dim

@@ -4,7 +4,8 @@ Each actor rebuilds the job's model once (`job.setup()`, e.g. the encoder on the
 whole shards, writing each to a temporary name beside its final name and renaming it (the run directory must be
 on a filesystem every node sees). The driver keeps at most `in_flight` shards queued per actor (back-pressure:
 a slow actor is not handed the whole pool), and only shards whose final file is missing are sent, so a re-run
-after an actor or driver failure computes only what is missing. A local Ray is started on demand (`address`
+after an actor or driver failure computes only what is missing. When an actor fails, the shards already handed
+to the others (at most `in_flight` each) are finished before the error is raised, so none lands after it. A local Ray is started on demand (`address`
 None: `workers x cpus_per_worker` CPUs), or an existing cluster is joined (`address="auto"` or "ray://...").
 """
 
@@ -119,8 +120,10 @@ class RayExecutor:
                     progress(rows)
         except ray.exceptions.RayError as exc:
             failure = exc
+            _drain(ray, pending)
         finally:
-            _stop(ray, actors, pending)  # before any error is raised: no other actor's shard may land after it
+            for a in actors:
+                ray.kill(a)
         if failure is not None:
             left = len(missing_shards(out_dir, n_shards, ext))
             raise ExecutorError(
@@ -129,10 +132,9 @@ class RayExecutor:
         return sorted(done)
 
 
-def _stop(ray: Any, actors: list, pending: dict, timeout: float = 60.0) -> None:
-    """Kill the actors and wait until their queued tasks have ended (finished or failed with the actor), so no
-    shard is renamed into place after this returns; ray.kill alone returns before the actor is gone."""
-    for a in actors:
-        ray.kill(a)
+def _drain(ray: Any, pending: dict) -> None:
+    """Wait until every shard already handed to an actor has ended, finished (renamed into place) or failed
+    with its actor, so that no shard lands after the stage's error is raised. ray.kill cannot promise this:
+    it returns, and the task fails, before the killed process is gone, which may rename a shard after."""
     if pending:
-        ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
+        ray.wait(list(pending), num_returns=len(pending))
