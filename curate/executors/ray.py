@@ -5,8 +5,9 @@ whole shards, writing each to a temporary name beside its final name and renamin
 on a filesystem every node sees). The driver keeps at most `in_flight` shards queued per actor (back-pressure:
 a slow actor is not handed the whole pool), and only shards whose final file is missing are sent, so a re-run
 after an actor or driver failure computes only what is missing. When an actor fails, the shards already handed
-to the others (at most `in_flight` each) are finished before the error is raised, so none lands after it. A local Ray is started on demand (`address`
-None: `workers x cpus_per_worker` CPUs), or an existing cluster is joined (`address="auto"` or "ray://...").
+to the others (at most `in_flight` each) are finished before the error is raised, so none lands after it.
+A local Ray is started on demand (`address` None: `workers x cpus_per_worker` CPUs), or an existing cluster is
+joined (`address="auto"` or "ray://...").
 """
 
 from __future__ import annotations
