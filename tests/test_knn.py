@@ -120,8 +120,9 @@ def test_save_load_and_csr(tmp_path):
 
 
 def test_block_maxima_topk_equals_a_full_topk():
-    """The top-k via strided block maxima returns the k largest of the first m columns, with the width padded
-    to whole blocks (the cells method) or not (exact search: columns left over after the last whole block)."""
+    """The top-k via block maxima (blocks of adjacent columns) returns the k largest of the first m columns, with
+    the width padded to whole blocks (the cells method) or not (exact search: columns left over after the last
+    whole block)."""
     import torch
 
     from index.faiss_index import TOPK_BLOCK, topk_columns
