@@ -17,6 +17,13 @@ from typing import Any
 
 import numpy as np
 
+#: covering_radius: subset rows (the first ones) whose distances bound every pool row's from above,
+SCREEN_SUBSET = 1024
+#: the rows with the largest bounds measured exactly first (their maximum prunes the others),
+SCREEN_TOP = 4096
+#: and the float32 rounding allowed between two products of one pair (2 (d + 4) 2^-24 at d = 1024, doubled).
+SCREEN_TOL = 2.5e-4
+
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
@@ -148,21 +155,26 @@ def mean_knn_distance(
     return total / count
 
 
-def nearest_selected_distance(vectors: np.ndarray, subset: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
-    """Cosine distance (1 - cos, float64 [N]) of every pool row to its nearest subset row (exact: float32
-    matrix products against the subset in row blocks, the maximum per row)."""
+def nearest_selected_distance(
+    vectors: np.ndarray, subset: np.ndarray, batch_size: int = 65_536, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Cosine distance (1 - cos, float64 [N]) of every pool row (or only `rows`, positions) to its nearest
+    subset row (exact: float32 matrix products against the subset in row blocks, the maximum per row)."""
     import torch
 
     sub = np.asarray(subset, dtype=np.int64)
     if sub.size == 0:
         raise ValueError("the distance to a subset needs a non-empty subset")
     st = np.ascontiguousarray(_normalise(vectors[sub]), dtype=np.float32).T
-    out = np.empty(vectors.shape[0], dtype=np.float64)
+    pos = None if rows is None else np.asarray(rows, dtype=np.int64)
+    n = vectors.shape[0] if pos is None else pos.size
+    out = np.empty(n, dtype=np.float64)
     step = max(1, min(batch_size, (1 << 26) // max(1, sub.size)))  # bounds the score block (256 MB)
-    buf = np.empty(min(step, vectors.shape[0]) * sub.size, dtype=np.float32)  # reused: no page faults per block
+    buf = np.empty(max(1, min(step, n) * sub.size), dtype=np.float32)  # reused: no page faults per block
     with torch.inference_mode():
-        for s in range(0, vectors.shape[0], step):
-            q = np.ascontiguousarray(_normalise(vectors[s : s + step]), dtype=np.float32)
+        for s in range(0, n, step):
+            blk = vectors[s : s + step] if pos is None else vectors[pos[s : s + step]]
+            q = np.ascontiguousarray(_normalise(blk), dtype=np.float32)
             sc = np.matmul(q, st, out=buf[: q.shape[0] * sub.size].reshape(q.shape[0], sub.size))  # index.cpu
             out[s : s + q.shape[0]] = 1.0 - torch.from_numpy(sc).amax(dim=1).double().numpy()
     return np.maximum(out, 0.0)
@@ -171,11 +183,35 @@ def nearest_selected_distance(vectors: np.ndarray, subset: np.ndarray, batch_siz
 def covering_radius(
     vectors: np.ndarray, subset: np.ndarray, batch_size: int = 65_536, return_argmax: bool = False
 ) -> float | tuple[float, int]:
-    """k-center covering radius: max over pool rows of the cosine distance to the nearest subset row."""
-    dist = nearest_selected_distance(vectors, subset, batch_size)
-    arg = int(dist.argmax())
-    worst = float(dist[arg])
-    return (worst, arg) if return_argmax else worst
+    """k-center covering radius: max over pool rows of the cosine distance to the nearest subset row.
+
+    Exact, with pruning: a row's distance to the first SCREEN_SUBSET subset rows bounds its distance to the
+    whole subset from above. The SCREEN_TOP rows with the largest bounds are measured exactly; their maximum is
+    a lower bound on the radius, and a row whose bound falls below it cannot hold the radius. The rest of the
+    subset is then taken in doubling chunks, each against the rows still in the running only: for a k-center
+    subset, whose first rows are already spread out, a shrinking share of the pool. The argmax is the lowest
+    position among equal maxima, as without pruning.
+    """
+    sub = np.asarray(subset, dtype=np.int64)
+    n = vectors.shape[0]
+    if sub.size <= SCREEN_SUBSET or n <= SCREEN_TOP:
+        dist = nearest_selected_distance(vectors, sub, batch_size)
+        arg = int(dist.argmax())
+        return (float(dist[arg]), arg) if return_argmax else float(dist[arg])
+    bound = nearest_selected_distance(vectors, sub[:SCREEN_SUBSET], batch_size)
+    top = np.argpartition(-bound, SCREEN_TOP)[:SCREEN_TOP]
+    low = nearest_selected_distance(vectors, sub, batch_size, rows=top).max()
+    alive = np.flatnonzero(bound >= low - SCREEN_TOL)  # ascending: argmax keeps the lowest position
+    start, chunk = SCREEN_SUBSET, SCREEN_SUBSET
+    while start < sub.size:
+        end = min(sub.size, start + chunk)
+        d = np.minimum(bound[alive], nearest_selected_distance(vectors, sub[start:end], batch_size, rows=alive))
+        bound[alive] = d
+        alive = alive[d >= low - SCREEN_TOL]
+        start, chunk = end, 2 * chunk
+    arg = int(bound[alive].argmax())
+    worst = float(bound[alive][arg])
+    return (worst, int(alive[arg])) if return_argmax else worst
 
 
 def median_knn_radius(graph: Any, k: int | None = None) -> float:

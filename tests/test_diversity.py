@@ -12,6 +12,7 @@ from index.diversity import (
     domain_centroids,
     mean_knn_distance,
     near_duplicates,
+    nearest_selected_distance,
     phi_inter,
     phi_intra,
     vendi_score,
@@ -68,6 +69,31 @@ def test_covering_radius_vs_brute_force():
     assert r == pytest.approx(brute, abs=1e-5)
     assert 1 - (xn[arg] @ xn[sub].T).max() == pytest.approx(brute, abs=1e-5)
     assert covering_radius(x, np.arange(700)) == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("order", ["kcenter", "random"])
+def test_covering_radius_pruned_equals_unpruned(monkeypatch, order):
+    """The pruned path (bounds from the first subset rows, doubling chunks) gives the full pass's radius and
+    argmax, the lowest position among tied rows included."""
+    import index.diversity as div
+    from index.kcenter import k_center_greedy
+
+    monkeypatch.setattr(div, "SCREEN_SUBSET", 8)
+    monkeypatch.setattr(div, "SCREEN_TOP", 16)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 12)).astype(np.float32)
+    if order == "kcenter":
+        sub, _ = k_center_greedy(x, 300, seed=0, progress=False)
+    else:
+        sub = rng.choice(3000, 300, replace=False)
+    full = nearest_selected_distance(x, sub)
+    a = int(full.argmax())
+    j = int(np.setdiff1d(np.arange(a), sub)[0])  # a lower position outside the subset, made a tie of a
+    x[j] = x[a]
+    full = nearest_selected_distance(x, sub)
+    assert int(full.argmax()) == j
+    r, arg = covering_radius(x, sub, return_argmax=True)
+    assert (r, arg) == (float(full.max()), j)
 
 
 def test_mean_knn_distance_subset_and_graph():

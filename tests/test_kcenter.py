@@ -98,3 +98,18 @@ def test_default_pool_and_tiny_blocks_equal_naive():
     o, r = k_center_greedy(x, 150, seed=4, progress=False, pool_size=5, block=100)
     np.testing.assert_array_equal(o, on)
     np.testing.assert_array_equal(r, rn)
+
+
+def test_lazy_refresh_skips_covered_rows_and_long_exact_checks_equal_naive():
+    """Past 256 centres a fresh candidate's exact check takes the per-row product path; refreshes bring up to
+    date only rows that could reach the pool, far fewer products than a full refresh (N per centre)."""
+    rng = np.random.default_rng(11)
+    x = clustered(rng, 4000, 24, 40, spread=0.6)
+    on, rn = k_center_greedy_naive(x, 700, seed=2)
+    for pool_size in (64, None):
+        stats: dict = {}
+        o, r = k_center_greedy(x, 700, seed=2, progress=False, pool_size=pool_size, block=512, stats=stats)
+        np.testing.assert_array_equal(o, on)
+        np.testing.assert_array_equal(r, rn)
+        assert stats["refreshes"] >= 2
+        assert 0 < stats["refresh_pairs"] < 0.5 * 4000 * 700
