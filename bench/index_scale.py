@@ -144,10 +144,12 @@ def run_core(x: np.ndarray, steps: list[str], res: dict) -> None:
         from index.kcenter import k_center_greedy
 
         b = min(10_000, n // 10)
-        (order, radii), s = timed(k_center_greedy, x, b, seed=0, progress=False)
+        work: dict = {}
+        (order, radii), s = timed(k_center_greedy, x, b, seed=0, progress=False, stats=work)
         r, s2 = timed(covering_radius, x, order)
         res["kcenter"] = {"seconds": s, "budget": b, "final_radius": float(radii[-1]), "covering_radius": r,
-                          "covering_radius_seconds": s2, "rss_gb": rss_gb()}
+                          "covering_radius_seconds": s2, "refreshes": work["refreshes"],
+                          "refresh_pairs": work["refresh_pairs"], "rss_gb": rss_gb()}
 
 
 def run_umap_compare(x: np.ndarray, res: dict) -> None:
