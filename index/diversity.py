@@ -19,10 +19,8 @@ import numpy as np
 
 #: covering_radius: subset rows (the first ones) whose distances bound every pool row's from above,
 SCREEN_SUBSET = 1024
-#: the rows with the largest bounds measured exactly first (their maximum prunes the others),
+#: and the rows with the largest bounds measured exactly first (their maximum prunes the others).
 SCREEN_TOP = 4096
-#: and the float32 rounding allowed between two products of one pair (2 (d + 4) 2^-24 at d = 1024, doubled).
-SCREEN_TOL = 2.5e-4
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -201,13 +199,14 @@ def covering_radius(
     bound = nearest_selected_distance(vectors, sub[:SCREEN_SUBSET], batch_size)
     top = np.argpartition(-bound, SCREEN_TOP)[:SCREEN_TOP]
     low = nearest_selected_distance(vectors, sub, batch_size, rows=top).max()
-    alive = np.flatnonzero(bound >= low - SCREEN_TOL)  # ascending: argmax keeps the lowest position
+    tol = 4.0 * (vectors.shape[1] + 4) * 2.0**-24  # float32 rounding between two products of one pair, doubled
+    alive = np.flatnonzero(bound >= low - tol)  # ascending: argmax keeps the lowest position
     start, chunk = SCREEN_SUBSET, SCREEN_SUBSET
     while start < sub.size:
         end = min(sub.size, start + chunk)
         d = np.minimum(bound[alive], nearest_selected_distance(vectors, sub[start:end], batch_size, rows=alive))
         bound[alive] = d
-        alive = alive[d >= low - SCREEN_TOL]
+        alive = alive[d >= low - tol]
         start, chunk = end, 2 * chunk
     arg = int(bound[alive].argmax())
     worst = float(bound[alive][arg])

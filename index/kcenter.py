@@ -10,12 +10,13 @@ chosen (the covering radius before adding it; inf for a random first centre).
 Scale (1M x 384, 10k centres): a naive pass per centre reads the whole matrix 10k times. Instead the min
 distances are kept approximately in float32 (error below EPS, the float32 dot-product error bound), each row
 with the number of centres folded in so far. Only a pool of the rows with the largest distances is updated per
-centre; the other rows keep stale values, which are upper bounds. When the pool runs dry, a refresh brings up to
-date (blocked float32 matrix products against the centres each row has not seen) only the rows whose stale value
-could reach the new pool: a row far inside the covered region is never multiplied again, which saves four fifths
-of the products at 1M (2.2 of 10 billion row-centre pairs). The next centre is decided exactly: every row whose approximate value is within 2*EPS of
-the largest is re-checked in float64 against the centres (only those whose float32 distance could be the
-minimum), and a refresh is forced once a non-pool row could compete.
+centre; the other rows keep stale values, which are upper bounds. When the pool runs dry, a refresh brings up
+to date (blocked float32 matrix products against the centres each row has not seen) only the rows whose stale
+value could reach the new pool: a row far inside the covered region is never multiplied again, which saves
+four fifths of the products at 1M (2.2 of 10 billion row-centre pairs). The next centre is decided exactly:
+every row whose approximate value is within 2*EPS of the largest is re-checked in float64 against the centres
+(only those whose float32 distance could be the minimum), and a refresh is forced once a non-pool row could
+compete.
 (Triangle-inequality pruning over cells was tried first; in 384-d it pruned almost nothing.)
 """
 
@@ -29,6 +30,8 @@ from index.faiss_index import check_vectors
 REFRESH_CENTRES = 1024
 #: rows updated per centre between refreshes (k_center_greedy's default pool_size).
 POOL_SIZE = 2048
+#: exact checks: rows with at most this many unseen centres share one product, the others get one each.
+SHARED_CHECK_CENTRES = 256
 
 
 def _exact_dist(rows: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -165,8 +168,7 @@ def k_center_greedy(
         want = min(n, 2 * m_pool)
         while True:  # update every row at or above the want-th largest value, until m_pool current rows lead
             cut = np.partition(approx, n - want)[n - want]
-            above = approx >= cut
-            update(np.flatnonzero(above & (ver < t)), t)
+            update(np.flatnonzero((approx >= cut) & (ver < t)), t)
             if want >= n or int(np.count_nonzero(approx >= cut)) >= m_pool:
                 break
             want = min(n, 2 * want)
@@ -192,7 +194,7 @@ def k_center_greedy(
         2*eps of the row's float32 minimum, which are re-checked in float64. Rows with many unseen centres get
         one matrix-vector product each; the others share one product over their few unseen centres."""
         out = np.full(rows.size, np.inf)
-        few = upto >= t - 256
+        few = upto >= t - SHARED_CHECK_CENTRES
         for i in np.flatnonzero(~few):
             d32 = np.maximum(np.float32(1.0) - cvec[upto[i] : t] @ x[rows[i]], 0.0)
             near = np.flatnonzero(d32 <= d32.min() + 2 * eps) + upto[i]
@@ -204,7 +206,7 @@ def k_center_greedy(
             d32[np.arange(first, t)[:, None] < u[None, :]] = np.inf  # centres a row has already seen
             ci, ri = np.nonzero(d32 <= d32.min(axis=0) + 2 * eps)
             dot = np.einsum("ij,ij->i", cvec[first + ci].astype(np.float64), x[r[ri]].astype(np.float64))
-            sub = np.full(r.size, np.inf)
+            sub = np.full(r.size, np.inf)  # _exact_dist's float32(max(1 - dot, 0)), per (centre, row) pair
             np.minimum.at(sub, ri, np.maximum(1.0 - dot, 0.0).astype(np.float32))
             out[few] = sub
         return out
