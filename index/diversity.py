@@ -191,23 +191,22 @@ def covering_radius(
     position among equal maxima, as without pruning.
     """
     sub = np.asarray(subset, dtype=np.int64)
-    n = vectors.shape[0]
-    if sub.size <= SCREEN_SUBSET or n <= SCREEN_TOP:
-        dist = nearest_selected_distance(vectors, sub, batch_size)
-        arg = int(dist.argmax())
-        return (float(dist[arg]), arg) if return_argmax else float(dist[arg])
-    bound = nearest_selected_distance(vectors, sub[:SCREEN_SUBSET], batch_size)
-    top = np.argpartition(-bound, SCREEN_TOP)[:SCREEN_TOP]
-    low = nearest_selected_distance(vectors, sub, batch_size, rows=top).max()
-    tol = 4.0 * (vectors.shape[1] + 4) * 2.0**-24  # float32 rounding between two products of one pair, doubled
-    alive = np.flatnonzero(bound >= low - tol)  # ascending: argmax keeps the lowest position
-    start, chunk = SCREEN_SUBSET, SCREEN_SUBSET
-    while start < sub.size:
-        end = min(sub.size, start + chunk)
-        d = np.minimum(bound[alive], nearest_selected_distance(vectors, sub[start:end], batch_size, rows=alive))
-        bound[alive] = d
-        alive = alive[d >= low - tol]
-        start, chunk = end, 2 * chunk
+    if sub.size <= SCREEN_SUBSET or vectors.shape[0] <= SCREEN_TOP:  # too small to prune
+        bound = nearest_selected_distance(vectors, sub, batch_size)
+        alive = np.arange(bound.size)
+    else:
+        bound = nearest_selected_distance(vectors, sub[:SCREEN_SUBSET], batch_size)
+        top = np.argpartition(-bound, SCREEN_TOP)[:SCREEN_TOP]
+        low = nearest_selected_distance(vectors, sub, batch_size, rows=top).max()
+        tol = 4.0 * (vectors.shape[1] + 4) * 2.0**-24  # float32 rounding between two products of a pair, doubled
+        alive = np.flatnonzero(bound >= low - tol)  # ascending: argmax keeps the lowest position
+        start, chunk = SCREEN_SUBSET, SCREEN_SUBSET
+        while start < sub.size:
+            end = min(sub.size, start + chunk)
+            d = np.minimum(bound[alive], nearest_selected_distance(vectors, sub[start:end], batch_size, rows=alive))
+            bound[alive] = d
+            alive = alive[d >= low - tol]
+            start, chunk = end, 2 * chunk
     arg = int(bound[alive].argmax())
     worst = float(bound[alive][arg])
     return (worst, int(alive[arg])) if return_argmax else worst

@@ -190,25 +190,25 @@ def k_center_greedy(
         return vals
 
     def new_min(rows: np.ndarray, upto: np.ndarray, t: int) -> np.ndarray:
-        """Exact min distance of each row to centres upto[i]..t-1: a float32 filter keeps the centres within
-        2*eps of the row's float32 minimum, which are re-checked in float64. Rows with many unseen centres get
-        one matrix-vector product each; the others share one product over their few unseen centres."""
-        out = np.full(rows.size, np.inf)
+        """Exact min distance of each row to centres upto[i]..t-1. Rows with few unseen centres share one
+        product; a row with many gets its own (a product over the union would multiply centres it has seen)."""
+        out = np.empty(rows.size)
         few = upto >= t - SHARED_CHECK_CENTRES
-        for i in np.flatnonzero(~few):
-            d32 = np.maximum(np.float32(1.0) - cvec[upto[i] : t] @ x[rows[i]], 0.0)
-            near = np.flatnonzero(d32 <= d32.min() + 2 * eps) + upto[i]
-            out[i] = _exact_dist(cvec[near], x[rows[i]]).min()
-        if few.any():
-            r, u = rows[few], upto[few]
-            first = int(u.min())
-            d32 = np.maximum(np.float32(1.0) - cvec[first:t] @ x[r].T, 0.0)  # [centres, rows]
-            d32[np.arange(first, t)[:, None] < u[None, :]] = np.inf  # centres a row has already seen
-            ci, ri = np.nonzero(d32 <= d32.min(axis=0) + 2 * eps)
-            dot = np.einsum("ij,ij->i", cvec[first + ci].astype(np.float64), x[r[ri]].astype(np.float64))
-            sub = np.full(r.size, np.inf)  # _exact_dist's float32(max(1 - dot, 0)), per (centre, row) pair
-            np.minimum.at(sub, ri, np.maximum(1.0 - dot, 0.0).astype(np.float32))
-            out[few] = sub
+        for g in [np.flatnonzero(few), *np.flatnonzero(~few)[:, None]]:
+            if g.size:
+                out[g] = checked_min(rows[g], upto[g], t)
+        return out
+
+    def checked_min(r: np.ndarray, u: np.ndarray, t: int) -> np.ndarray:
+        """One float32 product of rows `r` with centres min(u)..t-1 filters, per row, the unseen centres within
+        2*eps of its float32 minimum; those are re-checked in float64 (_exact_dist's float32(max(1 - dot, 0)))."""
+        first = int(u.min())
+        d32 = np.maximum(np.float32(1.0) - cvec[first:t] @ x[r].T, 0.0)  # [centres, rows]
+        d32[np.arange(first, t)[:, None] < u[None, :]] = np.inf  # centres a row has already seen
+        ci, ri = np.nonzero(d32 <= d32.min(axis=0) + 2 * eps)
+        dot = np.einsum("ij,ij->i", cvec[first + ci].astype(np.float64), x[r[ri]].astype(np.float64))
+        out = np.full(r.size, np.inf)
+        np.minimum.at(out, ri, np.maximum(1.0 - dot, 0.0).astype(np.float32))
         return out
 
     def next_centre() -> tuple[int, float]:
