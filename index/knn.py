@@ -10,10 +10,12 @@ Methods (`kind`):
   batch against the group's candidate rows (AMX/BLAS speed, unlike per-query list scanning; bfloat16 where the
   CPU multiplies it natively, float32 elsewhere: `index.cpu`). In bf16 the candidates are centred on the group
   mean so the rounded products keep precision near the top, and the best k+1+KEEP_EXTRA are re-scored exactly
-  in float32; float32 products are the sims as they are. (probe, threshold, spill) is the cheapest setting
-  whose estimated recall@k on a seeded row sample (exact neighbours listed in a probed cell) reaches
-  `target_recall` (TARGET_RECALL); the estimate is the recall before the bf16 preselection, which loses
-  almost nothing with the centring.
+  in float32; float32 products are the sims as they are. When the lists are symmetric (c probes j exactly when
+  j probes c: threshold-only lists, probe 1 and spill 1) and the products are float32, each pair of cells is
+  multiplied once and read both by rows and by columns, which halves the products (`_score_pairs`).
+  (probe, threshold, spill) is the cheapest setting whose estimated recall@k on a seeded row sample (exact
+  neighbours listed in a probed cell) reaches `target_recall` (TARGET_RECALL); the estimate is the recall
+  before the bf16 preselection, which loses almost nothing with the centring.
 - "ivf" / "hnsw": faiss approximate indexes (see index.faiss_index), searched per query.
 - "auto": "flat" up to EXACT_MAX_ROWS rows, "cells" beyond.
 """
@@ -48,6 +50,8 @@ SCORE_ELEMS = 1 << 27
 TIE_TOL = 1e-6
 #: most query rows per matrix product.
 QUERY_STEP = 4096
+#: rows per block whose maximum is taken first when a product is read by columns (`_reaching`).
+HIT_BLOCK = 16
 
 
 @dataclass
@@ -261,13 +265,16 @@ def _knn_cells(
     labels = km.labels
     cent = km.centroids / np.maximum(np.linalg.norm(km.centroids, axis=1, keepdims=True), 1e-12)
     csim = cent @ cent.T
+    csim = np.maximum(csim, csim.T)  # exactly symmetric, so threshold-only probe lists are too
     np.fill_diagonal(csim, np.inf)  # own cell first in every ranking and inside every threshold
     rank = np.argsort(-csim, axis=1, kind="stable")
     a_max = min(nc, SPILL_MAX)
     info: dict[str, Any] = {"method": "cells", "cells": nc, "target_recall": target_recall}
+    dt = torch.bfloat16 if native_bf16() else torch.float32  # the candidate products' dtype
     if probe is None or spill is None:
         probe, spill, threshold, info["estimated_recall"] = _tune(
-            x, cent, labels, csim, rank, k, target_recall, tune_sample, seed, probe, spill, threshold, a_max)
+            x, cent, labels, csim, rank, k, target_recall, tune_sample, seed, probe, spill, threshold, a_max,
+            pairs_once=dt == torch.float32)
     probe = int(max(1, min(probe, nc)))
     spill = int(max(1, min(spill, a_max)))
     thr = np.inf if threshold is None else float(threshold)
@@ -286,13 +293,17 @@ def _knn_cells(
     np.cumsum(np.bincount(labels, minlength=nc), out=starts[1:])
     groups = _probe_groups(csim, rank, probe, thr, starts)
     listed, qrows = np.diff(mstart), np.diff(starts)
-    dt = torch.bfloat16 if native_bf16() else torch.float32  # the candidate products' dtype
     scored = sum(int(listed[js].sum()) * int(qrows[cs].sum()) for cs, js in groups)
     info.update(probe=probe, threshold=None if thr == np.inf else thr, spill=spill, groups=len(groups),
                 candidates_per_row=scored / n, score_dtype=str(dt).removeprefix("torch."))
-    with torch.inference_mode():
-        graph = _score_groups(read_only_tensor(x), k, groups, order, starts, members, mstart, spill > 1, dt,
-                              progress, f"kNN graph (cells={nc}, probe={probe}, threshold={thr:.3g}, spill={spill})")
+    desc = f"kNN graph (cells={nc}, probe={probe}, threshold={thr:.3g}, spill={spill})"
+    info["pairs_once"] = dt == torch.float32 and spill == 1 and _symmetric(groups, nc)
+    if info["pairs_once"]:
+        graph = _score_pairs(x, k, groups, order, starts, progress, desc)
+    else:
+        with torch.inference_mode():
+            graph = _score_groups(read_only_tensor(x), k, groups, order, starts, members, mstart, spill > 1, dt,
+                                  progress, desc)
     graph.info = info
     return graph
 
@@ -410,6 +421,124 @@ def _score_groups(
     return KnnGraph(neighbors=neighbors, sims=sims)
 
 
+def _symmetric(groups: list[tuple[np.ndarray, np.ndarray]], nc: int) -> bool:
+    """Whether the probe lists are symmetric over non-empty cells (c probes j exactly when j probes c)."""
+    cells = np.concatenate([cs for cs, _ in groups]) if groups else np.zeros(0, dtype=np.int64)
+    live = np.zeros(nc, dtype=bool)
+    live[cells] = True
+    pairs = [np.add.outer(cs * nc, js[live[js]]).ravel() for cs, js in groups]
+    code = np.sort(np.concatenate(pairs)) if pairs else np.zeros(0, dtype=np.int64)
+    return np.array_equal(code, np.sort((code % nc) * nc + code // nc))
+
+
+def _reaching(sc: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the entries of `sc` [q, w] at or above their column's `bound`, found through the
+    maxima of HIT_BLOCK-row blocks (one pass over `sc`, then only the few blocks whose maximum reaches)."""
+    q, w = sc.shape
+    nb = q // HIT_BLOCK
+    blk, col = np.nonzero(sc[: nb * HIT_BLOCK].reshape(nb, HIT_BLOCK, w).max(axis=1) >= bound)
+    rows = blk[:, None] * HIT_BLOCK + np.arange(HIT_BLOCK)
+    r, c = np.nonzero(sc[rows, col[:, None]] >= bound[col][:, None])
+    tail_r, tail_c = np.nonzero(sc[nb * HIT_BLOCK :] >= bound)  # rows past the last whole block
+    return np.concatenate([rows[r, c], tail_r + nb * HIT_BLOCK]), np.concatenate([col[r], tail_c])
+
+
+def _per_row(rows: np.ndarray, sims: np.ndarray, ids: np.ndarray, kc: int):
+    """Flat candidates (rows may repeat) as (unique rows, sims [u, kc], ids [u, kc]): each row's kc best,
+    padded with -inf / -1."""
+    o = np.lexsort((-sims, rows))
+    rows, sims, ids = rows[o], sims[o], ids[o]
+    upd, first, cnt = np.unique(rows, return_index=True, return_counts=True)
+    pos = np.arange(rows.size) - np.repeat(first, cnt)
+    keep = pos < kc
+    at = (np.repeat(np.arange(upd.size), cnt)[keep], pos[keep])
+    out_s = np.full((upd.size, kc), -np.inf, dtype=np.float32)
+    out_i = np.full((upd.size, kc), -1, dtype=np.int64)
+    out_s[at], out_i[at] = sims[keep], ids[keep]
+    return upd, out_s, out_i
+
+
+def _merge(best_s: np.ndarray, best_i: np.ndarray, rows: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> None:
+    """Fold candidates sims/ids [r, c] of the distinct `rows` into the per-row lists (kc best, unordered)."""
+    import torch
+
+    s = np.concatenate([best_s[rows], sims], axis=1)
+    i = np.concatenate([best_i[rows], ids], axis=1)
+    top = torch.topk(torch.from_numpy(s), best_s.shape[1], dim=1, sorted=False).indices.numpy()
+    best_s[rows] = np.take_along_axis(s, top, axis=1)
+    best_i[rows] = np.take_along_axis(i, top, axis=1)
+
+
+def _score_pairs(
+    x: np.ndarray,
+    k: int,
+    groups: list[tuple[np.ndarray, np.ndarray]],
+    order: np.ndarray,
+    starts: np.ndarray,
+    progress: bool,
+    desc: str,
+) -> KnnGraph:
+    """Float32 scoring for symmetric probe lists: every pair of probing cells is multiplied once, not twice.
+
+    A group's rows are scored in query chunks against its own rows from the chunk on and the rows of the cells
+    it probes in later groups. Read by rows, each product gives the chunk's rows their best candidates (as
+    `_score_groups` does); read by columns, it gives the other rows theirs. Groups and chunks are taken last
+    first, so every column's row already holds its best among the candidates after it, and only the entries
+    that reach that row's kc-th best so far (its bound) are kept: a small share, found through block maxima
+    (`_reaching`). Same candidates per row as `_score_groups`, so the same neighbours (ties aside), for about half the
+    products.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    n, d = x.shape
+    nc = starts.size - 1
+    kc = min(k + 1 + KEEP_EXTRA, n)
+    best_s = np.full((n, kc), -np.inf, dtype=np.float32)
+    best_i = np.full((n, kc), -1, dtype=np.int64)
+    bound = np.full(n, -np.inf, dtype=np.float32)  # min of best_s per row
+    group_of = np.full(nc, len(groups), dtype=np.int64)
+    for g, (cells, _) in enumerate(groups):
+        group_of[cells] = g
+    sizes = np.diff(starts)
+    width_max = max((int(sizes[js[group_of[js] >= g]].sum()) for g, (_, js) in enumerate(groups)), default=1)
+    cbuf = np.empty((width_max, d), dtype=np.float32)
+    sbuf = np.empty(SCORE_ELEMS + width_max, dtype=np.float32)
+    xt = read_only_tensor(x)
+    with torch.inference_mode(), tqdm(total=n, desc=desc, unit="rows", disable=not progress) as bar:
+        for g in range(len(groups) - 1, -1, -1):
+            cells, js = groups[g]
+            q_ids = np.concatenate([order[starts[c] : starts[c + 1]] for c in cells])
+            later = js[group_of[js] > g]
+            cand = np.concatenate([q_ids] + [order[starts[j] : starts[j + 1]] for j in later])
+            m = cand.size
+            cb = cbuf[:m]
+            torch.index_select(xt, 0, torch.from_numpy(cand), out=torch.from_numpy(cb))
+            step = max(1, min(QUERY_STEP, SCORE_ELEMS // m))
+            for s in reversed(range(0, q_ids.size, step)):
+                e = min(q_ids.size, s + step)
+                w = m - s
+                sc = np.matmul(cb[s:e], cb[s:].T, out=sbuf[: (e - s) * w].reshape(e - s, w))
+                # by columns: rows after the chunk take the entries that reach their bound
+                rest = sc[:, e - s :]
+                hit_r, hit_c = _reaching(rest, bound[cand[e:]])
+                if hit_r.size:
+                    rows, top_s, top_i = _per_row(cand[e + hit_c], rest[hit_r, hit_c], q_ids[s + hit_r], kc)
+                    _merge(best_s, best_i, rows, top_s, top_i)
+                    bound[rows] = best_s[rows].min(axis=1)
+                # by rows: the chunk's best among its own rows from s on and the later groups' rows
+                top = topk_columns(torch.from_numpy(sc), w, min(kc, w)).numpy()
+                rows = q_ids[s:e]
+                _merge(best_s, best_i, rows, np.take_along_axis(sc, top, axis=1), cand[s + top])
+                bound[rows] = best_s[rows].min(axis=1)
+                bar.update(e - s)
+    srt = np.lexsort((best_i, -best_s), axis=1)
+    nb = np.take_along_axis(best_i, srt, axis=1)
+    sims = np.take_along_axis(best_s, srt, axis=1)
+    neighbors, out_sims = _drop_self(nb, sims, np.arange(n), k)
+    return KnnGraph(neighbors=neighbors, sims=out_sims)
+
+
 def _top_cells(x: np.ndarray, cent: np.ndarray, labels: np.ndarray, a: int, block: int = 65536) -> np.ndarray:
     """The `a` most similar cells of every row, own (k-means) cell first, then by descending similarity."""
     n = x.shape[0]
@@ -437,6 +566,7 @@ def _tune(
     spill: int | None,
     threshold: float | None,
     a_max: int,
+    pairs_once: bool = False,
 ) -> tuple[int, int, float | None, float]:
     """Cheapest (probe, spill, threshold, its estimated recall) whose estimated recall@k reaches `target`.
 
@@ -444,7 +574,8 @@ def _tune(
     (its `spill` nearest) is probed by the query's cell (among its `probe` most similar cells, or at centroid
     similarity >= threshold); cost = rows scored for the sampled queries. For each (spill, probe) the largest
     threshold reaching the target is exact on the sample. Fixed arguments are not tuned (with `probe` fixed
-    and no `threshold`, only the `probe` nearest cells are probed).
+    and no `threshold`, only the `probe` nearest cells are probed). With `pairs_once` (float32 scoring),
+    threshold-only lists (probe 1, spill 1) cost half: `_score_pairs` multiplies each pair of cells once.
     """
     n = x.shape[0]
     nc = rank.shape[0]
@@ -481,6 +612,8 @@ def _tune(
                 continue
             probed = (pos_of[qc] < p) | (csim[qc] >= t)
             cost = a * float((probed * sizes[None, :]).sum(axis=1) @ qw)
+            if pairs_once and p == 1 and a == 1:  # symmetric lists: `_score_pairs` multiplies each pair once
+                cost /= 2
             if best is None or cost < best[0]:
                 best = (cost, p, a, None if t == np.inf else t, covered / nb.size)
     if best is None:

@@ -198,3 +198,70 @@ def test_exact_search_reads_a_read_only_memmap_quietly(tmp_path):
         warnings.simplefilter("error")
         _, idx = exact_search(m, m[:3], 2)
     assert idx[:, 0].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("threshold", "query_step"), [(0.2, 4096), (0.5, 64)])
+def test_pairs_scored_once_give_the_neighbours_of_scoring_every_cell_apart(threshold, query_step, monkeypatch):
+    """Threshold-only probe lists are symmetric, so each pair of cells is multiplied once (float32) and read
+    by rows and by columns: the graph must be the one `_score_groups` builds from the same lists (also with
+    groups cut into many query chunks)."""
+    import index.knn
+
+    monkeypatch.setattr(index.knn, "native_bf16", lambda: False)
+    monkeypatch.setattr(index.knn, "QUERY_STEP", query_step)
+    rng = np.random.default_rng(11)
+    x = _clustered(rng, 5000, 24, 30, spread=0.9)
+    x[77] = x[3]  # an exact duplicate pair
+    kw = dict(k=10, kind="cells", progress=False, n_cells=40, probe=1, spill=1, threshold=threshold)
+    once = knn_graph(x, **kw)
+    monkeypatch.setattr(index.knn, "_symmetric", lambda groups, nc: False)
+    apart = knn_graph(x, **kw)
+    assert once.info["pairs_once"] and not apart.info["pairs_once"]
+    assert 1 < once.info["groups"] and once.info["candidates_per_row"] < 0.9 * 5000  # probes some cells, not all
+    np.testing.assert_allclose(once.sims, apart.sims, atol=1e-6)
+    assert (once.neighbors == apart.neighbors).mean() > 0.999  # equal but for float32 ties
+    assert once.neighbors[3, 0] == 77 and once.neighbors[77, 0] == 3
+
+
+def test_symmetric_probe_lists_are_recognised():
+    from index.knn import _probe_groups, _symmetric
+
+    csim = np.array([[np.inf, 0.9, 0.1, 0.5], [0.9, np.inf, 0.2, 0.6], [0.1, 0.2, np.inf, 0.3],
+                     [0.5, 0.6, 0.3, np.inf]])
+    rank = np.argsort(-csim, axis=1, kind="stable")
+    starts = np.array([0, 2, 4, 4, 7])  # cell 2 is empty
+    assert _symmetric(_probe_groups(csim, rank, 1, 0.55, starts), 4)  # thresholds only: symmetric
+    # two nearest: 0 -> {0, 1}, 1 -> {1, 0}, 3 -> {3, 1}, but 1 does not probe 3
+    assert not _symmetric(_probe_groups(csim, rank, 2, np.inf, starts), 4)
+    # cell 2 (empty) in a list does not break symmetry: it has no rows to score
+    assert _symmetric(_probe_groups(csim, rank, 4, np.inf, starts), 4)
+
+
+def test_merge_keeps_the_best_per_row_across_calls():
+    from index.knn import _merge, _per_row
+
+    best_s = np.full((3, 2), -np.inf, dtype=np.float32)
+    best_i = np.full((3, 2), -1, dtype=np.int64)
+    rows, s, i = _per_row(np.array([2, 0, 0, 0]), np.array([0.1, 0.5, 0.7, 0.2], np.float32), np.array([6, 4, 5, 3]), 2)
+    assert rows.tolist() == [0, 2] and i.tolist() == [[5, 4], [6, -1]]  # each row's 2 best, padded
+    _merge(best_s, best_i, rows, s, i)
+    _merge(best_s, best_i, np.array([0, 2]), np.array([[0.6], [0.3]], np.float32), np.array([[7], [8]]))
+    order = np.argsort(-best_s, axis=1)
+    np.testing.assert_array_equal(np.take_along_axis(best_i, order, axis=1), [[5, 7], [-1, -1], [8, 6]])
+    np.testing.assert_allclose(np.take_along_axis(best_s, order, axis=1), [[0.7, 0.6], [-np.inf, -np.inf], [0.3, 0.1]])
+
+
+def test_reaching_finds_every_entry_at_or_above_its_column_bound():
+    from index.knn import HIT_BLOCK, _reaching
+
+    rng = np.random.default_rng(12)
+    full = rng.standard_normal((3 * HIT_BLOCK + 5, 40)).astype(np.float32)  # rows past the last whole block too
+    sc = full[:, 3:]  # a strided view, as the products are read
+    bound = np.quantile(sc, 0.97, axis=0).astype(np.float32)
+    bound[:4] = -np.inf  # columns with no bound yet take every entry
+    bound[4] = sc[7, 4]  # an entry exactly at its bound counts
+    r, c = _reaching(sc, bound)
+    got = {(int(a), int(b)) for a, b in zip(r, c, strict=True)}
+    want = np.nonzero(sc >= bound)
+    assert got == {(int(a), int(b)) for a, b in zip(*want, strict=True)} and r.size == want[0].size  # each once
+    assert (7, 4) in got
