@@ -10,9 +10,9 @@ Methods (`kind`):
   batch against the group's candidate rows (AMX/BLAS speed, unlike per-query list scanning; bfloat16 where the
   CPU multiplies it natively, float32 elsewhere: `index.cpu`). In bf16 the candidates are centred on the group
   mean so the rounded products keep precision near the top, and the best k+1+KEEP_EXTRA are re-scored exactly
-  in float32; float32 products are the sims as they are. When the lists are symmetric (c probes j exactly when
-  j probes c: threshold-only lists, probe 1 and spill 1) and the products are float32, each pair of cells is
-  multiplied once and read both by rows and by columns, which halves the products (`_score_pairs`).
+  in float32; float32 products are the sims as they are. With float32 products and one listing per row
+  (spill 1), the lists are made symmetric (a cell also probes every cell that probes it: more candidates, never
+  fewer) and each pair of cells is multiplied once and read both by rows and by columns (`_score_pairs`).
   (probe, threshold, spill) is the cheapest setting whose estimated recall@k on a seeded row sample (exact
   neighbours listed in a probed cell) reaches `target_recall` (TARGET_RECALL); the estimate is the recall
   before the bf16 preselection, which loses almost nothing with the centring.
@@ -291,13 +291,14 @@ def _knn_cells(
     order = np.argsort(labels, kind="stable")
     starts = np.zeros(nc + 1, dtype=np.int64)
     np.cumsum(np.bincount(labels, minlength=nc), out=starts[1:])
-    groups = _probe_groups(csim, rank, probe, thr, starts)
+    # float32 with one listing per row: lists made symmetric, each pair of cells multiplied once (`_score_pairs`)
+    info["pairs_once"] = dt == torch.float32 and spill == 1
+    groups = _probe_groups(csim, rank, probe, thr, starts, symmetric=info["pairs_once"])
     listed, qrows = np.diff(mstart), np.diff(starts)
     scored = sum(int(listed[js].sum()) * int(qrows[cs].sum()) for cs, js in groups)
     info.update(probe=probe, threshold=None if thr == np.inf else thr, spill=spill, groups=len(groups),
                 candidates_per_row=scored / n, score_dtype=str(dt).removeprefix("torch."))
     desc = f"kNN graph (cells={nc}, probe={probe}, threshold={thr:.3g}, spill={spill})"
-    info["pairs_once"] = dt == torch.float32 and spill == 1 and _symmetric(groups, nc)
     if info["pairs_once"]:
         graph = _score_pairs(x, k, groups, order, starts, progress, desc)
     else:
@@ -309,20 +310,25 @@ def _knn_cells(
 
 
 def _probe_groups(
-    csim: np.ndarray, rank: np.ndarray, probe: int, threshold: float, starts: np.ndarray
+    csim: np.ndarray, rank: np.ndarray, probe: int, threshold: float, starts: np.ndarray, symmetric: bool = False
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(query cells, probed cells) groups: cell c probes its `probe` most similar cells and every cell whose
-    centroid similarity to it is >= `threshold`; cells with identical probe lists share one candidate block."""
+    centroid similarity to it is >= `threshold` (`symmetric`: also every cell that probes c); cells with
+    identical probe lists share one candidate block."""
     nc = csim.shape[0]
-    by_list: dict[bytes, tuple[list[int], np.ndarray]] = {}
-    for c in range(nc):
-        if starts[c + 1] == starts[c]:
-            continue
+    live = np.flatnonzero(np.diff(starts) > 0)
+    lists = {}
+    for c in live:
         js = rank[c, :probe]
-        if threshold < np.inf:
-            js = np.union1d(js, np.flatnonzero(csim[c] >= threshold))
-        else:
-            js = np.sort(js)
+        lists[c] = np.union1d(js, np.flatnonzero(csim[c] >= threshold)) if threshold < np.inf else np.sort(js)
+    if symmetric and lists:
+        c_of = np.concatenate([np.full(js.size, c) for c, js in lists.items()])
+        j_of = np.concatenate(list(lists.values()))
+        code = np.unique(np.concatenate([c_of * nc + j_of, j_of * nc + c_of]))
+        cut = np.searchsorted(code, np.concatenate([live, [nc]]) * nc)
+        lists = {c: code[cut[i] : cut[i + 1]] % nc for i, c in enumerate(live)}
+    by_list: dict[bytes, tuple[list[int], np.ndarray]] = {}
+    for c, js in lists.items():
         by_list.setdefault(js.tobytes(), ([], js))[0].append(c)
     return [(np.asarray(cs, dtype=np.int64), js) for cs, js in by_list.values()]
 
@@ -421,16 +427,6 @@ def _score_groups(
     return KnnGraph(neighbors=neighbors, sims=sims)
 
 
-def _symmetric(groups: list[tuple[np.ndarray, np.ndarray]], nc: int) -> bool:
-    """Whether the probe lists are symmetric over non-empty cells (c probes j exactly when j probes c)."""
-    cells = np.concatenate([cs for cs, _ in groups]) if groups else np.zeros(0, dtype=np.int64)
-    live = np.zeros(nc, dtype=bool)
-    live[cells] = True
-    pairs = [np.add.outer(cs * nc, js[live[js]]).ravel() for cs, js in groups]
-    code = np.sort(np.concatenate(pairs)) if pairs else np.zeros(0, dtype=np.int64)
-    return np.array_equal(code, np.sort((code % nc) * nc + code // nc))
-
-
 def _reaching(sc: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, columns) of the entries of `sc` [q, w] at or above their column's `bound`, found through the
     maxima of HIT_BLOCK-row blocks (one pass over `sc`, then only the few blocks whose maximum reaches)."""
@@ -478,7 +474,7 @@ def _score_pairs(
     progress: bool,
     desc: str,
 ) -> KnnGraph:
-    """Float32 scoring for symmetric probe lists: every pair of probing cells is multiplied once, not twice.
+    """Float32 scoring of symmetric probe lists (spill 1): every pair of probing cells is multiplied once.
 
     A group's rows are scored in query chunks against its own rows from the chunk on and the rows of the cells
     it probes in later groups. Read by rows, each product gives the chunk's rows their best candidates (as
@@ -574,8 +570,9 @@ def _tune(
     (its `spill` nearest) is probed by the query's cell (among its `probe` most similar cells, or at centroid
     similarity >= threshold); cost = rows scored for the sampled queries. For each (spill, probe) the largest
     threshold reaching the target is exact on the sample. Fixed arguments are not tuned (with `probe` fixed
-    and no `threshold`, only the `probe` nearest cells are probed). With `pairs_once` (float32 scoring),
-    threshold-only lists (probe 1, spill 1) cost half: `_score_pairs` multiplies each pair of cells once.
+    and no `threshold`, only the `probe` nearest cells are probed). With `pairs_once` (float32 scoring) and
+    spill 1, lists are made symmetric (a cell also probes the cells that probe it) and cost half their products:
+    `_score_pairs` multiplies each pair of cells once.
     """
     n = x.shape[0]
     nc = rank.shape[0]
@@ -601,7 +598,10 @@ def _tune(
     best = None
     for a in [spill] if spill is not None else range(1, a_max + 1):
         for p in [probe] if probe is not None else probes:
+            sym = pairs_once and a == 1  # lists made symmetric: also the cells whose lists hold the query's cell
             by_rank = (r[:, :a] < p).any(axis=1)
+            if sym:
+                by_rank |= pos_of[top[:, 0], qcell] < p
             t = np.inf if threshold is None else float(threshold)
             if tune_thr:
                 missing = need - int(by_rank.sum())
@@ -611,9 +611,9 @@ def _tune(
             if covered < need and not (probe is not None and spill is not None):
                 continue
             probed = (pos_of[qc] < p) | (csim[qc] >= t)
-            cost = a * float((probed * sizes[None, :]).sum(axis=1) @ qw)
-            if pairs_once and p == 1 and a == 1:  # symmetric lists: `_score_pairs` multiplies each pair once
-                cost /= 2
+            if sym:
+                probed |= (pos_of[:, qc] < p).T
+            cost = a * float((probed * sizes[None, :]).sum(axis=1) @ qw) / (2 if sym else 1)
             if best is None or cost < best[0]:
                 best = (cost, p, a, None if t == np.inf else t, covered / nb.size)
     if best is None:

@@ -200,41 +200,53 @@ def test_exact_search_reads_a_read_only_memmap_quietly(tmp_path):
     assert idx[:, 0].tolist() == [0, 1, 2]
 
 
-@pytest.mark.parametrize(("threshold", "query_step"), [(0.2, 4096), (0.5, 64)])
-def test_pairs_scored_once_give_the_neighbours_of_scoring_every_cell_apart(threshold, query_step, monkeypatch):
-    """Threshold-only probe lists are symmetric, so each pair of cells is multiplied once (float32) and read
-    by rows and by columns: the graph must be the one `_score_groups` builds from the same lists (also with
-    groups cut into many query chunks)."""
+@pytest.mark.parametrize(("probe", "threshold", "query_step"), [(1, 0.2, 4096), (1, 0.5, 64), (3, None, 64)])
+def test_pairs_scored_once_give_the_neighbours_of_scoring_every_cell_apart(probe, threshold, query_step,
+                                                                           monkeypatch):
+    """With float32 products and spill 1 the probe lists are made symmetric and each pair of cells is multiplied
+    once, read by rows and by columns: the graph must be the one `_score_groups` builds from the same groups
+    (also with groups cut into many query chunks, and with rank lists, which symmetry extends)."""
+    import torch
+
     import index.knn
+    from index.faiss_index import read_only_tensor
+
+    def apart(x, k, groups, order, starts, progress, desc):
+        with torch.inference_mode():
+            return index.knn._score_groups(read_only_tensor(x), k, groups, order, starts, order, starts, False,
+                                           torch.float32, progress, desc)
 
     monkeypatch.setattr(index.knn, "native_bf16", lambda: False)
     monkeypatch.setattr(index.knn, "QUERY_STEP", query_step)
     rng = np.random.default_rng(11)
     x = _clustered(rng, 5000, 24, 30, spread=0.9)
     x[77] = x[3]  # an exact duplicate pair
-    kw = dict(k=10, kind="cells", progress=False, n_cells=40, probe=1, spill=1, threshold=threshold)
+    kw = dict(k=10, kind="cells", progress=False, n_cells=40, probe=probe, spill=1, threshold=threshold)
     once = knn_graph(x, **kw)
-    monkeypatch.setattr(index.knn, "_symmetric", lambda groups, nc: False)
-    apart = knn_graph(x, **kw)
-    assert once.info["pairs_once"] and not apart.info["pairs_once"]
-    assert 1 < once.info["groups"] and once.info["candidates_per_row"] < 0.9 * 5000  # probes some cells, not all
-    np.testing.assert_allclose(once.sims, apart.sims, atol=1e-6)
-    assert (once.neighbors == apart.neighbors).mean() > 0.999  # equal but for float32 ties
+    monkeypatch.setattr(index.knn, "_score_pairs", apart)
+    ref = knn_graph(x, **kw)
+    assert once.info["pairs_once"] and once.info["groups"] == ref.info["groups"] > 1
+    assert once.info["candidates_per_row"] < 0.9 * 5000  # probes some cells, not all
+    np.testing.assert_allclose(once.sims, ref.sims, atol=1e-6)
+    assert (once.neighbors == ref.neighbors).mean() > 0.999  # equal but for float32 ties
     assert once.neighbors[3, 0] == 77 and once.neighbors[77, 0] == 3
 
 
-def test_symmetric_probe_lists_are_recognised():
-    from index.knn import _probe_groups, _symmetric
+def test_symmetric_probe_lists_add_the_cells_that_probe_a_cell():
+    from index.knn import _probe_groups
 
     csim = np.array([[np.inf, 0.9, 0.1, 0.5], [0.9, np.inf, 0.2, 0.6], [0.1, 0.2, np.inf, 0.3],
                      [0.5, 0.6, 0.3, np.inf]])
     rank = np.argsort(-csim, axis=1, kind="stable")
     starts = np.array([0, 2, 4, 4, 7])  # cell 2 is empty
-    assert _symmetric(_probe_groups(csim, rank, 1, 0.55, starts), 4)  # thresholds only: symmetric
-    # two nearest: 0 -> {0, 1}, 1 -> {1, 0}, 3 -> {3, 1}, but 1 does not probe 3
-    assert not _symmetric(_probe_groups(csim, rank, 2, np.inf, starts), 4)
-    # cell 2 (empty) in a list does not break symmetry: it has no rows to score
-    assert _symmetric(_probe_groups(csim, rank, 4, np.inf, starts), 4)
+    lists = {tuple(cs): tuple(js) for cs, js in _probe_groups(csim, rank, 2, np.inf, starts)}
+    assert lists == {(0, 1): (0, 1), (3,): (1, 3)}  # two nearest each: 3 probes 1, but 1 not 3
+    sym = {tuple(cs): tuple(js) for cs, js in _probe_groups(csim, rank, 2, np.inf, starts, symmetric=True)}
+    assert sym == {(0,): (0, 1), (1,): (0, 1, 3), (3,): (1, 3)}
+    # threshold-only lists are symmetric already
+    thr = _probe_groups(csim, rank, 1, 0.55, starts)
+    assert [(c.tolist(), j.tolist()) for c, j in thr] == [
+        (c.tolist(), j.tolist()) for c, j in _probe_groups(csim, rank, 1, 0.55, starts, symmetric=True)]
 
 
 def test_merge_keeps_the_best_per_row_across_calls():
