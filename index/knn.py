@@ -439,7 +439,9 @@ def _reaching(sc: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.concatenate([rows[r, c], tail_r + nb * HIT_BLOCK]), np.concatenate([col[r], tail_c])
 
 
-def _per_row(rows: np.ndarray, sims: np.ndarray, ids: np.ndarray, kc: int):
+def _per_row(
+    rows: np.ndarray, sims: np.ndarray, ids: np.ndarray, kc: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat candidates (rows may repeat) as (unique rows, sims [u, kc], ids [u, kc]): each row's kc best,
     padded with -inf / -1."""
     o = np.lexsort((-sims, rows))
@@ -481,8 +483,8 @@ def _score_pairs(
     `_score_groups` does); read by columns, it gives the other rows theirs. Groups and chunks are taken last
     first, so every column's row already holds its best among the candidates after it, and only the entries
     that reach that row's kc-th best so far (its bound) are kept: a small share, found through block maxima
-    (`_reaching`). Same candidates per row as `_score_groups`, so the same neighbours (ties aside), for about half the
-    products.
+    (`_reaching`). Same candidates per row as `_score_groups` given the same groups, so the same neighbours (ties
+    aside), for about half the products.
     """
     import torch
     from tqdm.auto import tqdm
