@@ -187,12 +187,15 @@ def knn_graph(
     spill: int | None = None,
     threshold: float | None = None,
     target_recall: float = TARGET_RECALL,
+    pairs_once: bool | None = None,
 ) -> KnnGraph:
     """kNN graph of `vectors` (float32, L2-normalised) with self excluded; see the module doc for `kind`.
 
     `index`: an already built faiss index over the same rows (searched with k+1 per query; overrides kind).
     `probe`/`spill`/`threshold`/`n_cells` fix the "cells" method's parameters (default: tuned to `target_recall`;
-    a fixed `probe` without `threshold` probes only the `probe` most similar cells).
+    a fixed `probe` without `threshold` probes only the `probe` most similar cells). `pairs_once`: symmetric
+    lists, each pair of cells multiplied once in float32 (needs spill 1; default: where products are float32
+    anyway); False scores each cell's own lists, in bf16 where the CPU has it.
     """
     x = check_vectors(vectors)
     n = x.shape[0]
@@ -218,7 +221,7 @@ def knn_graph(
         return _knn_from_index(idx, x, k, batch_size, progress, {"method": kind})
     if kind == "cells":
         return _knn_cells(x, k, probe=probe, n_cells=n_cells, seed=seed, progress=progress,
-                          target_recall=target_recall, spill=spill, threshold=threshold)
+                          target_recall=target_recall, spill=spill, threshold=threshold, pairs_once=pairs_once)
     raise ValueError(f"unknown kNN method {kind!r}; expected auto, flat, cells, ivf or hnsw")
 
 
@@ -252,6 +255,7 @@ def _knn_cells(
     spill: int | None = None,
     threshold: float | None = None,
     tune_sample: int = TUNE_SAMPLE,
+    pairs_once: bool | None = None,
 ) -> KnnGraph:
     """The "cells" method (see the module doc): k-means cells, per-cell probe lists, blocked bf16 scoring."""
     import torch
@@ -270,11 +274,15 @@ def _knn_cells(
     rank = np.argsort(-csim, axis=1, kind="stable")
     a_max = min(nc, SPILL_MAX)
     info: dict[str, Any] = {"method": "cells", "cells": nc, "target_recall": target_recall}
-    dt = torch.bfloat16 if native_bf16() else torch.float32  # the candidate products' dtype
+    dt = torch.bfloat16 if native_bf16() and not pairs_once else torch.float32  # the candidate products' dtype
+    pairs_once = dt == torch.float32 if pairs_once is None else bool(pairs_once)
+    if pairs_once and spill is not None and spill > 1:
+        raise ValueError(f"pairs_once needs spill 1 (each row listed in its own cell only), got spill={spill}")
+    spill = 1 if pairs_once and spill is None else spill
     if probe is None or spill is None:
         probe, spill, threshold, info["estimated_recall"] = _tune(
             x, cent, labels, csim, rank, k, target_recall, tune_sample, seed, probe, spill, threshold, a_max,
-            pairs_once=dt == torch.float32)
+            pairs_once=pairs_once)
     probe = int(max(1, min(probe, nc)))
     spill = int(max(1, min(spill, a_max)))
     thr = np.inf if threshold is None else float(threshold)
@@ -292,7 +300,7 @@ def _knn_cells(
     starts = np.zeros(nc + 1, dtype=np.int64)
     np.cumsum(np.bincount(labels, minlength=nc), out=starts[1:])
     # float32 with one listing per row: lists made symmetric, each pair of cells multiplied once (`_score_pairs`)
-    info["pairs_once"] = dt == torch.float32 and spill == 1
+    info["pairs_once"] = pairs_once and spill == 1
     groups = _probe_groups(csim, rank, probe, thr, starts, symmetric=info["pairs_once"])
     listed, qrows = np.diff(mstart), np.diff(starts)
     scored = sum(int(listed[js].sum()) * int(qrows[cs].sum()) for cs, js in groups)

@@ -277,3 +277,16 @@ def test_reaching_finds_every_entry_at_or_above_its_column_bound():
     want = np.nonzero(sc >= bound)
     assert got == {(int(a), int(b)) for a, b in zip(*want, strict=True)} and r.size == want[0].size  # each once
     assert (7, 4) in got
+
+
+def test_pairs_once_can_be_turned_off_or_forced():
+    rng = np.random.default_rng(13)
+    x = _clustered(rng, 3000, 16, 20)
+    kw = dict(k=5, kind="cells", progress=False, n_cells=20)
+    off = knn_graph(x, pairs_once=False, **kw)
+    on = knn_graph(x, pairs_once=True, **kw)
+    assert not off.info["pairs_once"] and on.info["pairs_once"] and on.info["spill"] == 1
+    assert on.info["score_dtype"] == "float32"
+    assert recall_at_k(off, x, sample=300) >= 0.9 and recall_at_k(on, x, sample=300) >= 0.9
+    with pytest.raises(ValueError, match="pairs_once needs spill 1"):
+        knn_graph(x, pairs_once=True, spill=2, **kw)
