@@ -275,10 +275,11 @@ def _knn_cells(
     a_max = min(nc, SPILL_MAX)
     info: dict[str, Any] = {"method": "cells", "cells": nc, "target_recall": target_recall}
     dt = torch.bfloat16 if native_bf16() and not pairs_once else torch.float32  # the candidate products' dtype
+    if pairs_once:  # forced: spill 1, only the probe lists are tuned
+        if spill is not None and spill > 1:
+            raise ValueError(f"pairs_once needs spill 1 (each row listed in its own cell only), got spill={spill}")
+        spill = 1
     pairs_once = dt == torch.float32 if pairs_once is None else bool(pairs_once)
-    if pairs_once and spill is not None and spill > 1:
-        raise ValueError(f"pairs_once needs spill 1 (each row listed in its own cell only), got spill={spill}")
-    spill = 1 if pairs_once and spill is None else spill
     if probe is None or spill is None:
         probe, spill, threshold, info["estimated_recall"] = _tune(
             x, cent, labels, csim, rank, k, target_recall, tune_sample, seed, probe, spill, threshold, a_max,
