@@ -135,6 +135,14 @@ def _drop_self(cand_idx: np.ndarray, cand_sims: np.ndarray, rows: np.ndarray, k:
     return idx.astype(np.int64), sims.astype(np.float32)
 
 
+def _best_without_self(
+    cand_idx: np.ndarray, cand_sims: np.ndarray, rows: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of unordered candidates per row: by descending sim, ties by lower position, self dropped."""
+    srt = np.lexsort((cand_idx, -cand_sims), axis=1)
+    return _drop_self(np.take_along_axis(cand_idx, srt, axis=1), np.take_along_axis(cand_sims, srt, axis=1), rows, k)
+
+
 def exact_knn(vectors: np.ndarray, queries_positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force kNN (self excluded) of the rows at `queries_positions`: (neighbors int64 [Q,k], sims [Q,k])."""
     x = check_vectors(vectors)
@@ -427,11 +435,7 @@ def _score_groups(
                 else:  # exact float32 re-scoring
                     g = torch.index_select(xt, 0, gid.reshape(-1), out=gbuf[: gid.numel()]).view(qi.size, kk, d)
                     ex = torch.bmm(g, xq[:, :, None])[:, :, 0].numpy()
-                gid_np = gid.numpy()
-                srt = np.lexsort((gid_np, -ex), axis=1)
-                gid_np = np.take_along_axis(gid_np, srt, axis=1)
-                ex = np.take_along_axis(ex, srt, axis=1)
-                neighbors[qi], sims[qi] = _drop_self(gid_np, ex, qi, k)
+                neighbors[qi], sims[qi] = _best_without_self(gid.numpy(), ex, qi, k)
                 bar.update(qi.size)
     return KnnGraph(neighbors=neighbors, sims=sims)
 
@@ -465,8 +469,11 @@ def _per_row(
     return upd, out_s, out_i
 
 
-def _merge(best_s: np.ndarray, best_i: np.ndarray, rows: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> None:
-    """Fold candidates sims/ids [r, c] of the distinct `rows` into the per-row lists (kc best, unordered)."""
+def _merge(
+    best_s: np.ndarray, best_i: np.ndarray, bound: np.ndarray, rows: np.ndarray, sims: np.ndarray, ids: np.ndarray
+) -> None:
+    """Fold candidates sims/ids [r, c] of the distinct `rows` into the per-row lists (kc best, unordered) and
+    refresh those rows' bounds (the smallest sim in each list; -inf while a list has room)."""
     import torch
 
     s = np.concatenate([best_s[rows], sims], axis=1)
@@ -474,6 +481,7 @@ def _merge(best_s: np.ndarray, best_i: np.ndarray, rows: np.ndarray, sims: np.nd
     top = torch.topk(torch.from_numpy(s), best_s.shape[1], dim=1, sorted=False).indices.numpy()
     best_s[rows] = np.take_along_axis(s, top, axis=1)
     best_i[rows] = np.take_along_axis(i, top, axis=1)
+    bound[rows] = best_s[rows].min(axis=1)
 
 
 def _score_pairs(
@@ -503,7 +511,7 @@ def _score_pairs(
     kc = min(k + 1 + KEEP_EXTRA, n)
     best_s = np.full((n, kc), -np.inf, dtype=np.float32)
     best_i = np.full((n, kc), -1, dtype=np.int64)
-    bound = np.full(n, -np.inf, dtype=np.float32)  # min of best_s per row
+    bound = np.full(n, -np.inf, dtype=np.float32)  # min of best_s per row, kept by _merge
     group_of = np.full(nc, len(groups), dtype=np.int64)
     for g, (cells, _) in enumerate(groups):
         group_of[cells] = g
@@ -530,20 +538,12 @@ def _score_pairs(
                 rest = sc[:, e - s :]
                 hit_r, hit_c = _reaching(rest, bound[cand[e:]])
                 if hit_r.size:
-                    rows, top_s, top_i = _per_row(cand[e + hit_c], rest[hit_r, hit_c], q_ids[s + hit_r], kc)
-                    _merge(best_s, best_i, rows, top_s, top_i)
-                    bound[rows] = best_s[rows].min(axis=1)
+                    _merge(best_s, best_i, bound, *_per_row(cand[e + hit_c], rest[hit_r, hit_c], q_ids[s + hit_r], kc))
                 # by rows: the chunk's best among its own rows from s on and the later groups' rows
                 top = topk_columns(torch.from_numpy(sc), w, min(kc, w)).numpy()
-                rows = q_ids[s:e]
-                _merge(best_s, best_i, rows, np.take_along_axis(sc, top, axis=1), cand[s + top])
-                bound[rows] = best_s[rows].min(axis=1)
+                _merge(best_s, best_i, bound, q_ids[s:e], np.take_along_axis(sc, top, axis=1), cand[s + top])
                 bar.update(e - s)
-    srt = np.lexsort((best_i, -best_s), axis=1)
-    nb = np.take_along_axis(best_i, srt, axis=1)
-    sims = np.take_along_axis(best_s, srt, axis=1)
-    neighbors, out_sims = _drop_self(nb, sims, np.arange(n), k)
-    return KnnGraph(neighbors=neighbors, sims=out_sims)
+    return KnnGraph(*_best_without_self(best_i, best_s, np.arange(n), k))
 
 
 def _top_cells(x: np.ndarray, cent: np.ndarray, labels: np.ndarray, a: int, block: int = 65536) -> np.ndarray:

@@ -254,10 +254,13 @@ def test_merge_keeps_the_best_per_row_across_calls():
 
     best_s = np.full((3, 2), -np.inf, dtype=np.float32)
     best_i = np.full((3, 2), -1, dtype=np.int64)
+    bound = np.full(3, -np.inf, dtype=np.float32)
     rows, s, i = _per_row(np.array([2, 0, 0, 0]), np.array([0.1, 0.5, 0.7, 0.2], np.float32), np.array([6, 4, 5, 3]), 2)
     assert rows.tolist() == [0, 2] and i.tolist() == [[5, 4], [6, -1]]  # each row's 2 best, padded
-    _merge(best_s, best_i, rows, s, i)
-    _merge(best_s, best_i, np.array([0, 2]), np.array([[0.6], [0.3]], np.float32), np.array([[7], [8]]))
+    _merge(best_s, best_i, bound, rows, s, i)
+    np.testing.assert_allclose(bound, [0.5, -np.inf, -np.inf])  # row 2's list still has room
+    _merge(best_s, best_i, bound, np.array([0, 2]), np.array([[0.6], [0.3]], np.float32), np.array([[7], [8]]))
+    np.testing.assert_allclose(bound, [0.6, -np.inf, 0.1])
     order = np.argsort(-best_s, axis=1)
     np.testing.assert_array_equal(np.take_along_axis(best_i, order, axis=1), [[5, 7], [-1, -1], [8, 6]])
     np.testing.assert_allclose(np.take_along_axis(best_s, order, axis=1), [[0.7, 0.6], [-np.inf, -np.inf], [0.3, 0.1]])
