@@ -113,3 +113,30 @@ def test_lazy_refresh_skips_covered_rows_and_long_exact_checks_equal_naive():
         np.testing.assert_array_equal(r, rn)
         assert stats["refreshes"] >= 2
         assert 0 < stats["refresh_pairs"] < 0.5 * 4000 * 700
+
+
+@pytest.mark.parametrize(("budget", "initial"), [(1, None), (40, None), (300, None), (25, [3, 90, 400])])
+def test_stats_give_the_covering_radius_of_the_whole_selection(budget, initial):
+    """The covering radius in `stats` is the radius of the next greedy pick, exactly as the naive greedy gets it
+    with one more centre, and agrees with diversity.covering_radius (float32 products) within rounding."""
+    from index.diversity import covering_radius
+
+    rng = np.random.default_rng(budget)
+    x = clustered(rng, 2500, 24, 30, spread=0.6)
+    stats: dict = {}
+    o, _ = k_center_greedy(x, budget, seed=3, initial=initial, progress=False, pool_size=64, block=256,
+                           stats=stats)
+    on, rn = k_center_greedy_naive(x, budget + 1, seed=3, initial=initial)
+    np.testing.assert_array_equal(o, on[:budget])
+    assert stats["farthest"] == on[budget]
+    assert stats["covering_radius"] == rn[budget]
+    chosen = np.concatenate([np.asarray(initial or [], dtype=np.int64), o])
+    r, arg = covering_radius(x, chosen, return_argmax=True)
+    assert abs(r - stats["covering_radius"]) < 1e-5 and arg == stats["farthest"]
+
+
+def test_stats_covering_radius_is_zero_once_every_row_is_chosen():
+    x = clustered(np.random.default_rng(0), 50, 8, 3)
+    stats: dict = {}
+    k_center_greedy(x, 50, progress=False, stats=stats)
+    assert stats["covering_radius"] == 0.0 and stats["farthest"] == -1
