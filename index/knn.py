@@ -525,9 +525,14 @@ def _score_pairs(
                 hit_r, hit_c = reaching(rest, bound[cand[e:]])
                 if hit_r.size:
                     _merge(best_s, best_i, bound, *best_per_row(cand[e + hit_c], rest[hit_r, hit_c], q_ids[s + hit_r], kc))
-                # by rows: the chunk's best among its own rows from s on and the later groups' rows
-                top = topk_columns(torch.from_numpy(sc), w, min(kc, w)).numpy()
-                _merge(best_s, best_i, bound, q_ids[s:e], np.take_along_axis(sc, top, axis=1), cand[s + top])
+                # by rows: the chunk's best among its own rows from s on and the later groups' rows. Their lists
+                # are still empty (a row is a column only in the products of earlier chunks and groups, taken
+                # after this one), so the best are written, not merged
+                kk = min(kc, w)
+                top = topk_columns(torch.from_numpy(sc), w, kk).numpy()
+                rows, vals = q_ids[s:e], np.take_along_axis(sc, top, axis=1)
+                best_s[rows, :kk], best_i[rows, :kk] = vals, cand[s + top]
+                bound[rows] = vals.min(axis=1) if kk == kc else -np.inf
                 bar.update(e - s)
     return KnnGraph(*_best_without_self(best_i, best_s, np.arange(n), k))
 
