@@ -72,25 +72,30 @@ def build_index(
 ) -> dict:
     """Build the faiss index and the kNN graph (k neighbours, self excluded) of the current embeddings.
 
-    Writes <run>/index/{faiss.index, knn.npz, index.json}; recall@k is estimated on a sample when the index
-    is approximate. A stage (curate.stage): skipped when the embeddings and parameters are those of the
-    stored index.
+    Writes <run>/index/{faiss.index, knn.npz, index.json}; recall@k is estimated on a sample when the graph
+    is approximate. With kind="auto" the graph picks its own method, and past FLAT_MAX_ROWS rows the IVF search
+    index is built on the graph's cells (no second k-means). A stage (curate.stage): skipped when the
+    embeddings and parameters are those of the stored index.
     """
     rd = RunDir(run)
     out = rd.index_dir
     fp, _ = _fingerprint_and_vectors(run, load=False)
     key = _index_key(fp, kind, k, seed)
+    from index.faiss_index import FLAT_MAX_ROWS, ivf_from_cells, save_index
     from index.faiss_index import build_index as build_faiss
-    from index.faiss_index import save_index
     from index.knn import EXACT_MAX_ROWS, knn_graph, recall_at_k
 
     t0 = time.perf_counter()
     _, vectors = _fingerprint_and_vectors(run)
-    index = build_faiss(vectors, kind, seed=seed, progress=progress)
     if kind == "auto":  # the kNN layer picks its own best graph method (exact, or cell-partitioned at scale)
         graph = knn_graph(vectors, k=k, kind="auto", progress=progress, seed=seed)
         exact = len(vectors) <= EXACT_MAX_ROWS
+        if graph.cells is not None and len(vectors) > FLAT_MAX_ROWS:
+            index = ivf_from_cells(vectors, *graph.cells, seed=seed, progress=progress)
+        else:
+            index = build_faiss(vectors, kind, seed=seed, progress=progress)
     else:
+        index = build_faiss(vectors, kind, seed=seed, progress=progress)
         graph = knn_graph(vectors, k=k, index=index, progress=progress, seed=seed)
         exact = _is_exact(index)
     recall = None if exact else float(recall_at_k(graph, vectors, sample=min(recall_sample, len(vectors)), seed=seed))

@@ -108,6 +108,44 @@ def build_index(
     return index
 
 
+def ivf_from_cells(
+    vectors: np.ndarray,
+    centroids: np.ndarray,
+    labels: np.ndarray,
+    *,
+    nprobe: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    target_recall: float = TARGET_RECALL,
+) -> faiss.Index:
+    """An IVF inner-product index whose lists are a given partition (e.g. the kNN graph's cells): `centroids`
+    [C, d] form the coarse quantizer and row i goes to list labels[i], so no k-means or assignment is repeated.
+    nprobe=None tunes it to `target_recall` as `build_index` does."""
+    import faiss
+    from faiss.contrib.ivf_tools import add_preassigned
+    from tqdm.auto import tqdm
+
+    x = check_vectors(vectors)
+    cent = check_vectors(centroids, "centroids")
+    lab = np.asarray(labels, dtype=np.int64)
+    n, d = x.shape
+    nl = cent.shape[0]
+    if cent.shape[1] != d:
+        raise ValueError(f"centroids have dimension {cent.shape[1]} but vectors have {d}")
+    if lab.shape != (n,) or (n and (lab.min() < 0 or lab.max() >= nl)):
+        raise ValueError(f"labels must be {n} list numbers in 0..{nl - 1}")
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(cent)
+    index = faiss.IndexIVFFlat(quantizer, d, nl, faiss.METRIC_INNER_PRODUCT)
+    index.is_trained = True  # faiss's wrapper keeps `quantizer` referenced by the index
+    step = 65536
+    for s in tqdm(range(0, n, step), desc="ivf add", unit="blocks", disable=not progress):
+        add_preassigned(index, x[s : s + step], lab[s : s + step])
+    index.nprobe = int(max(1, min(nprobe, nl))) if nprobe is not None else tune_nprobe(
+        index, x, target_recall=target_recall, seed=seed)
+    return index
+
+
 def _add_in_batches(index: faiss.Index, x: np.ndarray, progress: bool, desc: str, batch: int = 65536) -> None:
     from tqdm.auto import tqdm
 

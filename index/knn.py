@@ -65,11 +65,15 @@ QUERY_STEP = 4096
 @dataclass
 class KnnGraph:
     """kNN graph: `neighbors` int64 [N, k] pool positions (self excluded, -1 if missing, then sim 0);
-    `sims` float32 [N, k] cosine similarities, descending per row; `info`: how it was built (not saved)."""
+    `sims` float32 [N, k] cosine similarities, descending per row; `info`: how it was built; `cells`: the
+    "cells" method's partition (unit centroids float32 [C, d], cell of each row int64 [N]), from which
+    `index.faiss_index.ivf_from_cells` builds a search index without a second k-means (info and cells: not saved).
+    """
 
     neighbors: np.ndarray
     sims: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    cells: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.neighbors = np.asarray(self.neighbors, dtype=np.int64)
@@ -338,6 +342,7 @@ def _knn_cells(
             graph = _score_groups(read_only_tensor(x), k, groups, order, starts, members, mstart, spill > 1, dt,
                                   progress, desc)
     graph.info = info
+    graph.cells = (cent.astype(np.float32), labels)
     return graph
 
 

@@ -72,3 +72,34 @@ def test_bad_input_errors(tmp_path):
     idx = build_index(np.eye(4, dtype=np.float32))
     with pytest.raises(ValueError, match="dimension"):
         search(idx, np.ones((1, 3), dtype=np.float32), 1)
+
+
+def test_ivf_from_cells_lists_the_given_partition_and_tunes_nprobe(tmp_path):
+    """The lists are exactly the given cells (no k-means of its own); nprobe reaches the target recall on the
+    tuning sample; the index saves and loads like any other."""
+    import faiss
+
+    from index.faiss_index import TARGET_RECALL, exact_search, ivf_from_cells
+
+    rng = np.random.default_rng(4)
+    x = _clustered(rng, 3000, 16, 25)
+    cent = x[rng.choice(3000, 40, replace=False)]
+    labels = np.argmax(x @ cent.T, axis=1)
+    idx = ivf_from_cells(x, cent, labels, seed=2)
+    invlists = faiss.extract_index_ivf(idx).invlists
+    for j in range(40):
+        got = faiss.rev_swig_ptr(invlists.get_ids(j), invlists.list_size(j)).copy()
+        np.testing.assert_array_equal(np.sort(got), np.flatnonzero(labels == j))
+    q = x[np.sort(np.random.default_rng(3).choice(3000, 1000, replace=False))]  # tune_nprobe's sample (seed + 1)
+    _, exact = exact_search(x, q, 10)
+    _, got = search(idx, q, 10)
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(got, exact, strict=True)])
+    assert recall >= TARGET_RECALL and 1 <= idx.nprobe < 40
+    save_index(idx, tmp_path / "cells.faiss")
+    back = load_index(tmp_path / "cells.faiss")
+    np.testing.assert_array_equal(search(back, q[:20], 5)[1], got[:20, :5])
+    assert ivf_from_cells(x, cent, labels, nprobe=3).nprobe == 3
+    with pytest.raises(ValueError, match="list numbers"):
+        ivf_from_cells(x, cent, np.full(3000, 40))
+    with pytest.raises(ValueError, match="dimension"):
+        ivf_from_cells(x, cent[:, :8], labels)

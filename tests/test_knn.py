@@ -62,6 +62,12 @@ def test_cells_method_recall_and_exact_scores():
     ref = np.einsum("id,ikd->ik", x[rows], x[g.neighbors[rows]])
     np.testing.assert_allclose(g.sims[rows], ref, atol=1e-5)
     assert (np.diff(g.sims, axis=1) <= 1e-6).all()
+    # the partition comes with the graph (for a search index on it): unit centroids, each row in its nearest
+    cent, labels = g.cells
+    assert cent.shape == (g.info["cells"], 32) and labels.shape == (8000,)
+    np.testing.assert_allclose(np.linalg.norm(cent, axis=1), 1.0, atol=1e-5)
+    assert np.mean(np.argmax(x @ cent.T, axis=1) == labels) > 0.999
+    assert knn_graph(x[:500], k=5, kind="flat", progress=False).cells is None
     # probing every cell is exact
     full = knn_graph(x[:2000], k=10, kind="cells", progress=False, n_cells=8, probe=8, spill=1)
     ref = knn_graph(x[:2000], k=10, kind="flat", progress=False)

@@ -35,6 +35,28 @@ def tiny_run(tmp_path, monkeypatch):
     return rd, state
 
 
+def test_index_stage_builds_its_search_index_on_the_graphs_cells_at_scale(tiny_run, monkeypatch):
+    """Past FLAT_MAX_ROWS (lowered here) the auto index is an IVF whose lists are the kNN graph's cells."""
+    import faiss
+
+    import index.faiss_index as fi
+    import index.knn as knn_mod
+
+    rd, state = tiny_run
+    monkeypatch.setattr(fi, "FLAT_MAX_ROWS", 100)
+    monkeypatch.setattr(knn_mod, "EXACT_MAX_ROWS", 100)
+    built = []
+    real = fi.ivf_from_cells
+    monkeypatch.setattr(fi, "ivf_from_cells", lambda x, c, lab, **kw: built.append(lab) or real(x, c, lab, **kw))
+    monkeypatch.setattr(fi, "build_index", lambda *a, **kw: pytest.fail("a second k-means"))
+    info = map_stage.build_index(rd.root, k=5, progress=False)
+    assert info["index_class"] == "IndexIVFFlat" and info["graph"]["method"] == "cells" and info["recall_at_k"] > 0.5
+    loaded = fi.load_index(rd.index_dir / "faiss.index")
+    ivf = faiss.extract_index_ivf(loaded)  # a view: `loaded` must stay alive
+    assert ivf.ntotal == N and ivf.nlist == info["graph"]["cells"]
+    assert [ivf.invlists.list_size(j) for j in range(ivf.nlist)] == np.bincount(built[0], minlength=ivf.nlist).tolist()
+
+
 def test_build_index_and_map_pool(tiny_run):
     rd, state = tiny_run
     vec = state["vectors"]
