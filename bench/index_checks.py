@@ -1,10 +1,8 @@
-"""What the index layer's checks and its saved search index cost, each new way against the old, in one process.
+"""What k-center's covering radius and the saved search index cost, each new way against the old, in one process.
 
     flock /tmp/curate-bench.lock .venv/bin/python bench/index_checks.py --n 1000000
 
 On `bench/index_scale.py`'s synthetic rows (or `--vectors`, a float32 [N, d] .npy of L2-normalised rows):
-- recall@10 of the kNN graph on 10,000 queries: the exact search with each query's floor (its k-th similarity in
-  the graph) against the plain exact search, run A B B A;
 - k-center to 10,000 with its covering radius in `stats` (one more greedy step) against k-center followed by
   the separate exact pass `index.diversity.covering_radius`;
 - the index stage's saved search index past 200k rows: IVF lists from the graph's cells (`ivf_from_cells`)
@@ -33,11 +31,11 @@ def timed(fn, *args, **kw):
 
 
 def main() -> None:
-    import index.knn as knn_mod
     from bench.index_scale import synthetic
     from index.diversity import covering_radius
     from index.faiss_index import build_index, ivf_from_cells
     from index.kcenter import k_center_greedy
+    from index.knn import knn_graph
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="synthetic rows (ignored with --vectors)")
@@ -47,17 +45,7 @@ def main() -> None:
     x = synthetic(a.n) if a.vectors is None else np.ascontiguousarray(np.load(a.vectors), dtype=np.float32)
     n = x.shape[0]
     res: dict = {"n": n, "source": a.vectors or "synthetic"}
-    g, res["knn_seconds"] = timed(knn_mod.knn_graph, x, k=10, progress=False)
-
-    plain_search = knn_mod.exact_search
-    runs: dict[str, list] = {"floor": [], "plain": []}
-    for name in ("floor", "plain", "plain", "floor"):
-        knn_mod.exact_search = plain_search if name == "floor" else (
-            lambda *args, floor=None, **kw: plain_search(*args, **kw))
-        r, s = timed(knn_mod.recall_at_k, g, x, sample=min(10_000, n), seed=0)
-        runs[name].append({"seconds": s, "recall_at_10": r})
-    knn_mod.exact_search = plain_search
-    res["recall_check"] = runs
+    g, res["knn_seconds"] = timed(knn_graph, x, k=10, progress=False)
 
     b = min(10_000, n // 10)
     stats: dict = {}

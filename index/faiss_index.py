@@ -201,32 +201,15 @@ def read_only_tensor(a: np.ndarray):
 TIE_EXTRA = 8
 #: column blocks of the block-maxima top-k (see topk_columns).
 TOPK_BLOCK = 32
-#: rows per block whose maximum is taken first when a product is read by columns (`reaching`).
-HIT_BLOCK = 16
-#: scores per product in exact_search with a floor (64 MB of float32).
-SCORE_ELEMS_FLOOR = 1 << 24
 
 
 def exact_search(
-    x: np.ndarray,
-    queries: np.ndarray,
-    k: int,
-    block: int = 65536,
-    query_block: int = 1024,
-    floor: np.ndarray | None = None,
+    x: np.ndarray, queries: np.ndarray, k: int, block: int = 65536, query_block: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products of `queries` against all rows of `x`: float32 matrix products of query blocks
     against row blocks and a top-k per block, merged (ties by lower position; more than TIE_EXTRA rows tied at
     the k-th score of one block break arbitrarily). The products run in numpy's BLAS (see `index.cpu`), the
-    top-k by block maxima in torch: 1.6x torch's product + top-k on a 2-core AMD EPYC (108 vs 67 GFLOP/s).
-
-    `floor` [Q] (optional): a score each query's k-th best is known to reach, e.g. the k-th similarity of an
-    approximate neighbour list. Those queries keep only the scores at or above it (`reaching`), which leaves
-    little besides the products; a query whose floor was too high (fewer than k scores reach it) is searched
-    again without one, so the result is exact either way, and ties all break by lower position.
-    """
-    if floor is not None:
-        return _search_with_floor(x, queries, k, np.asarray(floor, dtype=np.float32), block, query_block)
+    top-k by block maxima in torch: 1.6x torch's product + top-k on a 2-core AMD EPYC (108 vs 67 GFLOP/s)."""
     import torch
 
     nq = queries.shape[0]
@@ -249,38 +232,6 @@ def exact_search(
                 idx[a : a + qb.shape[0]] = cols.numpy() + s
             best_s, best_i = _merge_topk(best_s, best_i, sims, idx, k)
     return best_s, best_i
-
-
-def _search_with_floor(
-    x: np.ndarray, queries: np.ndarray, k: int, floor: np.ndarray, block: int, query_block: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """exact_search for queries with a floor: products of row blocks against all queries ([rows, queries],
-    about SCORE_ELEMS_FLOOR scores each), read by columns against the floors; the others go the plain way."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    nq, n = q.shape[0], x.shape[0]
-    if floor.shape != (nq,):
-        raise ValueError(f"floor has shape {floor.shape}, expected ({nq},)")
-    kk = min(k, n)
-    sims = np.full((nq, k), -np.inf, dtype=np.float32)
-    idx = np.full((nq, k), -1, dtype=np.int64)
-    use = np.flatnonzero(np.isfinite(floor))
-    if use.size:
-        qt = np.ascontiguousarray(q[use].T)
-        step = max(HIT_BLOCK, SCORE_ELEMS_FLOOR // use.size // HIT_BLOCK * HIT_BLOCK)
-        buf = np.empty(min(step, n) * use.size, dtype=np.float32)
-        parts = []
-        for s in range(0, n, step):
-            xb = np.ascontiguousarray(x[s : s + step], dtype=np.float32)
-            sc = np.matmul(xb, qt, out=buf[: xb.shape[0] * use.size].reshape(xb.shape[0], use.size))
-            r, c = reaching(sc, floor[use])
-            parts.append((c, sc[r, c], r + s))
-        c, v, r = (np.concatenate(p) for p in zip(*parts, strict=True))
-        got, s_, i_ = best_per_row(c, v, r, k)
-        sims[use[got]], idx[use[got]] = s_, i_
-    redo = np.flatnonzero(idx[:, kk - 1] < 0) if kk else np.zeros(0, dtype=np.int64)
-    if redo.size:  # no floor, or one above the query's k-th score
-        sims[redo], idx[redo] = exact_search(x, q[redo], k, block, query_block)
-    return sims, idx
 
 
 def topk_columns(sc, m: int, kk: int):
@@ -308,35 +259,6 @@ def topk_columns(sc, m: int, kk: int):
         cols = torch.cat([cols, torch.arange(body, mp).expand(q, -1)], dim=1)
     sub = torch.gather(sc, 1, cols)
     return torch.gather(cols, 1, torch.topk(sub, kk, dim=1, sorted=False).indices)
-
-
-def reaching(sc: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, columns) of the entries of `sc` [q, w] at or above their column's `bound`, found through the
-    maxima of HIT_BLOCK-row blocks (one pass over `sc`, then only the few blocks whose maximum reaches)."""
-    q, w = sc.shape
-    nb = q // HIT_BLOCK
-    blk, col = np.nonzero(sc[: nb * HIT_BLOCK].reshape(nb, HIT_BLOCK, w).max(axis=1) >= bound)
-    rows = blk[:, None] * HIT_BLOCK + np.arange(HIT_BLOCK)
-    r, c = np.nonzero(sc[rows, col[:, None]] >= bound[col][:, None])
-    tail_r, tail_c = np.nonzero(sc[nb * HIT_BLOCK :] >= bound)  # rows past the last whole block
-    return np.concatenate([rows[r, c], tail_r + nb * HIT_BLOCK]), np.concatenate([col[r], tail_c])
-
-
-def best_per_row(
-    rows: np.ndarray, sims: np.ndarray, ids: np.ndarray, kc: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat candidates (rows may repeat) as (unique rows, sims [u, kc], ids [u, kc]): each row's kc best in
-    descending order, ties by lower id, padded with -inf / -1."""
-    o = np.lexsort((ids, -sims, rows))
-    rows, sims, ids = rows[o], sims[o], ids[o]
-    upd, first, cnt = np.unique(rows, return_index=True, return_counts=True)
-    pos = np.arange(rows.size) - np.repeat(first, cnt)
-    keep = pos < kc
-    at = (np.repeat(np.arange(upd.size), cnt)[keep], pos[keep])
-    out_s = np.full((upd.size, kc), -np.inf, dtype=np.float32)
-    out_i = np.full((upd.size, kc), -1, dtype=np.int64)
-    out_s[at], out_i[at] = sims[keep], ids[keep]
-    return upd, out_s, out_i
 
 
 def _merge_topk(

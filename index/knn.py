@@ -30,15 +30,7 @@ from typing import Any
 import numpy as np
 
 from index.cpu import native_bf16
-from index.faiss_index import (
-    TOPK_BLOCK,
-    best_per_row,
-    check_vectors,
-    exact_search,
-    reaching,
-    read_only_tensor,
-    topk_columns,
-)
+from index.faiss_index import TOPK_BLOCK, check_vectors, exact_search, read_only_tensor, topk_columns
 from index.io import atomic_path
 
 #: knn_graph(kind="auto") is exact up to this many rows (all pairs: 50k x 50k x 384 takes ~15 s here).
@@ -56,10 +48,10 @@ KEEP_EXTRA = 5
 SCORE_ELEMS = 1 << 27
 #: similarity below the k-th exact neighbour's that recall_at_k still counts as a tie (float32 rounding).
 TIE_TOL = 1e-6
-#: recall_at_k's floor sits this far below a graph's k-th similarity (products rounded another way).
-FLOOR_SLACK = 1e-5
 #: most query rows per matrix product.
 QUERY_STEP = 4096
+#: rows per block whose maximum is taken first when a product is read by columns (`_reaching`).
+HIT_BLOCK = 16
 
 
 @dataclass
@@ -155,17 +147,14 @@ def _best_without_self(
     return _drop_self(np.take_along_axis(cand_idx, srt, axis=1), np.take_along_axis(cand_sims, srt, axis=1), rows, k)
 
 
-def exact_knn(
-    vectors: np.ndarray, queries_positions: np.ndarray, k: int, floor: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force kNN (self excluded) of the rows at `queries_positions`: (neighbors int64 [Q,k], sims [Q,k]).
-    `floor`: a similarity each query's k-th neighbour is known to reach (a speed hint; see `exact_search`)."""
+def exact_knn(vectors: np.ndarray, queries_positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force kNN (self excluded) of the rows at `queries_positions`: (neighbors int64 [Q,k], sims [Q,k])."""
     x = check_vectors(vectors)
     pos = np.asarray(queries_positions, dtype=np.int64)
     if pos.size and (pos.min() < 0 or pos.max() >= x.shape[0]):
         raise ValueError(f"queries_positions out of range 0..{x.shape[0] - 1}")
     kk = min(k + 1, x.shape[0])
-    sims, idx = exact_search(x, x[pos], kk, floor=floor)  # self is one of the k + 1: the floor still holds
+    sims, idx = exact_search(x, x[pos], kk)
     return _drop_self(idx, sims, pos, k)
 
 
@@ -175,8 +164,6 @@ def recall_at_k(graph: KnnGraph, vectors: np.ndarray, sample: int = 10_000, seed
     Ties count as found: a returned neighbour at least as similar as the k-th exact one (within float32 rounding,
     TIE_TOL) is a hit. Among exact duplicates any k of them are right, while matching ids would call all but the
     lowest-numbered ones misses (on BIG-bench-like vectors, 0.85 by ids against 0.98 with ties).
-    The exact search keeps only scores at or above each query's k-th similarity in the graph (a real neighbour's,
-    so the exact k-th reaches it): the products are nearly all of its cost.
     """
     x = check_vectors(vectors)
     n = x.shape[0]
@@ -184,9 +171,7 @@ def recall_at_k(graph: KnnGraph, vectors: np.ndarray, sample: int = 10_000, seed
         raise ValueError(f"graph has {graph.n} rows but vectors have {n}")
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-    full = (graph.neighbors[rows] >= 0).all(axis=1)
-    floor = np.where(full, graph.sims[rows].min(axis=1).astype(np.float64) - FLOOR_SLACK, -np.inf)
-    ex, ex_sims = exact_knn(x, rows, graph.k, floor=floor)
+    ex, ex_sims = exact_knn(x, rows, graph.k)
     got = graph.neighbors[rows]
     hits = 0
     total = 0
@@ -460,6 +445,35 @@ def _score_groups(
     return KnnGraph(neighbors=neighbors, sims=sims)
 
 
+def _reaching(sc: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the entries of `sc` [q, w] at or above their column's `bound`, found through the
+    maxima of HIT_BLOCK-row blocks (one pass over `sc`, then only the few blocks whose maximum reaches)."""
+    q, w = sc.shape
+    nb = q // HIT_BLOCK
+    blk, col = np.nonzero(sc[: nb * HIT_BLOCK].reshape(nb, HIT_BLOCK, w).max(axis=1) >= bound)
+    rows = blk[:, None] * HIT_BLOCK + np.arange(HIT_BLOCK)
+    r, c = np.nonzero(sc[rows, col[:, None]] >= bound[col][:, None])
+    tail_r, tail_c = np.nonzero(sc[nb * HIT_BLOCK :] >= bound)  # rows past the last whole block
+    return np.concatenate([rows[r, c], tail_r + nb * HIT_BLOCK]), np.concatenate([col[r], tail_c])
+
+
+def _per_row(
+    rows: np.ndarray, sims: np.ndarray, ids: np.ndarray, kc: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat candidates (rows may repeat) as (unique rows, sims [u, kc], ids [u, kc]): each row's kc best,
+    padded with -inf / -1."""
+    o = np.lexsort((-sims, rows))
+    rows, sims, ids = rows[o], sims[o], ids[o]
+    upd, first, cnt = np.unique(rows, return_index=True, return_counts=True)
+    pos = np.arange(rows.size) - np.repeat(first, cnt)
+    keep = pos < kc
+    at = (np.repeat(np.arange(upd.size), cnt)[keep], pos[keep])
+    out_s = np.full((upd.size, kc), -np.inf, dtype=np.float32)
+    out_i = np.full((upd.size, kc), -1, dtype=np.int64)
+    out_s[at], out_i[at] = sims[keep], ids[keep]
+    return upd, out_s, out_i
+
+
 def _merge(
     best_s: np.ndarray, best_i: np.ndarray, bound: np.ndarray, rows: np.ndarray, sims: np.ndarray, ids: np.ndarray
 ) -> None:
@@ -491,7 +505,7 @@ def _score_pairs(
     `_score_groups` does); read by columns, it gives the other rows theirs. Groups and chunks are taken last
     first, so every column's row already holds its best among the candidates after it, and only the entries
     that reach that row's kc-th best so far (its bound) are kept: a small share, found through block maxima
-    (`reaching`). Same candidates per row as `_score_groups` given the same groups, so the same neighbours (ties
+    (`_reaching`). Same candidates per row as `_score_groups` given the same groups, so the same neighbours (ties
     aside), for about half the products.
     """
     import torch
@@ -527,9 +541,9 @@ def _score_pairs(
                 sc = np.matmul(cb[s:e], cb[s:].T, out=sbuf[: (e - s) * w].reshape(e - s, w))
                 # by columns: rows after the chunk take the entries that reach their bound
                 rest = sc[:, e - s :]
-                hit_r, hit_c = reaching(rest, bound[cand[e:]])
+                hit_r, hit_c = _reaching(rest, bound[cand[e:]])
                 if hit_r.size:
-                    _merge(best_s, best_i, bound, *best_per_row(cand[e + hit_c], rest[hit_r, hit_c], q_ids[s + hit_r], kc))
+                    _merge(best_s, best_i, bound, *_per_row(cand[e + hit_c], rest[hit_r, hit_c], q_ids[s + hit_r], kc))
                 # by rows: the chunk's best among its own rows from s on and the later groups' rows. Their lists
                 # are still empty (a row is a column only in the products of earlier chunks and groups, taken
                 # after this one), so the best are written, not merged

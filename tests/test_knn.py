@@ -256,13 +256,12 @@ def test_symmetric_probe_lists_add_the_cells_that_probe_a_cell():
 
 
 def test_merge_keeps_the_best_per_row_across_calls():
-    from index.faiss_index import best_per_row
-    from index.knn import _merge
+    from index.knn import _merge, _per_row
 
     best_s = np.full((3, 2), -np.inf, dtype=np.float32)
     best_i = np.full((3, 2), -1, dtype=np.int64)
     bound = np.full(3, -np.inf, dtype=np.float32)
-    rows, s, i = best_per_row(np.array([2, 0, 0, 0]), np.array([0.1, 0.5, 0.7, 0.2], np.float32), np.array([6, 4, 5, 3]), 2)
+    rows, s, i = _per_row(np.array([2, 0, 0, 0]), np.array([0.1, 0.5, 0.7, 0.2], np.float32), np.array([6, 4, 5, 3]), 2)
     assert rows.tolist() == [0, 2] and i.tolist() == [[5, 4], [6, -1]]  # each row's 2 best, padded
     _merge(best_s, best_i, bound, rows, s, i)
     np.testing.assert_allclose(bound, [0.5, -np.inf, -np.inf])  # row 2's list still has room
@@ -274,7 +273,7 @@ def test_merge_keeps_the_best_per_row_across_calls():
 
 
 def test_reaching_finds_every_entry_at_or_above_its_column_bound():
-    from index.faiss_index import HIT_BLOCK, reaching
+    from index.knn import HIT_BLOCK, _reaching
 
     rng = np.random.default_rng(12)
     full = rng.standard_normal((3 * HIT_BLOCK + 5, 40)).astype(np.float32)  # rows past the last whole block too
@@ -282,7 +281,7 @@ def test_reaching_finds_every_entry_at_or_above_its_column_bound():
     bound = np.quantile(sc, 0.97, axis=0).astype(np.float32)
     bound[:4] = -np.inf  # columns with no bound yet take every entry
     bound[4] = sc[7, 4]  # an entry exactly at its bound counts
-    r, c = reaching(sc, bound)
+    r, c = _reaching(sc, bound)
     got = {(int(a), int(b)) for a, b in zip(r, c, strict=True)}
     want = np.nonzero(sc >= bound)
     assert got == {(int(a), int(b)) for a, b in zip(*want, strict=True)} and r.size == want[0].size  # each once
@@ -300,41 +299,3 @@ def test_pairs_once_can_be_turned_off_or_forced():
     assert recall_at_k(off, x, sample=300) >= 0.9 and recall_at_k(on, x, sample=300) >= 0.9
     with pytest.raises(ValueError, match="pairs_once needs spill 1"):
         knn_graph(x, pairs_once=True, spill=2, **kw)
-
-
-def test_exact_search_with_a_floor_equals_the_plain_search_and_redoes_queries_whose_floor_was_too_high():
-    """Floors only prune: queries whose floor is low, exact, infinite, or above their k-th score (searched again)
-    all get the plain search's answer, ties by lower position."""
-    from index.faiss_index import exact_search
-
-    rng = np.random.default_rng(21)
-    x = unit_rows(rng, 700, 12)
-    x[300:306] = x[40]  # tied rows
-    q = x[[40, 1, 2, 3, 4, 5, 699]]
-    want_s, want_i = exact_search(x, q, 7, block=128, query_block=3)
-    s = q @ x.T
-    kth = -np.sort(-s, axis=1)[:, 6]
-    floor = (kth - 0.05).astype(np.float32)
-    floor[1] = kth[1]  # exactly the k-th score: still found
-    floor[2] = -np.inf  # no hint
-    floor[3] = kth[3] + 1e-3  # too high: fewer than k reach it, searched again
-    floor[4] = -0.9  # far below: many entries, same answer
-    got_s, got_i = exact_search(x, q, 7, block=128, query_block=3, floor=floor)
-    np.testing.assert_array_equal(got_i, want_i)
-    np.testing.assert_allclose(got_s, want_s, atol=1e-6)
-    assert got_i[0].tolist()[:7] == [40, 300, 301, 302, 303, 304, 305]
-    with pytest.raises(ValueError, match="floor"):
-        exact_search(x, q, 7, floor=floor[:3])
-
-
-def test_recall_with_the_graphs_floor_equals_recall_from_a_plain_exact_search(monkeypatch):
-    import index.knn as knn_mod
-
-    rng = np.random.default_rng(22)
-    x = clustered(rng, 3000, 16, 20)
-    g = knn_graph(x, k=10, kind="cells", n_cells=40, probe=2, progress=False)
-    fast = recall_at_k(g, x, sample=500, seed=1)
-    plain = knn_mod.exact_search
-    monkeypatch.setattr(knn_mod, "exact_search", lambda *a, floor=None, **kw: plain(*a, **kw))
-    assert recall_at_k(g, x, sample=500, seed=1) == fast
-    assert 0.5 < fast < 1.0  # a graph that misses some neighbours: the floors are below some exact k-th
