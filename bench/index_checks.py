@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def timed(fn, *args, **kw):
-    t = time.perf_counter()
-    out = fn(*args, **kw)
-    return out, time.perf_counter() - t
-
-
 def main() -> None:
-    from bench.index_scale import synthetic
+    from bench.index_scale import synthetic, timed
     from index.diversity import covering_radius
     from index.faiss_index import build_index, ivf_from_cells
     from index.kcenter import k_center_greedy

@@ -42,7 +42,7 @@ def test_index_stage_builds_its_search_index_on_the_graphs_cells_at_scale(tiny_r
     import index.faiss_index as fi
     import index.knn as knn_mod
 
-    rd, state = tiny_run
+    rd, _ = tiny_run
     monkeypatch.setattr(fi, "FLAT_MAX_ROWS", 100)
     monkeypatch.setattr(knn_mod, "EXACT_MAX_ROWS", 100)
     built = []
