@@ -100,12 +100,7 @@ def build_index(
     index.cp.max_points_per_centroid = TRAIN_PER_LIST + 1  # already sampled: no second subsample
     index.cp.niter = 10  # 10 Lloyd iterations (faiss default 25): the lists only need to be reasonable
     index.train(x[train_rows])
-    _add_in_batches(index, x, progress, "ivf add")
-    if nprobe is not None:
-        index.nprobe = int(max(1, min(nprobe, nl)))
-    else:
-        index.nprobe = tune_nprobe(index, x, target_recall=target_recall, seed=seed)
-    return index
+    return _fill_ivf(index, x, progress, nprobe, target_recall, seed)
 
 
 def ivf_from_cells(
@@ -122,8 +117,6 @@ def ivf_from_cells(
     [C, d] form the coarse quantizer and row i goes to list labels[i], so no k-means or assignment is repeated.
     nprobe=None tunes it to `target_recall` as `build_index` does."""
     import faiss
-    from faiss.contrib.ivf_tools import add_preassigned
-    from tqdm.auto import tqdm
 
     x = check_vectors(vectors)
     cent = check_vectors(centroids, "centroids")
@@ -138,20 +131,36 @@ def ivf_from_cells(
     quantizer.add(cent)
     index = faiss.IndexIVFFlat(quantizer, d, nl, faiss.METRIC_INNER_PRODUCT)
     index.is_trained = True  # faiss's wrapper keeps `quantizer` referenced by the index
-    step = 65536
-    for s in tqdm(range(0, n, step), desc="ivf add", unit="blocks", disable=not progress):
-        add_preassigned(index, x[s : s + step], lab[s : s + step])
-    index.nprobe = int(max(1, min(nprobe, nl))) if nprobe is not None else tune_nprobe(
-        index, x, target_recall=target_recall, seed=seed)
+    return _fill_ivf(index, x, progress, nprobe, target_recall, seed, labels=lab)
+
+
+def _fill_ivf(
+    index: faiss.Index, x: np.ndarray, progress: bool, nprobe: int | None, target_recall: float, seed: int,
+    labels: np.ndarray | None = None,
+) -> faiss.Index:
+    """Add every row to a trained IVF index (to list labels[i] when given) and set nprobe (None: tuned)."""
+    _add_in_batches(index, x, progress, "ivf add", labels)
+    if nprobe is not None:
+        index.nprobe = int(max(1, min(nprobe, index.nlist)))
+    else:
+        index.nprobe = tune_nprobe(index, x, target_recall=target_recall, seed=seed)
     return index
 
 
-def _add_in_batches(index: faiss.Index, x: np.ndarray, progress: bool, desc: str, batch: int = 65536) -> None:
+def _add_in_batches(
+    index: faiss.Index, x: np.ndarray, progress: bool, desc: str, labels: np.ndarray | None = None,
+    batch: int = 65536,
+) -> None:
+    """Add rows in batches with a progress bar; with `labels` (IVF only) row i goes to list labels[i]."""
+    from faiss.contrib.ivf_tools import add_preassigned
     from tqdm.auto import tqdm
 
     with tqdm(total=x.shape[0], desc=desc, unit="rows", disable=not progress) as bar:
         for s in range(0, x.shape[0], batch):
-            index.add(x[s : s + batch])
+            if labels is None:
+                index.add(x[s : s + batch])
+            else:
+                add_preassigned(index, x[s : s + batch], labels[s : s + batch])
             bar.update(min(batch, x.shape[0] - s))
 
 
