@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from index.cpu import native_bf16
-from index.faiss_index import TOPK_BLOCK, check_vectors, exact_search, read_only_tensor, topk_columns
+from index.faiss_index import TIE_TOL, TOPK_BLOCK, check_vectors, exact_search, read_only_tensor, topk_columns
 from index.io import atomic_path
 
 #: knn_graph(kind="auto") is exact up to this many rows (all pairs: 50k x 50k x 384 takes ~15 s here).
@@ -46,8 +46,6 @@ KEEP_EXTRA = 5
 #: scores per matrix product (bounds the score buffer: 2 bytes each in bf16, 4 in float32). Large enough for
 #: ~900 query rows against 150k candidates: BLAS ran 105 GFLOP/s with 223 rows there, 131 with 894 (AMD EPYC).
 SCORE_ELEMS = 1 << 27
-#: similarity below the k-th exact neighbour's that recall_at_k still counts as a tie (float32 rounding).
-TIE_TOL = 1e-6
 #: most query rows per matrix product.
 QUERY_STEP = 4096
 #: rows per block whose maximum is taken first when a product is read by columns (`_reaching`).

@@ -103,3 +103,26 @@ def test_ivf_from_cells_lists_the_given_partition_and_tunes_nprobe(tmp_path):
         ivf_from_cells(x, cent, np.full(3000, 40))
     with pytest.raises(ValueError, match="dimension"):
         ivf_from_cells(x, cent[:, :8], labels)
+
+
+def test_tune_nprobe_counts_tied_duplicates_as_found():
+    """50 distinct rows, each 20 times: any 10 copies are a row's exact 10 nearest. The lists hold the copies in
+    reverse id order, so the index returns other copies than exact search does (which breaks ties by lower id);
+    counted by ids that would look like recall 0 and push nprobe to every list, counted with ties it is 1."""
+    import faiss
+
+    from index.faiss_index import exact_search, tune_nprobe
+
+    x = np.repeat(unit_rows(np.random.default_rng(5), 50, 16), 20, axis=0)
+    quantizer = faiss.IndexFlatIP(16)
+    ivf = faiss.IndexIVFFlat(quantizer, 16, 8, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(x)
+    order = np.arange(x.shape[0])[::-1].copy()
+    ivf.add_with_ids(x[order], order.astype(np.int64))
+    q = x[np.sort(np.random.default_rng(1).choice(x.shape[0], 1000, replace=False))]  # tune_nprobe's sample
+    _, exact = exact_search(x, q, 10)
+    ivf.nprobe = 8
+    _, got = ivf.search(q, 10)
+    by_ids = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(got, exact, strict=True)])
+    assert by_ids < 0.5  # the ids differ: the test can tell the two counts apart
+    assert tune_nprobe(ivf, x, target_recall=0.95) == 1
