@@ -11,8 +11,9 @@ Steps (each resumes: finished training runs and signals are not redone):
 3. ILA's reference model (`train_reference`: LoRA on `--reference` balanced-random rows, merged) and real
    `depth` / `relative_depth`; every selection below excludes the reference rows;
 4. selections at `--budget` rows: random and balanced-random (`--seeds` seeds each), ila (relative depth),
-   daar, miw, deita (IFD), k-center, facility-location; with `--stratified` each of these also run within
-   each domain (`stratify="domain"`);
+   daar, miw, deita (IFD), k-center, facility-location, rds (the validation rows' domains as its target tasks);
+   with `--stratified` each of these also run within each domain (`stratify="domain"`); `--only NAME...` makes,
+   scores for and trains only those;
 5. LoRA fine-tuning (same settings for every subset) and held-out NLL per domain; the untrained model and,
    with `--full-pool`, the whole eligible pool as reference points.
 Writes bench/out/selection_quality.json and prints the markdown table for bench/RESULTS.md.
@@ -60,8 +61,8 @@ def ensure_demo(run: Path) -> None:
 def heldout_files(run: Path, per_task: int) -> tuple[Path, Path]:
     """Held-out and validation jsonl files of rows from the demo tasks that are not in the demo pool."""
     held, val = OUT / f"quality_heldout_{per_task}.jsonl", OUT / "quality_validation.jsonl"
-    if held.exists() and val.exists():
-        return held, val
+    if held.exists() and val.exists() and all("domain" in json.loads(line) for line in val.open()):
+        return held, val  # (validation files written before rds was measured lack the rows' domain: redrawn)
     from curate.pool.bigbench import fetch_archive, iter_rows
 
     log("drawing held-out rows from the BIG-bench archive")
@@ -87,12 +88,14 @@ def heldout_files(run: Path, per_task: int) -> tuple[Path, Path]:
                                        "task": task}) + "\n")
             for k in order[per_task : per_task + 2]:
                 r = rows[k]
-                fh_v.write(json.dumps({"prompt": r["prompt"], "response": r["response"]}) + "\n")
+                fh_v.write(json.dumps({"prompt": r["prompt"], "response": r["response"], "domain": r["domain"],
+                                       "task": task}) + "\n")  # rds's target tasks
     return held, val
 
 
-def signals(run: Path, validation: Path, reference: int) -> None:
-    """ILA's reference model and real depth; MIW's learned score (ICL proxy on the validation set)."""
+def signals(run: Path, validation: Path, reference: int, methods: set[str]) -> None:
+    """ILA's reference model (its rows are left out of every subset) and, where `methods` hold ila and miw, real
+    depth and MIW's learned score (ICL proxy on the validation set)."""
     from curate.signals import score
     from curate.train.reference import train_reference
 
@@ -101,33 +104,42 @@ def signals(run: Path, validation: Path, reference: int) -> None:
         log(f"training ILA's reference model on {reference} balanced-random rows")
         train_reference(run, reference, model="smollm2", name="reference", seed=0, **TRAIN)
     ref = json.loads(rd.reference_path.read_text())
-    log("scoring depth / relative_depth (base SmolLM2 vs the reference model)")
-    score(run, ["depth", "relative_depth"], base_model="smollm2", ref_model=ref["model"], dtype="bfloat16",
-          max_length=384)
-    log("scoring miw_score (ICL proxy on the validation set)")
-    score(run, ["miw_score"], model="smollm2", validation=validation, dtype="bfloat16", max_length=384,
-          miw_candidates=64, n_val=24)
+    if "ila" in methods:
+        log("scoring depth / relative_depth (base SmolLM2 vs the reference model)")
+        score(run, ["depth", "relative_depth"], base_model="smollm2", ref_model=ref["model"], dtype="bfloat16",
+              max_length=384)
+    if "miw" in methods:
+        log("scoring miw_score (ICL proxy on the validation set)")
+        score(run, ["miw_score"], model="smollm2", validation=validation, dtype="bfloat16", max_length=384,
+              miw_candidates=64, n_val=24)
 
 
-def selections(run: Path, budget: int, seeds: int, full_pool: bool, stratified: bool) -> list[tuple[str, str, int]]:
-    """(selection name, method, seed) of every subset; selections are made once and reused."""
-    from curate.select import select
-
-    plan = [(f"q-random-s{s}", "random", s, {}) for s in range(seeds)]
-    plan += [(f"q-balanced-s{s}", "balanced-random", s, {}) for s in range(seeds)]
-    plan += [  # the papers' global versions (stratify="none"; some selectors default to per-domain now)
+def plan(budget: int, seeds: int, full_pool: bool, stratified: bool, validation: Path,
+         only: list[str] | None) -> list[tuple[str, str, int, dict]]:
+    """(selection name, method, seed, select parameters) of every subset, or of the `only` ones."""
+    rows = [(f"q-random-s{s}", "random", s, {}) for s in range(seeds)]
+    rows += [(f"q-balanced-s{s}", "balanced-random", s, {}) for s in range(seeds)]
+    rows += [  # the papers' global versions (stratify="none"; some selectors default to per-domain now)
         ("q-ila", "ila", 0, {"signal": "relative_depth", "stratify": "none"}),
         ("q-daar", "daar", 0, {"model": "smollm2", "stratify": "none"}),
         ("q-miw", "miw", 0, {"stratify": "none"}),
         ("q-deita", "deita", 0, {"signal": "ifd", "threshold": 0.9, "stratify": "none"}),
         ("q-k-center", "k-center", 0, {"stratify": "none"}),
         ("q-facility-location", "facility-location", 0, {"stratify": "none"}),
+        ("q-rds", "rds", 0, {"validation": str(validation), "stratify": "none"}),
     ]
     if stratified:  # every selector run within each domain (quotas ∝ the pool's eligible rows per domain)
-        plan += [(f"{n}-strat", m, sd, {**p, "stratify": "domain"}) for n, m, sd, p in plan
+        rows += [(f"{n}-strat", m, sd, {**p, "stratify": "domain"}) for n, m, sd, p in rows
                  if m not in ("random", "balanced-random")]
     if full_pool:
-        plan.append(("q-full", "random", 0, {"budget": "100%"}))
+        rows.append(("q-full", "random", 0, {"budget": "100%"}))
+    return [p for p in rows if not only or p[0] in only]
+
+
+def selections(run: Path, budget: int, plan: list[tuple[str, str, int, dict]]) -> list[tuple[str, str, int]]:
+    """Make each planned selection once (reused on re-runs); (selection name, table method, seed) of each."""
+    from curate.select import select
+
     rd = RunDir(run)
     for name, method, seed, params in plan:
         if not rd.selection_path(name).exists():
@@ -147,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", type=int, default=150)
     ap.add_argument("--full-pool", action="store_true")
     ap.add_argument("--stratified", action="store_true", help="also every selector stratified by domain")
-    ap.add_argument("--only", nargs="*", help="train only these selection names")
+    ap.add_argument("--only", nargs="*", help="select and train only these selection names")
     args = ap.parse_args(argv)
 
     from curate.signals.lm import LMScorer
@@ -157,17 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     ensure_demo(args.run)
     held, val = heldout_files(args.run, args.heldout_per_task)
-    signals(args.run, val, args.reference)
-    plan = selections(args.run, args.budget, args.seeds, args.full_pool, args.stratified)
+    todo = plan(args.budget, args.seeds, args.full_pool, args.stratified, val, args.only)
+    signals(args.run, val, args.reference, {m for _, m, _, _ in todo})
+    made = selections(args.run, args.budget, todo)
     result_path = OUT / "selection_quality.json"
     results = json.loads(result_path.read_text()) if result_path.exists() else {}
     if "untrained" not in results:
         log("evaluating the untrained model")
         scorer = LMScorer("smollm2", dtype="float32", device="cpu", max_length=TRAIN["max_length"])
         results["untrained"] = {"heldout": evaluate_rows(scorer, from_files(held), TRAIN["eval_dtype"])}
-    for name, method, seed in plan:
-        if args.only and name not in args.only:
-            continue
+    for name, method, seed in made:
         log(f"train on {name}")
         res = train(args.run, name, model="smollm2", heldout=held, seed=0, **TRAIN)
         sel = json.loads(RunDir(args.run).selection_path(name).with_suffix(".json").read_text())
