@@ -123,7 +123,8 @@ def masked_mean_features(
     pooling: str = "mean",
 ) -> np.ndarray:
     """Features of `texts` [n, d] float32: masked (or position-weighted) mean of the truncated LM's last state,
-    or of the input embeddings."""
+    or of the input embeddings. Rows are batched in order of token length, so a batch pads to about its own
+    rows' length rather than to the longest row that happens to share it (returned in the input order)."""
     import torch
 
     if kind not in KINDS:
@@ -132,10 +133,16 @@ def masked_mean_features(
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     pool = masked_mean if pooling == "mean" else position_weighted_mean
     device = next(base.parameters()).device
-    out = []
+    texts = list(texts)
+    out = np.zeros((len(texts), base.config.hidden_size), dtype=np.float32)
+    if not texts:
+        return out
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
     for i in range(0, len(texts), batch_size):
+        rows = order[i : i + batch_size]
         enc = tokenizer(
-            list(texts[i : i + batch_size]),
+            [texts[r] for r in rows],
             padding=True,
             truncation=True,
             max_length=max_length,
@@ -146,10 +153,8 @@ def masked_mean_features(
                 h = base.get_input_embeddings()(enc["input_ids"])
             else:
                 h = base(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        out.append(pool(h, enc["attention_mask"]).cpu().numpy().astype(np.float32))
-    if not out:
-        return np.zeros((0, base.config.hidden_size), dtype=np.float32)
-    return np.concatenate(out)
+        out[rows] = pool(h, enc["attention_mask"]).cpu().numpy()
+    return out
 
 
 #: the rows' texts: a sequence, or a picklable `(start, stop) -> texts` that a worker calls for its shard

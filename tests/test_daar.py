@@ -60,6 +60,23 @@ def test_padding_changes_nothing(tiny_lm) -> None:  # noqa: F811
     assert not np.allclose(batched[1], batched[1] * 0)
 
 
+def test_features_batch_rows_of_similar_length(tiny_lm) -> None:  # noqa: F811
+    """Batches are cut from the rows in token-length order (each pads to its own longest row); the features come
+    back in the input order, equal to each row's features alone."""
+    tok, base = load_truncated_lm(tiny_lm, layer=1)
+    texts = [TEXTS[i % len(TEXTS)] * (1 + i % 3) for i in range(7)]
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    widths = []
+    base.register_forward_hook(lambda mod, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]),
+                               with_kwargs=True)
+    feats = masked_mean_features(tok, base, texts, batch_size=2)
+    ranked = sorted(lengths)
+    assert widths == [max(ranked[i : i + 2]) for i in range(0, 7, 2)]
+    alone = np.concatenate([masked_mean_features(tok, base, [t]) for t in texts])
+    np.testing.assert_allclose(feats, alone, rtol=1e-4, atol=1e-5)
+    assert masked_mean_features(tok, base, []).shape == (0, base.config.hidden_size)
+
+
 def test_cached_features_resume_without_recomputing(tiny_lm, tmp_path, monkeypatch) -> None:  # noqa: F811
     import index.features as F
 
