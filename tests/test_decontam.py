@@ -39,8 +39,9 @@ POOL = [
 def test_find_contamination_known_answer():
     items = [ValItem([{"role": "user", "content": v["question"]}], v["answer"]) for v in VAL]
     ids = [item_id(items[0]), "b", "c", "d"]
-    prompts = ["what is two plus three ?", "TRANSLATE hello   world into french", "q", "r"]
-    responses = ["five", "bonjour le monde", "a", "s"]
+    prompts = ["what is two plus three ?", "TRANSLATE hello   world into french",
+               "please sort these words : banana apple cherry", "r"]
+    responses = ["five", "bonjour le monde", "apple banana cherry", "s"]
     val_vec = np.eye(3, 4, dtype=np.float32)
     c = 0.96
     vec = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, c, np.sqrt(1 - c * c)], [0, 0, 0.94, np.sqrt(1 - 0.94**2)]],
@@ -49,6 +50,7 @@ def test_find_contamination_known_answer():
     got = [(r["position"], r["reason"], r["val_row"]) for r in rows]
     assert got == [(0, "exact_id", 0), (1, "exact_text", 1), (2, "near_duplicate", 2)]  # 0.94 < 0.95: kept
     assert rows[2]["cosine"] == pytest.approx(c, abs=1e-6) and rows[0]["cosine"] == pytest.approx(1.0)
+    assert rows[2]["overlap"] == 1.0  # it holds both 8-grams of the item's 9 words
     assert text_key(" A  b\n", "C") == text_key("a b", "c") != text_key("a b", "c d")
     # without vectors only the exact matches; a stricter threshold drops the near duplicate
     assert [r["position"] for r in find_contamination(ids, prompts, responses, items)] == [0, 1]
@@ -56,6 +58,31 @@ def test_find_contamination_known_answer():
                                   threshold=0.97)) == 2
     with pytest.raises(ValueError, match="threshold must lie in"):
         find_contamination(ids, prompts, responses, items, threshold=1.5)
+
+
+def test_near_duplicates_of_a_templated_task_need_the_items_own_text():
+    """Twelve rows of one template (the same question frame and options, another path and answer) all sit above
+    the cosine threshold: the frame's n-grams are in 10+ of them, so only the item's own n-grams (its path, its
+    answer) count, and only the row that copies those is a near duplicate."""
+    from curate.signals.decontam import own_overlap, word_ngrams
+
+    frame = "this svg path element <path d={}/> draws a A. circle B. heptagon C. hexagon D. kite E. line F. octagon"
+    item = ValItem([{"role": "user", "content": frame.format('"M 58.64,7.09 L 52.95,1.23 L 44.35,4.34"')}], "E. line")
+    paths = [f'"M {i}.5,{i}.1 L {2 * i}.9,{i}.3 L {3 * i}.2,4.{i}"' for i in range(11)]
+    prompts = [frame.format(pt) for pt in paths] + ["  " + frame.format('"M 58.64,7.09 L 52.95,1.23 L 44.35,4.34"')]
+    responses = ["F. octagon"] * 11 + ["E. line (a copy)"]
+    vec = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (12, 1))
+    rows = find_contamination([str(i) for i in range(12)], prompts, responses, [item], vectors=vec,
+                              val_vectors=np.array([[1.0, 0.0]], dtype=np.float32), threshold=0.95)
+    assert [(r["position"], r["reason"]) for r in rows] == [(11, "near_duplicate")]
+    text = item.question_text + " " + item.answer
+    texts = [f"{p} {r}" for p, r in zip(prompts, responses, strict=True)]
+    ov = own_overlap(text, texts)
+    assert ov[:11].max() == 0.0 and ov[11] == rows[0]["overlap"] > 0.5
+    # below TEMPLATE_ROWS rows the frame counts as the item's own text: the plain share of its 8-grams
+    grams = word_ngrams(text, 8)
+    plain = [len(grams & word_ngrams(t, 8)) / len(grams) for t in texts[:3]]
+    assert own_overlap(text, texts[:3]).tolist() == plain and min(plain) > 0
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,12 @@ signals would pull it in. A pool row is contaminated by a validation file when
   another layout or kind (e.g. a preference row whose chosen answer is the item's answer);
 - `near_duplicate`: the cosine between its embedding (the run's current embeddings) and the item's (same
   encoder, model, dtype, text fields and max length as the run's embed stage) is at or above `threshold`
-  (default 0.95). Without embeddings only the exact checks run, and the record says so.
+  (default 0.95), and its text holds at least half (MIN_OVERLAP) of the item's own word 8-grams. An item's own
+  n-grams leave out its template: the n-grams found in TEMPLATE_ROWS or more of the rows above the threshold for
+  that item (all of them when nothing else is left). Without the text check every item of a templated task is a
+  near duplicate of every other: in the BIG-bench demo pool all 250 rows of the SVG-shapes task sat at cosine
+  0.95-0.997 to a validation item of that task (the same ten options, another path and answer). Without
+  embeddings only the exact checks run, and the record says so.
 
 Each validation file gets one record, `<run>/decontam/<validation fingerprint>.json` (threshold, embedding
 fingerprint, pool digest, counts per reason and every contaminated row with its reason, validation row and
@@ -37,6 +42,14 @@ from index.io import read_json, write_json
 
 DEFAULT_THRESHOLD = 0.95
 REASONS = ("exact_id", "exact_text", "near_duplicate")
+#: a near duplicate holds at least this share of the item's own word n-grams ...
+MIN_OVERLAP = 0.5
+#: ... of NGRAM words (fewer for shorter items: the whole item) ...
+NGRAM = 8
+#: ... where an n-gram found in this many of the rows above the cosine threshold is the task's template
+TEMPLATE_ROWS = 10
+#: the near-duplicate rule, recorded in the key so records made under another rule are redone
+NEAR_RULE = f"cosine>=threshold, own {NGRAM}-gram overlap>={MIN_OVERLAP}, template at {TEMPLATE_ROWS} rows"
 
 
 class DecontaminationError(CurateError):
@@ -70,6 +83,29 @@ def item_text_key(item: ValItem) -> str:
     return text_key(render_prompt(list(item.question)), item.answer)
 
 
+def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    """The case-folded, whitespace-split word n-grams of `text` (one n-gram of every word when it has fewer)."""
+    w = text.casefold().split()
+    m = min(n, len(w))
+    return {tuple(w[i : i + m]) for i in range(len(w) - m + 1)} if m else set()
+
+
+def own_overlap(item_text: str, row_texts: Sequence[str]) -> np.ndarray:
+    """Share of the item's own word n-grams (NGRAM words; its template left out: those in TEMPLATE_ROWS or more
+    of `row_texts`, or none when that leaves nothing) that each of `row_texts` holds."""
+    grams = word_ngrams(item_text, NGRAM)
+    if not grams:
+        return np.zeros(len(row_texts))
+    n = len(next(iter(grams)))
+    hits = [grams & word_ngrams(t, n) for t in row_texts]
+    df: dict[tuple[str, ...], int] = {}
+    for h in hits:
+        for g in h:
+            df[g] = df.get(g, 0) + 1
+    own = {g for g in grams if df.get(g, 0) < TEMPLATE_ROWS} or grams
+    return np.array([len(h & own) / len(own) for h in hits])
+
+
 def find_contamination(
     pool_ids: Sequence[str],
     prompts: Sequence[str | None],
@@ -81,10 +117,12 @@ def find_contamination(
     threshold: float = DEFAULT_THRESHOLD,
     chunk: int = 65536,
 ) -> list[dict[str, Any]]:
-    """Contaminated pool rows, one dict each: position, id, reason, val_row, cosine (None for exact matches).
+    """Contaminated pool rows, one dict each: position, id, reason, val_row, cosine (None for exact matches) and,
+    for near duplicates, overlap (the share of the item's own n-grams the row holds; see the module doc).
 
     A row matching several ways gets the first reason of `REASONS`; `vectors` (pool, unit rows) and
-    `val_vectors` (validation, unit rows) enable the near-duplicate check.
+    `val_vectors` (validation, unit rows) enable the near-duplicate check. A near duplicate's val_row is the
+    most similar item whose text check it passes.
     """
     if not 0.0 < float(threshold) <= 1.0:
         raise DecontaminationError(f"decontamination threshold must lie in (0, 1], got {threshold!r}")
@@ -101,16 +139,28 @@ def find_contamination(
             found[p] = {"reason": "exact_text", "val_row": v, "cosine": None}
     if vectors is not None and val_vectors is not None and len(items):
         val = np.asarray(val_vectors, dtype=np.float32)
+        pos, vrow, cos = [], [], []  # every (row, item) pair at or above the threshold
         for lo in range(0, len(vectors), chunk):
             sims = np.asarray(vectors[lo : lo + chunk], dtype=np.float32) @ val.T
-            best = sims.argmax(axis=1)
-            cos = sims[np.arange(len(best)), best]
-            for j in np.flatnonzero(cos >= threshold):
-                p = lo + int(j)
-                if p not in found:
-                    found[p] = {"reason": "near_duplicate", "val_row": int(best[j]), "cosine": float(cos[j])}
-                else:
-                    found[p]["cosine"] = float(cos[j])
+            best = sims.max(axis=1)
+            for p in np.flatnonzero(best >= threshold):  # exact matches keep their reason, with their cosine
+                if lo + int(p) in found:
+                    found[lo + int(p)]["cosine"] = float(best[p])
+            r, v = np.nonzero(sims >= threshold)
+            pos.append(r + lo)
+            vrow.append(v)
+            cos.append(sims[r, v])
+        pos, vrow, cos = np.concatenate(pos), np.concatenate(vrow), np.concatenate(cos)
+        overlap = np.zeros(pos.size)
+        for v in np.unique(vrow):
+            at = np.flatnonzero(vrow == v)
+            texts = [f"{prompts[p] or ''} {responses[p] or ''}" for p in pos[at]]
+            overlap[at] = own_overlap(items[v].question_text + " " + items[v].answer, texts)
+        for i in np.lexsort((-cos, pos)):  # per row, the most similar item first
+            p = int(pos[i])
+            if p not in found and overlap[i] >= MIN_OVERLAP:
+                found[p] = {"reason": "near_duplicate", "val_row": int(vrow[i]), "cosine": float(cos[i]),
+                            "overlap": float(overlap[i])}
     return [{"position": p, "id": str(pool_ids[p]), **found[p]} for p in sorted(found)]
 
 
@@ -199,6 +249,7 @@ def decontaminate(
     key = {
         "validation_fingerprint": validation_fingerprint(validation),
         "threshold": float(threshold),
+        "near_rule": NEAR_RULE,
         "embeddings": emb,
         "pool": _pool_digest(ids),
     }
@@ -227,7 +278,8 @@ def decontaminate(
 
 
 def contamination(run: RunDir | str | os.PathLike, *, refresh: bool = True, device: str | None = None) -> list[dict]:
-    """Every decontamination record of `run` (refreshed first where stale and the validation file still exists)."""
+    """Every decontamination record of `run`, refreshed first where stale (pool, embeddings or the near-duplicate
+    rule changed since) and the validation file still exists."""
     rd = RunDir(run)
     folder = rd.decontam_dir
     if not folder.is_dir():
@@ -237,7 +289,7 @@ def contamination(run: RunDir | str | os.PathLike, *, refresh: bool = True, devi
         rec = read_json(path)
         src = Path(rec.get("validation", ""))
         if refresh and src.is_file() and validation_fingerprint(src) == rec.get("validation_fingerprint"):
-            stale = rec.get("embeddings") != _embedding_fp(rd.root) or (
+            stale = rec.get("embeddings") != _embedding_fp(rd.root) or rec.get("near_rule") != NEAR_RULE or (
                 rec.get("pool") != _pool_digest(rd.read_pool(["id"])["id"].to_list())
             )
             if stale:
