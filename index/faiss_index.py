@@ -188,17 +188,29 @@ def tune_nprobe(
     q = x[rows]
     kk = min(k, n)
     exact_s, _ = exact_search(x, q, kk)
-    floor = exact_s[:, -1:] - TIE_TOL
     nprobe = 1
     while True:
         ivf.nprobe = nprobe
         _, got = index.search(q, kk)
-        sims = np.einsum("qkd,qd->qk", x[np.maximum(got, 0)], q)
-        hits = np.minimum(((sims >= floor) & (got >= 0)).sum(axis=1), kk).sum()
-        recall = hits / exact_s.size
+        recall = tie_hits(x, q, got, exact_s[:, -1], np.full(len(q), kk)).sum() / exact_s.size
         if recall >= target_recall or nprobe >= ivf.nlist:
             return nprobe
         nprobe = min(nprobe * 2, ivf.nlist)
+
+
+def tie_hits(
+    x: np.ndarray, queries: np.ndarray, got: np.ndarray, kth: np.ndarray, cap: np.ndarray, chunk: int = 1024
+) -> np.ndarray:
+    """Per query, its returned rows `got` [Q, m] (row positions in `x`, -1 for none) at least as similar to it as
+    `kth` [Q], its k-th exact similarity (within TIE_TOL), counted up to `cap` [Q]: recall's hits with ties found
+    (among exact duplicates any k of them are right)."""
+    out = np.zeros(len(queries), dtype=np.int64)
+    for s in range(0, len(queries), chunk):
+        g = got[s : s + chunk]
+        sims = np.einsum("qkd,qd->qk", x[np.maximum(g, 0)], queries[s : s + chunk])
+        out[s : s + chunk] = np.minimum(((sims >= kth[s : s + chunk, None] - TIE_TOL) & (g >= 0)).sum(axis=1),
+                                        cap[s : s + chunk])
+    return out
 
 
 def read_only_tensor(a: np.ndarray):

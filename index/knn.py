@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from index.cpu import native_bf16
-from index.faiss_index import TIE_TOL, TOPK_BLOCK, check_vectors, exact_search, read_only_tensor, topk_columns
+from index.faiss_index import (
+    TOPK_BLOCK,
+    check_vectors,
+    exact_search,
+    read_only_tensor,
+    tie_hits,
+    topk_columns,
+)
 from index.io import atomic_path
 
 #: knn_graph(kind="auto") is exact up to this many rows (all pairs: 50k x 50k x 384 takes ~15 s here).
@@ -170,17 +177,10 @@ def recall_at_k(graph: KnnGraph, vectors: np.ndarray, sample: int = 10_000, seed
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
     ex, ex_sims = exact_knn(x, rows, graph.k)
-    got = graph.neighbors[rows]
-    hits = 0
-    total = 0
-    for r, a, b, bs in zip(rows, got, ex, ex_sims, strict=True):
-        valid = b >= 0
-        total += int(valid.sum())
-        a = a[(a >= 0) & (a != r)]
-        if valid.any() and a.size:
-            sims = x[a] @ x[r]
-            hits += min(int((sims >= bs[valid][-1] - TIE_TOL).sum()), int(valid.sum()))
-    return hits / max(total, 1)
+    n_valid = (ex >= 0).sum(axis=1)  # the valid exact neighbours come first
+    kth = ex_sims[np.arange(rows.size), np.maximum(n_valid - 1, 0)]
+    got = np.where(graph.neighbors[rows] == rows[:, None], -1, graph.neighbors[rows])
+    return int(tie_hits(x, x[rows], got, kth, n_valid).sum()) / max(int(n_valid.sum()), 1)
 
 
 def knn_graph(
