@@ -137,17 +137,11 @@ def masked_mean_features(
     out = np.zeros((len(texts), base.config.hidden_size), dtype=np.float32)
     if not texts:
         return out
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]  # once; padded per batch below
+    order = np.argsort([len(r) for r in ids], kind="stable")
     for i in range(0, len(texts), batch_size):
         rows = order[i : i + batch_size]
-        enc = tokenizer(
-            [texts[r] for r in rows],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        ).to(device)
+        enc = tokenizer.pad({"input_ids": [ids[r] for r in rows]}, return_tensors="pt").to(device)
         with torch.no_grad():
             if kind == "input_embeddings":
                 h = base.get_input_embeddings()(enc["input_ids"])
