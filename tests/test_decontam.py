@@ -85,6 +85,32 @@ def test_near_duplicates_of_a_templated_task_need_the_items_own_text():
     assert own_overlap(text, texts[:3]).tolist() == plain and min(plain) > 0
 
 
+def test_the_template_is_counted_over_the_items_nearest_rows():
+    """A templated task with only 3 siblings above the cosine threshold (a long shared preamble; the other 8 at
+    0.9): its template is still found in the item's nearest rows, so only the copy is a near duplicate. Counting
+    the template over the rows above the threshold alone (fewer than TEMPLATE_ROWS) flagged every sibling."""
+    from curate.signals.decontam import TEMPLATE_ROWS, own_overlap
+
+    frame = ("given the database schema below with the tables singer ( id name age country ) concert ( id year "
+             "stadium ) and stadium ( id name capacity location ) write the sql query that answers the question "
+             "below and return only the query : {}")
+    item = ValItem([{"role": "user", "content": frame.format("how many singers are older than forty ?")}],
+                   "select count ( * ) from singer where age > 40")
+    prompts = [frame.format(f"list the names of stadiums with capacity above {i}000 please") for i in range(11)]
+    prompts.append(frame.format("how many singers are older than forty ?"))
+    responses = [f"select name from stadium where capacity > {i}000" for i in range(11)]
+    responses.append("select count ( * ) from singer where age > 40 ;")
+    c = 0.9
+    vec = np.array([[1.0, 0.0]] * 3 + [[c, np.sqrt(1 - c * c)]] * 8 + [[1.0, 0.0]], dtype=np.float32)
+    rows = find_contamination([str(i) for i in range(12)], prompts, responses, [item], vectors=vec,
+                              val_vectors=np.array([[1.0, 0.0]], dtype=np.float32), threshold=0.95)
+    assert [(r["position"], r["reason"]) for r in rows] == [(11, "near_duplicate")]
+    above = [f"{prompts[p]} {responses[p]}" for p in (0, 1, 2, 11)]
+    assert len(above) < TEMPLATE_ROWS
+    text = item.question_text + " " + item.answer
+    assert own_overlap(text, above)[:3].min() >= 0.5  # the old rule: the siblings passed the text check
+
+
 @pytest.fixture(scope="module")
 def contaminated_run(tmp_path_factory):
     """An ingested, embedded pool holding copies of two validation rows, and the validation file."""

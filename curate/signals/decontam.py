@@ -12,11 +12,13 @@ signals would pull it in. A pool row is contaminated by a validation file when
 - `near_duplicate`: the cosine between its embedding (the run's current embeddings) and the item's (same
   encoder, model, dtype, text fields and max length as the run's embed stage) is at or above `threshold`
   (default 0.95), and its text holds at least half (MIN_OVERLAP) of the item's own word 8-grams. An item's own
-  n-grams leave out its template: the n-grams found in TEMPLATE_ROWS or more of the rows above the threshold for
-  that item (all of them when nothing else is left). Without the text check every item of a templated task is a
-  near duplicate of every other: in the BIG-bench demo pool all 250 rows of the SVG-shapes task sat at cosine
-  0.95-0.997 to a validation item of that task (the same ten options, another path and answer). Without
-  embeddings only the exact checks run, and the record says so.
+  n-grams leave out its template: the n-grams found in TEMPLATE_ROWS or more of the item's TEMPLATE_NEIGHBOURS
+  most similar pool rows (all of them when nothing else is left). Without the text check every item of a
+  templated task is a near duplicate of every other: in the BIG-bench demo pool all 250 rows of the SVG-shapes
+  task sat at cosine 0.95-0.997 to a validation item of that task (the same ten options, another path and
+  answer). The template is counted over the nearest rows, not only those above the threshold, so a task with
+  few rows that close (a long shared preamble) is recognised too. Without embeddings only the exact checks run,
+  and the record says so.
 
 Each validation file gets one record, `<run>/decontam/<validation fingerprint>.json` (threshold, embedding
 fingerprint, pool digest, counts per reason and every contaminated row with its reason, validation row and
@@ -46,10 +48,13 @@ REASONS = ("exact_id", "exact_text", "near_duplicate")
 MIN_OVERLAP = 0.5
 #: ... of NGRAM words (fewer for shorter items: the whole item) ...
 NGRAM = 8
-#: ... where an n-gram found in this many of the rows above the cosine threshold is the task's template
+#: ... where an n-gram found in this many ...
 TEMPLATE_ROWS = 10
+#: ... of the item's this many most similar pool rows is the task's template
+TEMPLATE_NEIGHBOURS = 100
 #: the near-duplicate rule, recorded in the key so records made under another rule are redone
-NEAR_RULE = f"cosine>=threshold, own {NGRAM}-gram overlap>={MIN_OVERLAP}, template at {TEMPLATE_ROWS} rows"
+NEAR_RULE = (f"cosine>=threshold, own {NGRAM}-gram overlap>={MIN_OVERLAP}, template in {TEMPLATE_ROWS} of the "
+             f"{TEMPLATE_NEIGHBOURS} nearest rows")
 
 
 class DecontaminationError(CurateError):
@@ -90,20 +95,28 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(w[i : i + m]) for i in range(len(w) - m + 1)} if m else set()
 
 
-def own_overlap(item_text: str, row_texts: Sequence[str]) -> np.ndarray:
+def own_overlap(item_text: str, row_texts: Sequence[str], context: Sequence[str] | None = None) -> np.ndarray:
     """Share of the item's own word n-grams (NGRAM words; its template left out: those in TEMPLATE_ROWS or more
-    of `row_texts`, or none when that leaves nothing) that each of `row_texts` holds."""
+    of `context`, default `row_texts`, or none when that leaves nothing) that each of `row_texts` holds."""
     grams = word_ngrams(item_text, NGRAM)
     if not grams:
         return np.zeros(len(row_texts))
     n = len(next(iter(grams)))
     hits = [grams & word_ngrams(t, n) for t in row_texts]
     df: dict[tuple[str, ...], int] = {}
-    for h in hits:
+    for h in hits if context is None else (grams & word_ngrams(t, n) for t in context):
         for g in h:
             df[g] = df.get(g, 0) + 1
     own = {g for g in grams if df.get(g, 0) < TEMPLATE_ROWS} or grams
     return np.array([len(h & own) / len(own) for h in hits])
+
+
+def _most_similar(rows: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column (validation item), the TEMPLATE_NEIGHBOURS largest `sims` and their `rows` (same shape)."""
+    if len(sims) <= TEMPLATE_NEIGHBOURS:
+        return rows, sims
+    keep = np.argpartition(-sims, TEMPLATE_NEIGHBOURS - 1, axis=0)[:TEMPLATE_NEIGHBOURS]
+    return np.take_along_axis(rows, keep, 0), np.take_along_axis(sims, keep, 0)
 
 
 def find_contamination(
@@ -140,8 +153,12 @@ def find_contamination(
     if vectors is not None and val_vectors is not None and len(items):
         val = np.asarray(val_vectors, dtype=np.float32)
         pos, vrow, cos = [], [], []  # every (row, item) pair at or above the threshold
+        near = np.empty((0, len(items)), dtype=np.int64)  # each item's most similar rows (columns), for its template
+        near_sims = np.empty((0, len(items)), dtype=np.float32)
         for lo in range(0, len(vectors), chunk):
             sims = np.asarray(vectors[lo : lo + chunk], dtype=np.float32) @ val.T
+            top, top_sims = _most_similar(np.broadcast_to(np.arange(lo, lo + len(sims))[:, None], sims.shape), sims)
+            near, near_sims = _most_similar(np.concatenate([near, top]), np.concatenate([near_sims, top_sims]))
             best = sims.max(axis=1)
             for p in np.flatnonzero(best >= threshold):  # exact matches keep their reason, with their cosine
                 if lo + int(p) in found:
@@ -152,10 +169,14 @@ def find_contamination(
             cos.append(sims[r, v])
         pos, vrow, cos = np.concatenate(pos), np.concatenate(vrow), np.concatenate(cos)
         overlap = np.zeros(pos.size)
+
+        def text(p: int) -> str:
+            return f"{prompts[p] or ''} {responses[p] or ''}"
+
         for v in np.unique(vrow):
             at = np.flatnonzero(vrow == v)
-            texts = [f"{prompts[p] or ''} {responses[p] or ''}" for p in pos[at]]
-            overlap[at] = own_overlap(items[v].question_text + " " + items[v].answer, texts)
+            overlap[at] = own_overlap(items[v].question_text + " " + items[v].answer, [text(p) for p in pos[at]],
+                                      [text(p) for p in near[:, v]])
         for i in np.lexsort((-cos, pos)):  # per row, the most similar item first
             p = int(pos[i])
             if p not in found and overlap[i] >= MIN_OVERLAP:
