@@ -1,6 +1,6 @@
 """curate: a data-curation engine for LLM fine-tuning pools.
 
-Layers (imports go downward only): train > mix > select > signals > export > pool > index.
+Layers (imports go downward only): mix > train > select > signals > export > pool > index.
 """
 
 __version__ = "0.1.0"

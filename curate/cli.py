@@ -45,6 +45,15 @@ def _fail(exc: BaseException) -> NoReturn:
     raise typer.Exit(2) from None
 
 
+def _with_params(param: list[str] | None, **named: Any) -> dict[str, Any]:
+    """The command's named options and its `-p KEY=VALUE` parameters together; a key given both ways is an error."""
+    params = _parse_params(param)
+    both = sorted(k for k in params if named.get(k) is not None)
+    if both:
+        _fail(typer.BadParameter(f"{both[0]!r} is given twice: as its own option and as -p {both[0]}=..."))
+    return {**named, **params}
+
+
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
     """Turn ['k=v', ...] into a dict, values parsed as YAML scalars/lists (so 0.9 is a float, [a,b] a list)."""
     import yaml
@@ -171,12 +180,9 @@ def score(
     executor_opt: list[str] = ExecutorOptsOpt,
 ) -> None:
     """Compute per-row signals (heuristics, LM losses, IFD, depth, ICL proxy) into signals/<name>.parquet."""
-    params = _parse_params(param)
-    if score_eot is not None:
-        params["score_eot"] = score_eot
-    paths = _call("score", run, names=signal, model=model, base_model=base_model, ref_model=ref_model,
-                  validation=validation, dtype=dtype, executor=executor,
-                  executor_options=_parse_params(executor_opt) or None, **params)
+    paths = _call("score", run, **_with_params(
+        param, names=signal, model=model, base_model=base_model, ref_model=ref_model, validation=validation,
+        dtype=dtype, score_eot=score_eot, executor=executor, executor_options=_parse_params(executor_opt) or None))
     for name, path in (paths.items() if isinstance(paths, dict) else []):
         console.print(f"signal {name:<16} {path}", markup=False, soft_wrap=True)
 
@@ -186,7 +192,7 @@ def select(
     run: Path = RunOpt,
     method: str = typer.Option(..., "--method", "-m", help="Selector name (see `curate methods`)."),
     budget: str = typer.Option(..., "--budget", "-b", help="Rows (1000), a fraction (20%) or tokens (50000tok)."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(None, help="Random seed (default 0)."),
     name: str = typer.Option(None, help="Selection name (default: the method)."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Selector parameters KEY=VALUE."),
     stratify: str = typer.Option(None, help="none, domain, cluster, or domain:MIXTURE (quotas from mixtures/); "
@@ -201,12 +207,10 @@ def select(
     executor_opt: list[str] = ExecutorOptsOpt,
 ) -> None:
     """Choose a subset with a selector; writes selections/<name>.parquet (id, weight, rank, reason)."""
-    params = _parse_params(param)
-    if max_ifd is not None:
-        params["max_ifd"] = max_ifd
-    sel = _call("select", run, method=method, budget=budget, seed=seed, name=name, stratify=stratify,
-                validation=validation, decontaminate=decontaminate, executor=executor,
-                executor_options=_parse_params(executor_opt) or None, **params)
+    sel = _call("select", run, **_with_params(
+        param, method=method, budget=budget, seed=seed, name=name, stratify=stratify, max_ifd=max_ifd,
+        validation=validation, decontaminate=decontaminate, executor=executor,
+        executor_options=_parse_params(executor_opt) or None))
     from curate.run import RunDir
 
     console.print(f"selected {len(sel.ids)} rows with {method}: {RunDir(run).selection_path(name or method)}")
@@ -223,7 +227,7 @@ def select(
 def export(
     run: Path = RunOpt,
     selection: str = typer.Option(..., "--selection", "-s", help="Selection name."),
-    layout: str = typer.Option(None, help="messages (default), alpaca, sharegpt or preference."),
+    layout: str = typer.Option(None, help="messages (default), alpaca, sharegpt, preference or prompt."),
     fmt: list[str] = typer.Option(None, "--format", "-f", help="jsonl and/or parquet (repeat)."),
 ) -> None:
     """Export a selection as a weighted training subset with manifest.json."""
@@ -247,7 +251,8 @@ def train(
     lr: float = typer.Option(None, help="Peak learning rate (default 2e-4 LoRA, 2e-5 full)."),
     batch_tokens: int = typer.Option(None, help="Padded tokens per micro-batch (length-grouped)."),
     grad_accum: int = typer.Option(None, help="Micro-batches per optimiser step."),
-    dtype: str = typer.Option(None, help="auto (bf16 on GPU, float32 on CPU), float32 or bfloat16 (autocast)."),
+    dtype: str = typer.Option(None, help="auto (bf16 on GPU or a CPU with native bf16, else float32), float32 "
+                             "or bfloat16 (autocast)."),
     mixture: str = typer.Option(None, help="Sample by the domain proportions of mixtures/<NAME>.json (or a path)."),
     heldout: Path = typer.Option(None, help="Held-out rows (a file with a domain column)."),
     heldout_split: float = typer.Option(None, help="Or: held-out rows drawn from the pool (count, or fraction < 1)."),
@@ -261,10 +266,11 @@ def train(
     """Fine-tune a causal LM on a selection (SFT or DPO, per-row weights), report held-out NLL per domain."""
     if heldout_split is not None and heldout_split >= 1:
         heldout_split = int(heldout_split)
-    opts = dict(model=model, name=name, out=out, objective=objective, lora=lora, merge=merge, epochs=epochs,
-                max_steps=max_steps, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum, dtype=dtype,
-                mixture=mixture, heldout=heldout, heldout_split=heldout_split, eval_every=eval_every, seed=seed,
-                executor=executor, executor_options=_parse_params(executor_opt) or None, **_parse_params(param))
+    opts = _with_params(param, model=model, name=name, out=out, objective=objective, lora=lora, merge=merge,
+                        epochs=epochs, max_steps=max_steps, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum,
+                        dtype=dtype, mixture=mixture, heldout=heldout, heldout_split=heldout_split,
+                        eval_every=eval_every, seed=seed, executor=executor,
+                        executor_options=_parse_params(executor_opt) or None)
     if reference is not None:
         if run is None:
             raise typer.BadParameter("--reference needs --run")
@@ -315,10 +321,10 @@ def mix_ama(
 
     if heldout_split is not None and heldout_split >= 1:
         heldout_split = int(heldout_split)
-    opts = dict(model=model, name=name, eta=eta, floor=floor, smoothing=smoothing, lora=lora, max_steps=max_steps,
-                lr=lr, batch_tokens=batch_tokens, heldout_split=heldout_split, seed=seed,
-                specialist={"max_steps": specialist_steps} if specialist_steps is not None else None,
-                executor=executor, executor_options=_parse_params(executor_opt) or None, **_parse_params(param))
+    opts = _with_params(param, model=model, name=name, eta=eta, floor=floor, smoothing=smoothing, lora=lora,
+                        max_steps=max_steps, lr=lr, batch_tokens=batch_tokens, heldout_split=heldout_split, seed=seed,
+                        specialist={"max_steps": specialist_steps} if specialist_steps is not None else None,
+                        executor=executor, executor_options=_parse_params(executor_opt) or None)
     try:
         res = ama(run, selection, method=method, **{k: v for k, v in opts.items() if v is not None})
     except USER_ERRORS as exc:
@@ -417,8 +423,7 @@ def export_map_cmd(
     try:
         path = export_map(run, out)
     except (FileNotFoundError, KeyError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        _fail(exc)
     console.print(f"atlas: {path}")
     console.print(f"open it with: embedding-atlas {path} --text text --x x --y y --neighbors neighbors")
 
@@ -469,7 +474,7 @@ def run_cmd(
 
     try:
         rec = Recipe.load(recipe, run=run)
-        if executor is not None:  # overrides the recipe's own executor
+        if executor is not None:  # replaces the recipe's top-level executor; a stage's own `executor:` still wins
             rec.executor = {"executor": executor, "executor_options": _parse_params(executor_opt) or None}
         results = run_recipe(rec, log=lambda s: console.print(f"[bold cyan]{s}[/bold cyan]"))
     except (RecipeError, *USER_ERRORS) as exc:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.errors import CurateError
+from curate.select import load_selection
 
 
 def invoke(*args: str):
@@ -76,6 +77,20 @@ def test_daar_without_seeds_fails_before_features(tmp_path):
                                   "-p", "cluster_features=embeddings", "-p", "probe_features=embeddings"))  # fmt: skip
     assert "daar: no seeds" in line and "seeds=PATH.jsonl" in line
     assert not (run / "embeddings").exists()  # nothing was computed
+
+
+def test_param_given_twice_is_one_error_and_once_is_an_option(tmp_path):
+    """`-p KEY=VALUE` may set a named option the user left out (the README's `-p executor=...`), not repeat one."""
+    run = make_run(tmp_path / "run", n=24)
+    line = one_error_line(*invoke("select", "--run", str(run.root), "-m", "random", "-b", "5", "--seed", "1",
+                                  "-p", "seed=2"))
+    assert "'seed' is given twice: as its own option and as -p seed=..." in line
+    ids = {}
+    for name, args in (("a", ["--seed", "3"]), ("b", ["-p", "seed=3", "-p", "executor=local"])):
+        result, out = invoke("select", "--run", str(run.root), "-m", "random", "-b", "5", "--name", name, *args)
+        assert result.exit_code == 0, out
+        ids[name] = list(load_selection(run.root, name).ids)
+    assert ids["a"] == ids["b"]
 
 
 def test_ingest_errors_and_debug(tmp_path):

@@ -99,8 +99,8 @@ def select(
     path; its last round's domain weights); "domain:NAME" is short for stratify="domain", mixture=NAME.
     See `curate.select.stratify`.
     `validation`: the target task's validation file; selectors that score against it (`rds`) read it, and
-    the pool rows that copy its rows are found (`curate.signals.decontam`, cosine >= `decontam_threshold`,
-    default 0.95). With `decontaminate` (default) every row recorded as a copy of a validation row, by this
+    the pool rows that copy its rows are found (`curate.signals.decontam`: exact copies, and cosine >= `decontam_threshold`,
+    default 0.95, with half the validation row's own word 8-grams). With `decontaminate` (default) every row recorded as a copy of a validation row, by this
     call or by `curate score --validation`, cannot be selected; the sidecar's `stats.decontamination` lists
     them with their reason. `decontaminate=False` keeps them eligible and counts how many were selected.
     `executor` / `executor_options`: where a selector's per-row model passes run (DaaR's and RDS+'s LM

@@ -1,4 +1,4 @@
-"""The IFD filter shared by selectors that can rank by IFD (`deita`, `ila`, `top-signal`): `max_ifd`.
+"""The IFD filter shared by selectors that can rank by IFD (`deita`, `ila`, `top-signal`, `miw`): `max_ifd`.
 
 IFD (Cherry / Superfiltering) is the response's loss with the prompt over its loss without it. A row with
 IFD >= 1 has a response the prompt does not help to predict (or makes harder); the IFD papers drop such rows

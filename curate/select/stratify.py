@@ -21,7 +21,7 @@ to the other strata; the stats record it (`passed_on`, per-stratum `ran_out`).
 
 The strata's selections are interleaved into one ranking by within-stratum progress ((r + 0.5) / n_s, ties by
 stratum order), so any prefix keeps the mix. Every selection (stratified or not) records its domain mix
-against the pool's eligible rows (`domain_mix`: counts, total variation and KL divergence).
+against the pool's eligible rows (`stats["mix"]`, made by `domain_mix`: counts, total variation and KL divergence).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ the pool; (2) draw `miw_candidates` pool rows (seeded), leaving out the rows tha
 (`curate.signals.decontam`: their ICL gain is the validation answer itself), and split them (seeded) into a
 search part and a held-out part (`miw_holdout`, default half); (3) `learn_weights` on the search part: the
 top-r% (`miw_ratio`) of the search rows by s_w, P(w) from k-shot prompts of `miw_k` demos drawn from them
-over `miw_draws` seeded draws: with `miw_proxy="icl"` (default) the sum of the demos' per-row one-shot ICL
+over `miw_draws` seeded draws: with `miw_proxy="icl"` (default) the mean of the demos' per-row one-shot ICL
 gains (computed once per search row, curate.signals.icl, cached in resumable shards: cheap enough for the
 ~130 weight vectors of the search), with `miw_proxy="kshot"` the real k-shot prompts (`KShotProxy`);
 (4) the chosen weights and uniform weights are scored on the held-out part with real k-shot prompts

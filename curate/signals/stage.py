@@ -87,8 +87,8 @@ def score(
 
     model: causal LM (directory or "smollm2") for loss, perplexity, ifd, icl, miw_score and token counts;
     base_model / ref_model: the two LMs of ILA depth (base defaults to `model`); validation: tiny
-    validation set (jsonl) for icl, relevance, miw_score; the pool rows that copy its rows (exact or cosine
-    >= `decontam_threshold`, default 0.95) are recorded under <run>/decontam/ (curate.signals.decontam) and
+    validation set (jsonl) for icl, relevance, miw_score; the pool rows that copy its rows (exact, or cosine
+    >= `decontam_threshold`, default 0.95, with half the row's own 8-grams) are recorded under <run>/decontam/ (curate.signals.decontam) and
     left out of selections by default. dtype "auto" = bf16 on GPU or a CPU with native bf16, else float32 (resolved on this machine:
     Ray workers compute in the same dtype). `executor` ("local", "ray", "ray:ADDRESS", with `executor_options`)
     runs the LM passes (loss, perplexity, IFD, depth, ICL and MIW's ICL gains) shard by shard; results do not
