@@ -15,7 +15,7 @@ from signals_helpers import ROWS, make_pool, write_validation
 from curate.run import RunDir
 from curate.signals import load_signal, score
 from curate.signals.icl import icl_gains
-from curate.signals.lm import LMScorer
+from curate.signals.lm import LMScorer, _shared_prefix
 from curate.signals.validation import read_validation
 
 
@@ -58,6 +58,27 @@ def test_shared_prefix_nll_equals_plain_per_sequence(tiny_lm):  # noqa: F811
     np.testing.assert_allclose(got.stack(), ref.stack(), atol=1e-4, rtol=0)
     assert (got.resp_n == ref.resp_n).all() and (got.eot_n == ref.eot_n).all()
     assert forwarded < sum(len(s.ids) for s in flat)
+
+
+def test_a_truncated_sequence_does_not_cost_its_group_the_shared_prefix(tiny_lm):  # noqa: F811
+    """One sequence over max_length is cut from the left, so it does not start with the group's demo: it is
+    scored alone and the others still share their prefix (before, the whole group was scored uncached)."""
+    convs = pool_convs()
+    full = LMScorer(tiny_lm)
+    sc = LMScorer(tiny_lm, batch_tokens=256,
+                  max_length=max(len(full.encode(a + b).ids) for a in convs for b in convs[:3]))
+    long_tail = [{"role": "user", "content": " ".join(["word"] * 200)}, {"role": "assistant", "content": "yes"}]
+    groups = [[sc.encode(convs[i] + convs[j]) for j in range(3)] + [sc.encode(convs[i] + long_tail)]
+              for i in range(len(convs))]
+    assert all(g[-1].truncated and not any(s.truncated for s in g[:-1]) for g in groups)
+    flat = [s for g in groups for s in g]
+    ref = sc.nll_parts(flat)
+    got, forwarded = sc.nll_shared_prefix(groups)
+    np.testing.assert_allclose(got.stack(), ref.stack(), atol=1e-4, rtol=0)
+    prefix = [_shared_prefix(g[:-1]) for g in groups]
+    assert min(prefix) > 0
+    # each demo prefix forwarded once per group: what the cache saves is (members - 1) x prefix
+    assert forwarded == sum(len(s.ids) for s in flat) - sum(2 * p for p in prefix)
 
 
 def test_relevant_demo_beats_an_irrelevant_one_of_the_same_length(tmp_path, copy_lm):  # noqa: F811

@@ -370,21 +370,27 @@ class LMScorer:
 
         flat = [s for g in groups for s in g]
         firsts = np.cumsum([0] + [len(g) for g in groups])
-        plen = [_shared_prefix(g) for g in groups]
+        # a sequence cut from the left (longer than max_length) starts elsewhere: it is scored alone, so one
+        # long validation row does not cost every group its shared prefix
+        members = [[j for j in range(firsts[i], firsts[i + 1]) if not flat[j].truncated] for i in range(len(groups))]
+        plen = [_shared_prefix([flat[j] for j in m]) for m in members]
+        shared = {j for i, m in enumerate(members) if plen[i] > 0 for j in m}
+        plain = [j for j in range(len(flat)) if j not in shared]
         sums = np.zeros((len(flat), 2), dtype=np.float64)
-        plain = [i for i, g in enumerate(groups) if len(g) and plen[i] == 0]
-        if plain:
-            idx = [j for i in plain for j in range(firsts[i], firsts[i + 1])]
-            sums[idx] = self.nll_parts([flat[j] for j in idx]).stack()
-        forwarded = sum(len(s.ids) for i in plain for s in groups[i])
-        todo = sorted((i for i, g in enumerate(groups) if len(g) and plen[i] > 0), key=lambda i: -plen[i])
-        chunks = [todo[lo:hi] for lo, hi in _budget_batches([plen[i] for i in todo], self.batch_tokens)]
         bar = _progress(len(flat), desc, progress)
+        if plain:
+            sums[plain] = self.nll_parts([flat[j] for j in plain]).stack()
+            if bar is not None:
+                bar.update(len(plain))
+        forwarded = sum(len(flat[j].ids) for j in plain)
+        todo = sorted((i for i in range(len(groups)) if plen[i] > 0), key=lambda i: -plen[i])
+        chunks = [todo[lo:hi] for lo, hi in _budget_batches([plen[i] for i in todo], self.batch_tokens)]
         with torch.inference_mode():
             for chunk in chunks:
-                rows = [j for i in chunk for j in range(firsts[i], firsts[i + 1])]
-                sums[rows] = self._prefix_chunk([groups[i] for i in chunk], [plen[i] for i in chunk])
-                forwarded += sum(plen[i] + sum(len(s.ids) - plen[i] for s in groups[i]) for i in chunk)
+                rows = [j for i in chunk for j in members[i]]
+                sums[rows] = self._prefix_chunk([[flat[j] for j in members[i]] for i in chunk],
+                                                [plen[i] for i in chunk])
+                forwarded += sum(plen[i] + sum(len(flat[j].ids) - plen[i] for j in members[i]) for i in chunk)
                 if bar is not None:
                     bar.update(len(rows))
         if bar is not None:
