@@ -20,7 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Curate LLM fine-tuning pools: ingest, embed, index, map, score, select, export.",
 )
-console = Console(stderr=True)
+console = Console()  # results (paths written, summaries, tables): stdout, so they can be piped
+err_console = Console(stderr=True)  # errors; progress bars go to stderr too
 
 RunOpt = typer.Option(..., "--run", "-r", help="Run directory (created if missing).")
 
@@ -41,7 +42,7 @@ def _fail(exc: BaseException) -> NoReturn:
     if _DEBUG["on"]:
         raise exc
     text = " ".join(str(exc).split()) or type(exc).__name__
-    console.print(f"[red]error:[/red] {escape(text)}", soft_wrap=True, highlight=False)
+    err_console.print(f"[red]error:[/red] {escape(text)}", soft_wrap=True, highlight=False)
     raise typer.Exit(2) from None
 
 
@@ -54,6 +55,23 @@ def _with_params(param: list[str] | None, **named: Any) -> dict[str, Any]:
     return {**named, **params}
 
 
+def _first_quarantine_reason(quarantine: Path) -> str:
+    """The reason of the first row-level entry of a quarantine file ("" when none)."""
+    import polars as pl
+
+    q = pl.read_parquet(quarantine, columns=["row", "reason"]).drop_nulls("row")
+    return q["reason"][0] if q.height else ""
+
+
+def _scalars(info: dict[str, Any]) -> str:
+    """A stage's result dict on one line: its scalar entries (no keys, fingerprints or nested structures)."""
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k} {fmt(v)}" for k, v in info.items()
+                     if isinstance(v, (str, int, float)) and k not in ("key", "fingerprint", "skipped"))
+
+
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
     """Turn ['k=v', ...] into a dict, values parsed as YAML scalars/lists (so 0.9 is a float, [a,b] a list)."""
     import yaml
@@ -61,7 +79,7 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}")
+            _fail(typer.BadParameter(f"expected KEY=VALUE, got {item!r}"))
         key, value = item.split("=", 1)
         params[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return params
@@ -112,7 +130,17 @@ def ingest(
     roles = _parse_pairs(role_map, "--role-map") or None
     report = _call("ingest", run, inputs=inputs, columns=columns, records=records, layout=layout,
                    role_map=roles, strict=strict or None, chunk_rows=chunk_rows)
-    console.print(report.summary() if hasattr(report, "summary") else report)
+    console.print(report.summary(), markup=False, soft_wrap=True)
+    if report.n_unique == 0:  # nothing usable: say why instead of leaving an empty pool for the next stage
+        from curate.errors import CurateError
+        from curate.run import RunDir
+
+        if report.n_read == 0:
+            _fail(CurateError(f"no rows read from {', '.join(report.inputs)}", "are the files empty?"))
+        why = _first_quarantine_reason(RunDir(run).quarantine_path)
+        _fail(CurateError(f"no usable rows: all {report.n_read:,} rows read were quarantined, e.g. {why}",
+                          f"see {RunDir(run).quarantine_path}; name the fields with --map prompt=COLUMN "
+                          "--map response=COLUMN or --layout"))
 
 
 @app.command()
@@ -141,7 +169,11 @@ def index_cmd(
 ) -> None:
     """Build the faiss index and the kNN graph over the current embeddings."""
     info = _call("index", run, kind=kind, k=k)
-    console.print(info)
+    from curate.run import RunDir
+
+    state = "current, not rebuilt" if info.get("skipped") else "built"
+    console.print(f"index {state}: {_scalars(info)}", markup=False, soft_wrap=True)
+    console.print(f"in: {RunDir(run).index_dir}", markup=False, soft_wrap=True)
 
 
 @app.command("map")
@@ -156,7 +188,9 @@ def map_cmd(
     info = _call("map", run, projection=projection, target_cells=target_cells, n_clusters=n_clusters,
                  **_parse_params(param))
     written = info.pop("written", []) if isinstance(info, dict) else []
-    console.print(info)
+    for step in ("projection", "grid", "clusters", "diversity"):
+        if isinstance(info.get(step), dict):
+            console.print(f"{step}: {_scalars(info[step])}", markup=False, soft_wrap=True)
     for path in written:
         console.print(f"wrote: {path}", markup=False, soft_wrap=True)
     if isinstance(info, dict) and info.get("skipped"):
@@ -219,8 +253,9 @@ def select(
         what = "left out" if dec["excluded"] else f"kept eligible ({dec['selected_contaminated_rows']} selected)"
         console.print(f"decontamination: {dec['contaminated_rows']} pool rows copy validation rows, {what}",
                       markup=False)
-    if sel.stats.get("note"):
-        console.print(f"note: {sel.stats['note']}", markup=False)
+    for key in ("note", "budget_note"):
+        if sel.stats.get(key):
+            console.print(f"note: {sel.stats[key]}", markup=False)
 
 
 @app.command()
@@ -232,7 +267,12 @@ def export(
 ) -> None:
     """Export a selection as a weighted training subset with manifest.json."""
     out = _call("export", run, selection=selection, layout=layout, formats=tuple(fmt) if fmt else None)
-    console.print(f"exported: {out}")
+    console.print(f"exported: {out}", markup=False, soft_wrap=True)
+    from index.io import read_json
+
+    note = read_json(out / "manifest.json").get("note")
+    if note:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -273,7 +313,7 @@ def train(
                         executor_options=_parse_params(executor_opt) or None)
     if reference is not None:
         if run is None:
-            raise typer.BadParameter("--reference needs --run")
+            _fail(typer.BadParameter("--reference needs --run"))
         opts.pop("merge")
         res = _call("reference", run, n=reference, **{k: v for k, v in opts.items() if k not in ("name", "out")})
         console.print(res.summary())

@@ -93,6 +93,8 @@ def coverage_curves(
         order = Selection.load(run, name).positions
         steps = budgets or sorted({max(1, round(len(order) * i / 20)) for i in range(1, 21)})
         steps = [b for b in steps if b <= len(order)]
-        cov = coverage_curve(cells, order, steps, density=density)
-        frames.append(pl.DataFrame({"selection": name, "budget": steps, "coverage": np.asarray(cov, float)}))
-    return pl.concat(frames)
+        if steps:  # an empty selection has no curve
+            cov = coverage_curve(cells, order, steps, density=density)
+            frames.append(pl.DataFrame({"selection": name, "budget": steps, "coverage": np.asarray(cov, float)}))
+    schema = {"selection": pl.String, "budget": pl.Int64, "coverage": pl.Float64}
+    return pl.concat([f.cast(schema) for f in frames]) if frames else pl.DataFrame(schema=schema)

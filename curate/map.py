@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate.errors import ParameterError
 from curate.pool.ids import MissingIdsError, positions
 from curate.run import RunDir
 from curate.stage import stage
@@ -87,6 +88,9 @@ def build_index(
 
     t0 = time.perf_counter()
     _, vectors = _fingerprint_and_vectors(run)
+    requested, k = k, min(int(k), len(vectors) - 1)  # a row has n - 1 neighbours: no padded (-1, 0) entries
+    if k < 1:
+        raise ParameterError(f"a kNN graph needs at least 2 embedded rows; {run} has {len(vectors)}")
     if kind == "auto":  # the kNN layer picks its own best graph method (exact, or cell-partitioned at scale)
         graph = knn_graph(vectors, k=k, kind="auto", progress=progress, seed=seed)
         exact = len(vectors) <= EXACT_MAX_ROWS
@@ -110,6 +114,8 @@ def build_index(
         "graph": graph.info,  # the kNN method's settings (cells, probes, score dtype)
         "seconds": time.perf_counter() - t0,
     }
+    if k != requested:
+        info["note"] = f"k={requested} asked for, {k} built: the pool has {len(vectors)} rows"
     write_json(out / INDEX_JSON, info)
     return {**info, "skipped": False}
 

@@ -96,6 +96,10 @@ class Recipe:
                 raise RecipeError(f"recipe {path}: stage {i + 1}: unknown stage {name!r}; known: {', '.join(STAGES)}")
             if params is not None and not isinstance(params, dict):
                 raise RecipeError(f"recipe {path}: stage {i + 1} ({name}): parameters must be a mapping")
+            try:  # every stage's parameters checked before any stage runs
+                check_params(name, dict(params or {}))
+            except RecipeError as exc:
+                raise RecipeError(f"recipe {path}: stage {i + 1}: {exc}") from None
             stages.append((name, dict(params or {})))
         executor = {k: doc[k] for k in ("executor", "executor_options") if doc.get(k) is not None}
         return cls(run=Path(run_dir), seed=int(doc.get("seed", 0)), stages=stages, source=path, executor=executor)
@@ -114,12 +118,19 @@ def call_stage(
     for key, value in (defaults or {}).items():
         if key in sig.parameters and key not in kwargs:
             kwargs[key] = value
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
-    unknown = [k for k in kwargs if k not in sig.parameters and not accepts_any]
+    check_params(name, kwargs)
+    return fn.run_stage(run=run, **kwargs)
+
+
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """Raise RecipeError naming the first parameter stage `name` does not take (stages with **params take any)."""
+    sig = inspect.signature(stage_function(name))
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    unknown = [k for k in params if k not in sig.parameters]
     if unknown:
         allowed = [p for p in sig.parameters if p != "run"]
         raise RecipeError(f"stage {name!r} has no parameter {unknown[0]!r}; it takes: {', '.join(allowed)}")
-    return fn.run_stage(run=run, **kwargs)
 
 
 def run_recipe(recipe: Recipe, *, log: Callable[[str], None] = print) -> list[tuple[str, StageResult]]:

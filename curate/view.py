@@ -181,8 +181,14 @@ class PoolView:
                 known = ", ".join(sorted(self._signals)) or "(none)"
                 raise KeyError(f"signal {name!r} is not in this in-memory PoolView; known: {known}")
             if not self.run.signal_path(name).exists():
+                from curate.signals import SIGNALS  # the package: every signal module registered
                 from curate.signals.base import score_command
 
+                if name not in SIGNALS.names():  # a typo, not a signal still to compute
+                    stored = ", ".join(self.signal_names()) or "(none)"
+                    raise MissingArtefactError(f"no signal {name!r}: it is not stored in {self.run.signals_dir} "
+                                               f"(stored: {stored}) and no signal of that name is registered "
+                                               "(`curate methods` lists them)")
                 raise MissingArtefactError(
                     f"signal {name!r} is missing ({self.run.signal_path(name)}): "
                     f"run {score_command(name, self.run.root)} first"

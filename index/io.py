@@ -17,12 +17,25 @@ from typing import Any, Protocol
 import numpy as np
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` less the process umask: what `open` would give a new file (0o777 for a folder). The temporary files
+    and folders of `tempfile` are private (0600 / 0700), so what is renamed into place gets this mode first."""
+    try:
+        with open("/proc/self/status") as fh:
+            umask = next(int(ln.split()[1], 8) for ln in fh if ln.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):  # not Linux: read it by setting it (not thread-safe)
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return mode & ~umask
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
+    os.fchmod(fd, umask_mode())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -83,8 +96,12 @@ def iter_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[in
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
-    with path.open() as fh:
-        for i, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if i == 1 else "utf-8")  # a leading BOM is not data
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{i}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 
+import numpy as np
 import pytest
 from fixtures_pool import make_run
 from typer.testing import CliRunner
@@ -93,6 +94,48 @@ def test_param_given_twice_is_one_error_and_once_is_an_option(tmp_path):
     assert ids["a"] == ids["b"]
 
 
+def test_unknown_signal_is_named_as_unknown_not_as_one_to_compute(tmp_path):
+    run = make_run(tmp_path / "run", n=24)
+    line = one_error_line(*invoke("select", "--run", str(run.root), "-m", "top-signal", "-b", "5",
+                                  "-p", "signal=nosuch"))
+    assert "no signal 'nosuch'" in line and "no signal of that name is registered" in line
+    assert "curate score" not in line
+
+
+def test_budget_zero_is_an_error_and_a_short_pool_is_noted(tmp_path):
+    run = make_run(tmp_path / "run", n=24)
+    for budget in ("0", "0%", "0tok"):
+        line = one_error_line(*invoke("select", "--run", str(run.root), "-m", "random", "-b", budget))
+        assert "selects nothing" in line and "give a positive budget" in line
+    result, out = invoke("select", "--run", str(run.root), "-m", "random", "-b", "500")
+    assert result.exit_code == 0 and "selected 24 rows" in out
+    assert "note: budget 500 rows, 24 selected: no more rows were eligible" in out
+
+
+def test_ingest_with_no_usable_row_fails_naming_the_quarantine(tmp_path):
+    src = tmp_path / "qa.csv"
+    src.write_text("question,answer\nwhat is 2+2?,4\nwhat is 3+3?,6\n")
+    line = one_error_line(*invoke("ingest", str(src), "--run", str(tmp_path / "r")))
+    assert "no usable rows: all 2 rows read were quarantined" in line and "keys: question, answer" in line
+    assert f"see {tmp_path / 'r' / 'quarantine.parquet'}" in line and "--map prompt=COLUMN" in line
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    line = one_error_line(*invoke("ingest", str(empty), "--run", str(tmp_path / "r2")))
+    assert f"no rows read from {empty}" in line
+    result, out = invoke("ingest", str(src), "--run", str(tmp_path / "r3"), "--map", "prompt=question",
+                         "--map", "response=answer")
+    assert result.exit_code == 0 and "unique 2" in out
+
+
+def test_index_k_past_the_pool_is_clamped_with_a_note(tmp_path):
+    from curate.map import build_index
+
+    run = make_run(tmp_path / "run", n=6)
+    info = build_index(run.root, k=10, progress=False)
+    assert info["k"] == 5 and "k=10 asked for, 5 built" in info["note"]
+    assert (np.load(run.root / "index" / "knn.npz")["neighbors"] >= 0).all()
+
+
 def test_ingest_errors_and_debug(tmp_path):
     line = one_error_line(*invoke("ingest", str(tmp_path / "missing.jsonl"), "--run", str(tmp_path / "r")))
     assert "missing.jsonl: no such file or directory" in line
@@ -118,5 +161,5 @@ def test_score_prints_one_line_per_signal(tmp_path):
     run = make_run(tmp_path / "run", n=24)
     result, out = invoke("score", "--run", str(run.root), "--signal", "mtld", "--signal", "ttr")
     assert result.exit_code == 0, out
-    lines = [ln for ln in out.splitlines() if ln.startswith("signal ")]
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("signal ")]
     assert len(lines) == 2 and lines[0].split()[1] == "mtld" and lines[0].endswith("mtld.parquet")

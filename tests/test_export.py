@@ -204,3 +204,37 @@ def test_manifest_reuses_the_coverage_report_that_select_stored(run, monkeypatch
     monkeypatch.setattr(export_mod, "coverage", boom)
     m = read_json(export(run, "pick", formats=("parquet",)) / "manifest.json")
     assert m["coverage"] == {"report": stored}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(run, umask):
+    """Temporary files and folders are private (0600 / 0700); what is renamed into place takes the mode a plain
+    `open` would give, so an export on a shared file system is readable by those the umask lets read it."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        out = export(run.root, "pick", formats=["jsonl"])
+        write_json(run.root / "probe.json", {"a": 1})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, out / "manifest.json", out / "data-00000.jsonl",
+                                                              run.root / "probe.json"]}
+    assert modes == {out.name: 0o777 & ~umask, "manifest.json": 0o666 & ~umask, "data-00000.jsonl": 0o666 & ~umask,
+                     "probe.json": 0o666 & ~umask}
+
+
+def test_rows_without_a_response_are_noted_in_the_manifest(tmp_path):
+    from fixtures_pool import write_jsonl
+
+    from curate.pool import ingest
+
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q1", "response": "a1"}, {"prompt": "q2", "response": "a2"},
+                                             {"prompt": "only a prompt"}])
+    ingest([src], tmp_path / "run", progress=False)
+    select(tmp_path / "run", "random", "100%", stratify="none")
+    man = read_json(export(tmp_path / "run", "random", layout="alpaca") / "manifest.json")
+    assert man["kinds"] == {"sft": 2, "prompt": 1}
+    assert man["note"].startswith("1 selected rows have no response (kind prompt): the alpaca layout writes them")
+    assert "note" not in read_json(export(tmp_path / "run", "random", layout="prompt") / "manifest.json")

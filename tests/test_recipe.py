@@ -31,6 +31,9 @@ def test_load_parses_stages_seed_and_run(tmp_path):
         ("stages:\n  - embed: {}\n", "no 'run' directory"),
         ("run: x\n", "expected a mapping with a 'stages' list"),
         ("run: [x\n", "not valid YAML"),
+        # a misspelt parameter of a late stage fails at load, before the stages before it run
+        ("run: x\nstages:\n  - embed: {}\n  - export: {selection: s, layot: alpaca}\n",
+         "stage 2: stage 'export' has no parameter 'layot'; it takes: selection"),
     ],
 )
 def test_load_errors_are_precise(tmp_path, text, message):
@@ -90,8 +93,6 @@ def test_recipe_executor_goes_to_the_stages_that_take_one(tmp_path, monkeypatch)
                          "  - fake\n  - plain\n  - fake: {executor: local, n: 2}\n")
     monkeypatch.setitem(rc.STAGES, "fake", "x:y")
     monkeypatch.setitem(rc.STAGES, "plain", "x:z")
-    r = rc.Recipe.load(p)
-    assert r.executor == {"executor": "ray", "executor_options": {"workers": 3}}
     from curate.stage import stage
 
     calls = []
@@ -105,5 +106,7 @@ def test_recipe_executor_goes_to_the_stages_that_take_one(tmp_path, monkeypatch)
         calls.append(k)
 
     monkeypatch.setattr(rc, "stage_function", lambda name: {"fake": fake, "plain": plain}[name])
+    r = rc.Recipe.load(p)  # checks every stage's parameters against its function
+    assert r.executor == {"executor": "ray", "executor_options": {"workers": 3}}
     rc.run_recipe(r, log=lambda m: None)
     assert calls == [("ray", {"workers": 3}), 1, ("local", {"workers": 3})]

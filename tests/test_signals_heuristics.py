@@ -129,3 +129,19 @@ def test_token_counts_run_on_the_tokenizers_threads_and_restore_the_setting(befo
     np.testing.assert_array_equal(counts, [3, 0, 2] * 3)
     assert seen == ["true"] * 3
     assert os.environ.get("TOKENIZERS_PARALLELISM") == before
+
+
+def test_unknown_score_parameter_fails_and_every_read_parameter_is_known(tmp_path):
+    """A misspelt parameter (`mtld_treshold`) is an error, not silently ignored; and every parameter a signal
+    reads (`ctx.param("...")` anywhere in curate/) is one `score` accepts, so the check cannot reject a real one."""
+    from pathlib import Path
+
+    from curate.errors import ParameterError
+    from curate.signals.stage import known_params
+
+    run = make_pool(tmp_path / "run", ROWS)
+    with pytest.raises(ParameterError, match="unknown parameter.*mtld_treshold"):
+        score(run, ["mtld"], mtld_treshold=0.5, progress=False)
+    src = Path(__file__).resolve().parents[1] / "curate"
+    read = {m for f in src.rglob("*.py") for m in re.findall(r'(?:ctx|self)\.param\("(\w+)"', f.read_text())}
+    assert read and read <= known_params(), read - known_params()

@@ -48,3 +48,9 @@ def test_validation_file_errors_name_the_file_and_line(tmp_path):
         read_validation(path)
     with pytest.raises(FileNotFoundError, match="validation file .*nope.jsonl does not exist"):
         read_validation(tmp_path / "nope.jsonl")
+    good = write_validation(tmp_path / "v2.jsonl").read_bytes()
+    path.write_bytes(b"\xef\xbb\xbf" + good)  # a BOM before the first row is not data
+    assert len(read_validation(path)) == len(read_validation(tmp_path / "v2.jsonl"))
+    path.write_bytes(good + b'{"prompt": "caf\xe9", "response": "r"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=rf"val.jsonl:{len(good.splitlines()) + 1}: not UTF-8 \(byte 0xe9 at column"):
+        read_validation(path)

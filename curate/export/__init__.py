@@ -25,7 +25,7 @@ from curate.export.manifest import coverage, domain_counts, fingerprints, packag
 from curate.pool.ids import align, positions
 from curate.run import RunDir
 from curate.stage import stage
-from index.io import read_json, write_json
+from index.io import read_json, umask_mode, write_json
 
 FORMATS = ("jsonl", "parquet")
 
@@ -93,6 +93,7 @@ def export(
         final.parent.mkdir(parents=True, exist_ok=True)
         _clean_stale(final)
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        work.chmod(umask_mode(0o777))
         try:
             files = _write_shards(data, work, formats, shard_rows)
             data.select("id", "weight").sort("id").write_parquet(work / "ids.parquet")
@@ -186,6 +187,10 @@ def _manifest(
         "coverage": ({"report": stored} if (stored := (side.get("stats") or {}).get("coverage"))
                      else coverage(run, order)),
         "reference": _reference(run, rows),
+        "kinds": (kinds := {str(k): int(v) for k, v in rows["kind"].value_counts().iter_rows()}),
+        **({"note": f"{kinds['prompt']} selected rows have no response (kind prompt): the {layout} layout writes "
+                    "them with an empty answer; export with layout 'prompt', or select from the other rows"}
+           if kinds.get("prompt") and layout != "prompt" else {}),
     }
 
 

@@ -92,7 +92,8 @@ class IngestReport:
             more = f" (+{len(top) - 12} more)" if len(top) > 12 else ""
             lines.append(f"  domains ({len(top)}): {shown}{more}")
         if self.reasons:
-            lines.append("  quarantine: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.reasons.items())))
+            lines.append("  quarantine: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.reasons.items()))
+                         + f" (each row and why: {RunDir(self.run).quarantine_path})")
         for src, why in self.file_errors.items():
             lines.append(f"  file {self.per_source[src].get('status')}: {why}")
         return "\n".join(lines)

@@ -112,6 +112,10 @@ def select(
     from curate.signals import decontam
 
     run = run if isinstance(run, RunDir) else RunDir(run)
+    budget = Budget.parse(budget)
+    if not (budget.rows or budget.tokens or budget.fraction):
+        raise ParameterError(f"budget {str(budget)!r} selects nothing",
+                             "give a positive budget: rows (1000), a fraction (20%) or tokens (50000tok)")
     takes = inspect.signature(SELECTORS.get(method).__init__).parameters
     if validation is not None and "validation" in takes:
         params["validation"] = str(validation)
@@ -143,7 +147,10 @@ def select(
     leaked = decontam.contaminated_positions(view.ids, records)
     if decontaminate and leaked.size:
         exclude = leaked if exclude is None else np.union1d(exclude, leaked)
-    selection = selector.select(view, Budget.parse(budget), seed=seed, exclude=exclude, stratify=by, mixture=weights)
+    selection = selector.select(view, budget, seed=seed, exclude=exclude, stratify=by, mixture=weights)
+    if budget.rows is not None and len(selection.ids) < budget.rows:
+        selection.stats["budget_note"] = (f"budget {budget.rows} rows, {len(selection.ids)} selected: no more rows "
+                                          f"were eligible")
     if records:
         selection.stats["decontamination"] = {
             "excluded": bool(decontaminate),

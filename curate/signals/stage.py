@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from curate.errors import ParameterError
 from curate.run import RunDir
 from curate.signals.base import SIGNALS, ScoreContext, short_hash
 from curate.signals.store import load_signal, stored_key, write_signal
@@ -60,6 +61,15 @@ def _score_inputs(run: RunDir, a: dict) -> list[str]:
             *(str(Path(g).resolve()) for g in given if g is not None and os.path.exists(str(g)))]
 
 
+#: parameters of a score call that no signal declares: how the work is cut and cached, not what it computes
+RUN_PARAMS = ("shard_rows", "icl_shard_rows", "icl_cache")
+
+
+def known_params() -> set[str]:
+    """Every keyword parameter `score` takes beyond its named ones: the signals' declared parameters and RUN_PARAMS."""
+    return {p for n in SIGNALS.names() for p in SIGNALS.get(n).params} | set(RUN_PARAMS)
+
+
 def _score_outputs(run: RunDir, a: dict) -> list[str]:
     out = [f"signals/{n}.{ext}" for n in a["names"] for ext in ("parquet", "json")]
     return [*out, "decontam"] if a["validation"] is not None else out
@@ -103,6 +113,10 @@ def score(
 
     for n in names:
         SIGNALS.get(n)  # unknown names fail before any work
+    unknown = sorted(set(params) - known_params())
+    if unknown:
+        raise ParameterError(f"score: unknown parameter(s) {', '.join(unknown)}",
+                             f"the signals' parameters are {', '.join(sorted(known_params()))}")
     ctx = ScoreContext(
         run,
         executor=get_executor(executor, executor_options),
