@@ -23,7 +23,7 @@ app = typer.Typer(
 console = Console()  # results (paths written, summaries, tables): stdout, so they can be piped
 err_console = Console(stderr=True)  # errors; progress bars go to stderr too
 
-RunOpt = typer.Option(..., "--run", "-r", help="Run directory (created if missing).")
+RunOpt = typer.Option(..., "--run", "-r", help="Run directory (ingest creates it).")
 
 # User errors: printed as one `error:` line, exit code 2 (tracebacks only with --debug). CurateError is the
 # root of the project's own; the built-in ones stay for errors raised by libraries on bad user input.
@@ -41,7 +41,8 @@ def _fail(exc: BaseException) -> NoReturn:
     """Print a user error as one `error:` line (with its hint) and exit with code 2; re-raise under --debug."""
     if _DEBUG["on"]:
         raise exc
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    msg = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc  # KeyError's str() quotes it
+    text = " ".join(str(msg).split()) or type(exc).__name__
     err_console.print(f"[red]error:[/red] {escape(text)}", soft_wrap=True, highlight=False)
     raise typer.Exit(2) from None
 
@@ -164,8 +165,8 @@ def embed(
 @app.command("index")
 def index_cmd(
     run: Path = RunOpt,
-    kind: str = typer.Option(None, help="flat (exact), ivf, hnsw or auto (by size)."),
-    k: int = typer.Option(None, help="Neighbours per row in the kNN graph."),
+    kind: str = typer.Option(None, help="flat (exact), ivf, hnsw or auto (by size; the default)."),
+    k: int = typer.Option(None, help="Neighbours per row in the kNN graph (default 10; at most rows - 1)."),
 ) -> None:
     """Build the faiss index and the kNN graph over the current embeddings."""
     info = _call("index", run, kind=kind, k=k)
@@ -179,9 +180,9 @@ def index_cmd(
 @app.command("map")
 def map_cmd(
     run: Path = RunOpt,
-    projection: str = typer.Option(None, help="pca or umap."),
-    target_cells: int = typer.Option(None, help="Target number of non-empty grid cells."),
-    n_clusters: int = typer.Option(None, help="k-means clusters (pseudo-domains)."),
+    projection: str = typer.Option(None, help="pca (default) or umap."),
+    target_cells: int = typer.Option(None, help="Target number of non-empty grid cells (default about sqrt(rows), at most 10,000)."),
+    n_clusters: int = typer.Option(None, help="k-means clusters, the pseudo-domains (default about sqrt(rows / 10))."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Extra KEY=VALUE parameters."),
 ) -> None:
     """Project, grid, cluster and measure the diversity of the pool."""
@@ -263,7 +264,7 @@ def export(
     run: Path = RunOpt,
     selection: str = typer.Option(..., "--selection", "-s", help="Selection name."),
     layout: str = typer.Option(None, help="messages (default), alpaca, sharegpt, preference or prompt."),
-    fmt: list[str] = typer.Option(None, "--format", "-f", help="jsonl and/or parquet (repeat)."),
+    fmt: list[str] = typer.Option(None, "--format", "-f", help="jsonl and/or parquet (repeat; default both)."),
 ) -> None:
     """Export a selection as a weighted training subset with manifest.json."""
     out = _call("export", run, selection=selection, layout=layout, formats=tuple(fmt) if fmt else None)
