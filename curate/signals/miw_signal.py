@@ -86,12 +86,12 @@ def _miw_score(ctx: ScoreContext) -> np.ndarray:
     n_val = ctx.param("n_val", 32)
     val = read_validation(ctx.validation, None if n_val is None else int(n_val), int(ctx.param("icl_seed", 0)))
 
-    def kshot(rows: np.ndarray, draws: int) -> KShotProxy:
+    def kshot(rows: np.ndarray, draws: int, progress: bool = False) -> KShotProxy:
         convs = [ctx.messages(int(p), int(p) + 1)[0] for p in rows]
         n_top = max(1, int(round(ratio * rows.size)))
         eot = score_eot(ctx)  # the answer's tokens only by default, as the other LM signals
-        return KShotProxy(lambda c: ctx.scorer("model").conversation_nll(c, eot=eot)[0], convs, val, k=k, draws=draws,
-                          seed=seed, n_top=n_top)
+        return KShotProxy(lambda c: ctx.scorer("model").conversation_nll(c, eot=eot, progress=progress)[0], convs,
+                          val, k=k, draws=draws, seed=seed, n_top=n_top)
 
     toks = None
     if proxy_kind == "icl":
@@ -109,7 +109,7 @@ def _miw_score(ctx: ScoreContext) -> np.ndarray:
         seed=seed,
         normalise=False,
     )
-    held_proxy = kshot(held, int(ctx.param("miw_eval_draws", 16)))
+    held_proxy = kshot(held, int(ctx.param("miw_eval_draws", 16)), progress=ctx.progress)  # a bar per weighting
     heldout = heldout_proxy(norm[held], res.weights, held_proxy, ratio)
     out = res.as_dict()
     out["search_proxy_best"], out["search_proxy_uniform"] = out.pop("proxy_best"), out.pop("proxy_uniform")
