@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from curate.select import PoolView, make_selector
+from curate.select import Budget, PoolView, make_selector
 from curate.select.deita import bf16_margin, deita_filter, deita_filter_reference, score_order
 
 
@@ -142,3 +142,23 @@ def test_selector_shortfall_raises_or_fills() -> None:
         make_selector("deita", signal="q").select(view, 3)
     sel = make_selector("deita", signal="q", fill=True).select(view, 3)
     assert sel.positions.tolist() == [0, 2, 1] and sel.reasons[2].startswith("deita: fill")
+
+
+def test_token_budget_is_not_short_and_fill_stats_count_the_walk():
+    """A token budget's k only bounds the rows: Deita returns what is left after near-duplicates instead of
+    raising; with fill=True the dropped count is that of the walk, before the fill rows join."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[1] = x[0]
+    v = PoolView.from_arrays([f"r{i}" for i in range(40)], vectors=x,
+                             signals={"tokens": np.ones(40), "q": np.arange(40, 0, -1.0)})
+    sel = make_selector("deita", signal="q").select(v, Budget(tokens=1000), seed=0)
+    assert len(sel) == 39 and 1 not in sel.positions.tolist()
+    y = np.zeros((6, 4), np.float32)
+    y[:3, 0] = 1
+    y[3:, 1] = 1  # two groups of 3 identical rows
+    w = PoolView.from_arrays([f"r{i}" for i in range(6)], vectors=y, signals={"q": np.arange(6, 0, -1.0)})
+    sel = make_selector("deita", signal="q", fill=True).select(w, Budget(rows=5), seed=0)
+    assert sel.positions.tolist() == [0, 3, 1, 2, 4]
+    assert (sel.stats["rows_walked"], sel.stats["rows_dropped_as_near_duplicates"], sel.stats["n_filled"]) == (4, 2, 3)

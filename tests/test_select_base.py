@@ -103,6 +103,26 @@ def test_token_budget_skips_rows_that_overflow():
     assert len(FixedOrder(order=(0, 1)).select(view(2, [1, 1]), "100tok")) == 2
 
 
+def test_token_budget_ranks_on_while_shorter_rows_would_still_fit():
+    """A token budget asks a selector for k rows (as many as the shortest rows would fill); when its ranking skips
+    long rows and leaves room, the selector ranks more rows until nothing left fits. Before, k-center stopped at
+    its k ranked rows with short rows unselected and budget left."""
+    from curate.select import make_selector
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    tokens = np.array([100.0] * 20 + [1.0] * 20)
+    v = PoolView.from_arrays([f"r{i}" for i in range(40)], vectors=x, signals={"tokens": tokens})
+    sel = make_selector("k-center").select(v, Budget(tokens=230), seed=0)
+    assert Budget(tokens=230).resolve(40, tokens) == 22  # what the first ranking asks for
+    assert tokens[sel.positions].sum() == 220 and set(range(20, 40)) <= set(sel.positions.tolist())
+    # the selection is the k-center order of the longer ranking, filtered by the budget
+    order = make_selector("k-center").rank(v, 40, seed=0, budget=Budget(rows=40)).positions
+    take = [p for p in order if tokens[p] == 1 or p in sel.positions]
+    assert sel.positions.tolist() == take
+
+
 def test_token_budget_without_tokens_signal_names_the_command():
     with pytest.raises(FileNotFoundError, match="curate score --signal tokens"):
         FixedOrder(order=(0,)).select(view(3), "10tok")

@@ -41,6 +41,9 @@ def test_largest_remainder_hand_examples(total, weights, caps, expected):
 def test_largest_remainder_is_exact_on_floats_and_checks_inputs():
     # 1/3 each of 100: floats would make the three remainders differ in the last bit; fractions keep the tie
     assert largest_remainder(100, [1 / 3, 1 / 3, 1 / 3]).tolist() == [34, 33, 33]
+    # a float weight is the decimal it prints as: 0.3 and 0.1 tie (remainders 1/2 each), the lower index wins,
+    # as with the integer weights 3 and 1; the binary 0.29999... had given the unit to 0.1
+    assert largest_remainder(5, [0.3, 0.1, 0.6]).tolist() == largest_remainder(5, [3, 1, 6]).tolist() == [2, 0, 3]
     with pytest.raises(ValueError, match=">= 0"):
         largest_remainder(3, [1, -1])
     with pytest.raises(ValueError, match="weight 0"):

@@ -393,7 +393,7 @@ class DeitaSelector(IFDFilter, Selector):
             kept = np.searchsorted(rows, kept)
         label = "*".join(names)
         n_filled = 0
-        if kept.size < min(k, order.size):
+        if kept.size < min(k, order.size) and budget.kind != "tokens":  # k only bounds a token budget
             if not self.fill:
                 raise ShortRankingError(
                     f"deita: only {kept.size} rows remain once near-duplicates (cosine >= {self.threshold:g}) are "
@@ -409,6 +409,7 @@ class DeitaSelector(IFDFilter, Selector):
             f"deita: {label}={v:.4g}, nearest kept cosine < {self.threshold:g}" for v in score[kept].tolist()
         ]
         walked = int(np.flatnonzero(order == kept[-1])[0]) + 1 if kept.size else 0
+        dropped = walked - int(kept.size)  # before the fill rows join `kept`
         if n_filled:
             reasons += [
                 f"deita: fill, {label}={v:.4g} (near-duplicate of a kept row)" for v in score[rest].tolist()
@@ -418,7 +419,7 @@ class DeitaSelector(IFDFilter, Selector):
             "score": label,
             "threshold": self.threshold,
             "rows_walked": walked,
-            "rows_dropped_as_near_duplicates": walked - int(kept.size),
+            "rows_dropped_as_near_duplicates": dropped,
             "mean_score": float(score[kept].mean()) if kept.size else None,
             "n_filled": n_filled,
             "n_nan_score": int((~np.isfinite(score) & (True if keep is None else keep)).sum()),

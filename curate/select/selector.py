@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -169,32 +169,23 @@ class Selector:
         `partial`: a ranking shorter than the budget needs is taken as it is (a `ShortRankingError` from the
         selector included) and `Taken.ran_out` says so, instead of raising.
         """
-        n = view.n
         tokens = view.tokens() if budget.kind == "tokens" else None
-        k = budget.resolve(n, tokens)
-        excluded = exclusion_mask(n, exclude)
-        try:
-            ranking = self.rank(view, min(n, k + int(excluded.sum())), seed=int(seed), budget=budget)
-        except ShortRankingError as e:
-            if not partial:
-                raise
-            ranking = e.ranking
-        pos = np.asarray(ranking.positions, dtype=np.int64).ravel()
-        if pos.size and (pos.min() < 0 or pos.max() >= n):
-            raise ValueError(f"{self.name}: ranked position out of range 0..{n - 1}")
-        if np.unique(pos).size != pos.size:
-            raise ValueError(f"{self.name}: ranking repeats a position")
-        if excluded.any():
-            keep = ~excluded[pos]
-            ranking = Ranking(
-                positions=pos[keep],
-                weights=None if ranking.weights is None else np.asarray(ranking.weights)[keep],
-                reasons=ranking.reasons if isinstance(ranking.reasons, str)
-                else [r for r, ok in zip(ranking.reasons, keep, strict=True) if ok],
-                stats={**ranking.stats, "excluded_rows": int(excluded.sum())},
-            )
+        k = budget.resolve(view.n, tokens)
+        excluded = exclusion_mask(view.n, exclude)
+        n = int((~excluded).sum())
+        ranking, short = self._ranked(view, k, seed, budget, excluded, partial)
+        pos = ranking.positions
+        while budget.kind == "tokens" and not short and k < view.n:
+            # k is the count of the shortest rows that fit; a ranking of k rows that skips long ones can leave
+            # room that shorter rows further down would fill: rank more until none of the rest fits
+            left = budget.tokens - float(tokens[pos[take_within_tokens(pos, tokens, budget.tokens)]].sum())
+            rest = ~excluded
+            rest[pos] = False
+            if not rest.any() or tokens[rest].min() > left:
+                break
+            k = min(view.n, 2 * k)
+            ranking, short = self._ranked(view, k, seed, budget, excluded, partial)
             pos = ranking.positions
-            n = int((~excluded).sum())
         if pos.size < k and pos.size < n and budget.kind != "tokens" and not partial:
             raise ValueError(f"{self.name}: ranked {pos.size} rows, the budget needs {k}")
         weights = (
@@ -222,6 +213,35 @@ class Selector:
             n_ranked=int(pos.size),
             ran_out=bool(ran_out),
         )
+
+    def _ranked(
+        self, view: PoolView, k: int, seed: int, budget: Budget, excluded: np.ndarray, partial: bool
+    ) -> tuple[Ranking, bool]:
+        """The selector's ranking of k eligible rows (it ranks k + the excluded ones, which are then dropped),
+        checked; and whether it was cut short (a `ShortRankingError` taken as it is, with `partial`)."""
+        n = view.n
+        short = False
+        try:
+            ranking = self.rank(view, min(n, k + int(excluded.sum())), seed=int(seed), budget=budget)
+        except ShortRankingError as e:
+            if not partial:
+                raise
+            ranking, short = e.ranking, True
+        pos = np.asarray(ranking.positions, dtype=np.int64).ravel()
+        if pos.size and (pos.min() < 0 or pos.max() >= n):
+            raise ValueError(f"{self.name}: ranked position out of range 0..{n - 1}")
+        if np.unique(pos).size != pos.size:
+            raise ValueError(f"{self.name}: ranking repeats a position")
+        if excluded.any():
+            keep = ~excluded[pos]
+            ranking = Ranking(
+                positions=pos[keep],
+                weights=None if ranking.weights is None else np.asarray(ranking.weights)[keep],
+                reasons=ranking.reasons if isinstance(ranking.reasons, str)
+                else [r for r, ok in zip(ranking.reasons, keep, strict=True) if ok],
+                stats={**ranking.stats, "excluded_rows": int(excluded.sum())},
+            )
+        return replace(ranking, positions=np.asarray(ranking.positions, dtype=np.int64).ravel()), short
 
 
 

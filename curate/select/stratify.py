@@ -21,7 +21,8 @@ to the other strata; the stats record it (`passed_on`, per-stratum `ran_out`).
 
 The strata's selections are interleaved into one ranking by within-stratum progress ((r + 0.5) / n_s, ties by
 stratum order), so any prefix keeps the mix. Every selection (stratified or not) records its domain mix
-against the pool's eligible rows (`stats["mix"]`, made by `domain_mix`: counts, total variation and KL divergence).
+against the pool's rows less the excluded ones (`stats["mix"]`, made by `domain_mix`: counts, total variation and
+KL divergence); rows a selector cannot rank (NaN scores, the IFD filter) still count in the pool's side.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def largest_remainder(
     is apportioned again over the others (repeated until no share exceeds its cap); if the caps hold less
     than `total`, every stratum gets its cap. Arithmetic is exact (fractions), so hand examples reproduce.
     """
-    w = [Fraction(float(x)) if not isinstance(x, (int, np.integer)) else Fraction(int(x)) for x in weights]
+    # a float as the decimal it prints as (0.3 is 3/10, not the binary 0.29999...), so ties are real ties
+    w = [Fraction(repr(float(x))) if not isinstance(x, (int, np.integer)) else Fraction(int(x)) for x in weights]
     if any(x < 0 for x in w):
         raise ValueError(f"quota weights must be >= 0, got {list(weights)}")
     if int(total) != total or total < 0:
