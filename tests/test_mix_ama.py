@@ -74,6 +74,19 @@ def test_ama_s_estimate_is_importance_weighted_by_the_probability_the_row_was_dr
     assert obj.weights == pytest.approx(0.9 * q / q.sum() + 0.05)
 
 
+def test_a_step_whose_rows_all_weigh_zero_is_logged_without_an_update():
+    """Zero row weights are legal; such a step gives no evidence, so the weights stay, but it is one update record
+    like every other step (the mixture file checks one record per step; it raised after the whole run before)."""
+    obj = ExcessObjective(["a", "b"], {}, Exp3(2, eta=1.0, floor=0.1), method="ama-s")
+    batch = {"domain": torch.tensor([0, 1]), "weight": torch.zeros(2, dtype=torch.float64),
+             "ref_loss": torch.zeros(2, dtype=torch.float64), "sample_prob": torch.tensor([0.5, 0.5])}
+    obj.loss(torch.tensor([0.3, 0.6]), torch.ones(2), batch, obj.step_total(batch))
+    assert obj.after_step(1) is None
+    assert obj.history == [{"step": 1, "weights": pytest.approx([0.5, 0.5]), "excess": [None, None],
+                            "estimate": [None, None]}]
+    assert obj.weights == pytest.approx([0.5, 0.5])
+
+
 def test_ama_s_estimate_does_not_favour_tasks_whose_length_grouped_batches_hold_fewer_rows():
     """Task a's rows are long (2 a batch), b's short (16 a batch); one batch of a 64-row megabatch is trained
     each step. Equal excess must keep α near uniform: normalising by the step's own row count would not."""

@@ -101,12 +101,22 @@ def test_lora_merged_model_scores_like_the_adapter(tiny_lm, tmp_path):  # noqa: 
 def test_mixture_file_and_hook_steer_the_domains_trained_on(tiny_lm, tmp_path):  # noqa: F811
     run = train_pool_run(tmp_path / "run", 32)
     (run / "mixtures").mkdir()
-    (run / "mixtures" / "only_math.json").write_text(
-        json.dumps({"domains": ["math", "text"], "rounds": [{"round": 0, "weights": {"math": 1.0, "text": 0.0}}]})
-    )
+    only_math = json.dumps({"domains": ["math", "text"], "rounds": [{"round": 0, "weights": {"math": 1.0, "text": 0.0}}]})
+    (run / "mixtures" / "only_math.json").write_text(only_math)
     res = train(run, "sel", model=str(tiny_lm), mixture="only_math", name="m", max_steps=6, **FAST)
     log = [x for x in _lines(res.out / "log.jsonl") if "loss" in x and "train_loss" not in x]
     assert log and all("loss/math" in x and "loss/text" not in x for x in log)
+    # other weights under the same name (a rerun of `curate mix` rewrote the file) are another run: the old one
+    # is not returned as if it were this one
+    (run / "mixtures" / "only_math.json").write_text(
+        json.dumps({"domains": ["math", "text"], "rounds": [{"round": 0, "weights": {"math": 0.0, "text": 1.0}}]})
+    )
+    with pytest.raises(ValueError, match="holds a training run with other data or parameters"):
+        train(run, "sel", model=str(tiny_lm), mixture="only_math", name="m", max_steps=6, **FAST)
+    res = train(run, "sel", model=str(tiny_lm), mixture="only_math", name="m2", max_steps=6, **FAST)
+    log = [x for x in _lines(res.out / "log.jsonl") if "loss" in x and "train_loss" not in x]
+    assert log and all("loss/text" in x and "loss/math" not in x for x in log)
+    (run / "mixtures" / "only_math.json").write_text(only_math)
 
     seen = []
 
@@ -158,6 +168,10 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tiny_lm, tmp_path):  # n
     heldout.write_text("".join(json.dumps({"messages": m, "domain": "math"}) + "\n" for m in pool["messages"][:2].to_list()))
     with pytest.raises(TrainDataError, match="held-out rows are also training rows"):
         train(run, "sel", model=str(tiny_lm), heldout=heldout, **FAST)
+    prefs = tmp_path / "prefs.jsonl"  # an SFT run scores sft held-out rows only: none here (was a NaN macro)
+    prefs.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "domain": "math"}) + "\n")
+    with pytest.raises(TrainDataError, match="none is an sft row"):
+        train(run, "sel", model=str(tiny_lm), heldout=prefs, **FAST)
     assert not (run / "train").exists() or not list((run / "train").glob("*/metrics.json"))
 
 

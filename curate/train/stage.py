@@ -31,7 +31,7 @@ from curate.run import RunDir
 from curate.signals.lm import default_device, resolve_dtype
 from curate.stage import Stage, StageResult, returning_value, run_stage
 from curate.train import data as tdata
-from index.io import read_json, write_json
+from index.io import atomic_path, read_json, write_json
 
 OBJECTIVES = ("auto", "sft", "dpo")
 
@@ -167,6 +167,9 @@ def train_stage(
         tdata.check_disjoint(rows, held)
         held = tdata.TrainRows(held.frame.filter(pl.col("kind") == "sft") if objective == "sft" else held.frame,
                                held.source)
+        if held.frame.height == 0:
+            raise tdata.TrainDataError(f"held-out rows ({held.source}): none is an sft row, and an sft run scores "
+                                       "only those; give held-out rows with a response")
 
     from curate.train.model import check_model_dir
 
@@ -184,6 +187,10 @@ def train_stage(
     }  # fmt: skip
     if row_objective is not None:  # only then: the keys of runs without one stay as they were
         params["row_objective"] = row_objective.key()
+    if mixture:  # the mixture's contents, not its name: `curate mix` rewriting mixtures/<name>.json retrains
+        from curate.mixtures import load_mixture, mixture_file
+
+        params["mixture_weights"] = load_mixture(mixture_file(mixture, rd))
     key = {
         "params": params,
         "data": rows.key(),
@@ -266,9 +273,11 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
     if _is_main():
         write_json(out / "config.json", {"key": _jsonable(key), "source": rows.source,
                                          "heldout_source": held.source if held is not None else None})
-        rows.frame.select("id", "domain", "weight").write_parquet(out / "train_ids.parquet")
+        with atomic_path(out / "train_ids.parquet") as tmp:
+            rows.frame.select("id", "domain", "weight").write_parquet(tmp)
         if held is not None:
-            held.frame.select("id", "domain").write_parquet(out / "heldout_ids.parquet")
+            with atomic_path(out / "heldout_ids.parquet") as tmp:
+                held.frame.select("id", "domain").write_parquet(tmp)
 
     set_seed(int(params["seed"]))
     lora_cfg = None
@@ -289,11 +298,9 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
     held_seqs = _held_sequences(scorer, held) if held is not None else None
 
     if params["mixture"]:
-        from curate.train.sampler import load_mixture
+        from curate.mixtures import load_mixture, mixture_file
 
-        mix_path = Path(params["mixture"])
-        if not mix_path.suffix and rd is not None:
-            mix_path = rd.mixture_path(params["mixture"])
+        mix_path = mixture_file(params["mixture"], rd)
         mix = load_mixture(mix_path)
         unknown = set(mix["weights"]) - set(names)
         if unknown:

@@ -158,7 +158,12 @@ class ExcessObjective:
         """The mixture hook: update the task weights from the step's excess losses and log them; returns
         AMA-S's new sampling proportions (None for the reweighting methods, whose weights act in the loss)."""
         we, w, we_prob = self._step_stats()
-        if w.sum() <= 0:
+        if w.sum() <= 0:  # every row of the step weighs 0: no evidence, no update, but the step is logged
+            none = [None] * len(self.tasks)
+            current = list(self.history[-1]["weights"] if self.history else self.initial)
+            rec = {"step": int(step), "weights": current, "excess": none, "estimate": none}
+            self.history.append(rec)
+            self._log(rec)
             return None
         mean = np.divide(we, w, out=np.zeros_like(we), where=w > 0)
         self._draws, self._steps = self._draws + float(w.sum()), self._steps + 1
