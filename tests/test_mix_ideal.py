@@ -147,6 +147,8 @@ def test_step_sizes_and_new_volumes_follow_the_rule():
     assert new[:10].sum() == 13 and new[10:].sum() == 15
     assert (new[10:] <= 1).all() and (new[:10] >= 1).all()  # shrink drops rows, growth duplicates, keeps all
     assert np.array_equal(new, new_volumes(ids, counts, domains, {"a": 0.3, "b": -0.25}, seed=0))
+    # round(1 x (1 - 0.5)) is 0: a domain keeps one instance, so the next round can take its gradient
+    assert new_volumes(["x", "y"], np.ones(2, dtype=np.int64), ["a", "b"], {"a": -0.5}, seed=0).tolist() == [1, 1]
 
 
 def test_statistics_are_reduced_across_processes(tmp_path):

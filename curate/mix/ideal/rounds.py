@@ -42,7 +42,9 @@ def new_volumes(
     ids: Sequence[str], counts: np.ndarray, domains: Sequence[str], beta: dict[str, float], seed: int
 ) -> np.ndarray:
     """New multiplicity of each row: per domain, n' = round(n (1 + β)) instances drawn from the current
-    instances (without replacement when shrinking; the current ones plus seeded duplicates when growing)."""
+    instances (without replacement when shrinking; the current ones plus seeded duplicates when growing). A
+    domain keeps at least one instance: the next round needs its gradient (m >= 0.5 could round a one-row
+    domain to none)."""
     counts = np.asarray(counts, dtype=np.int64)
     out = np.zeros_like(counts)
     rng = np.random.default_rng(seed)
@@ -50,7 +52,7 @@ def new_volumes(
     for d in sorted(set(domains)):
         rows = np.flatnonzero(dom == d)
         inst = np.repeat(rows, counts[rows])  # one entry per current instance
-        n_new = int(round(inst.size * (1.0 + beta.get(d, 0.0))))
+        n_new = max(int(round(inst.size * (1.0 + beta.get(d, 0.0)))), min(1, inst.size))
         if n_new <= inst.size:
             keep = rng.choice(inst, size=n_new, replace=False)
         else:
