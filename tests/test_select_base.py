@@ -260,3 +260,24 @@ def test_the_pool_view_reads_extra_columns_once_in_pool_order(tmp_path):
     assert ctx.pool.columns == ["id", "domain", "messages", "prompt", "response", "meta"] and ctx.n == 12
     with pytest.raises(ValueError, match="no column"):
         PoolView.from_arrays(ids=["a"], vectors=np.ones((1, 2), dtype=np.float32)).columns(["messages"])
+
+
+def test_excluded_rows_are_not_candidates_so_they_take_no_cell_or_quota():
+    """Reference rows are ILA's deepest (the reference model trained on them); ranked and then dropped they took
+    their cells' first-pass picks, so two of four cells went without a row. Ranked as a pool of their own, the
+    eligible rows fill every cell, and balanced random stays balanced."""
+    from collections import Counter
+
+    from curate.select import make_selector
+
+    cells = np.repeat(np.arange(4), 3)
+    depth = np.tile([0.9, 0.5, 0.1], 4) + np.repeat([0.0, 0.01, 0.02, 0.03], 3)
+    v = PoolView.from_arrays([f"r{i}" for i in range(12)], cells=cells, signals={"relative_depth": depth})
+    sel = make_selector("ila", cell_order="best").select(v, Budget(rows=4), seed=0, exclude=np.array([0, 3]))
+    assert sel.positions.tolist() == [9, 6, 4, 1] and sorted(cells[sel.positions].tolist()) == [0, 1, 2, 3]
+    assert sel.stats["excluded_rows"] == 2
+    domains = ["a"] * 6 + ["b"] * 6
+    w = PoolView.from_arrays([f"r{i}" for i in range(12)], domains=domains)
+    for seed in range(5):
+        sel = make_selector("balanced-random").select(w, Budget(rows=4), seed=seed, exclude=np.array([0, 1, 2]))
+        assert Counter(domains[p] for p in sel.positions) == {"a": 2, "b": 2} and min(sel.positions) >= 3

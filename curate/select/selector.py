@@ -33,7 +33,7 @@ import numpy as np
 from curate.registry import Registry
 from curate.select.budget import Budget, Taken, exclusion_mask, take_within_tokens
 from curate.select.selection import Selection
-from curate.select.stratify import domain_mix, select_stratified
+from curate.select.stratify import SubPoolView, domain_mix, select_stratified
 from curate.view import TOKENS_SIGNAL, PoolView
 
 
@@ -217,22 +217,37 @@ class Selector:
     def _ranked(
         self, view: PoolView, k: int, seed: int, budget: Budget, excluded: np.ndarray, partial: bool
     ) -> tuple[Ranking, bool]:
-        """The selector's ranking of k eligible rows (it ranks k + the excluded ones, which are then dropped),
-        checked; and whether it was cut short (a `ShortRankingError` taken as it is, with `partial`)."""
+        """The selector's ranking of k eligible rows, checked; and whether it was cut short (a `ShortRankingError`
+        taken as it is, with `partial`).
+
+        Excluded rows (a reference model's, validation copies) are not candidates: the selector ranks the other
+        rows as a pool of their own, so they take no cell, centre or quota from eligible rows. Pool-scope
+        selectors (DaaR, RDS+: fitted on the whole pool) rank every row and the excluded ones are dropped.
+        """
         n = view.n
         short = False
+        eligible = np.flatnonzero(~excluded) if excluded.any() and self.stratify_scope != "pool" else None
         try:
-            ranking = self.rank(view, min(n, k + int(excluded.sum())), seed=int(seed), budget=budget)
+            if eligible is None:
+                ranking = self.rank(view, min(n, k + int(excluded.sum())), seed=int(seed), budget=budget)
+            else:
+                sub = SubPoolView(view, eligible)
+                ranking = self.rank(sub, min(sub.n, k), seed=int(seed), budget=budget)
         except ShortRankingError as e:
             if not partial:
                 raise
             ranking, short = e.ranking, True
         pos = np.asarray(ranking.positions, dtype=np.int64).ravel()
+        if eligible is not None:
+            if pos.size and (pos.min() < 0 or pos.max() >= eligible.size):
+                raise ValueError(f"{self.name}: ranked position out of range 0..{eligible.size - 1}")
+            pos = eligible[pos]
+            ranking = replace(ranking, positions=pos, stats={**ranking.stats, "excluded_rows": int(excluded.sum())})
         if pos.size and (pos.min() < 0 or pos.max() >= n):
             raise ValueError(f"{self.name}: ranked position out of range 0..{n - 1}")
         if np.unique(pos).size != pos.size:
             raise ValueError(f"{self.name}: ranking repeats a position")
-        if excluded.any():
+        if eligible is None and excluded.any():
             keep = ~excluded[pos]
             ranking = Ranking(
                 positions=pos[keep],
