@@ -277,3 +277,16 @@ def test_atomic_dir_swaps_whole_folders_and_clears_those_of_dead_processes(tmp_p
         (tmp / "a.txt").write_text("half")
         raise RuntimeError("killed")
     assert (final / "a.txt").read_text() == "new" and not list(tmp_path.glob(".model.tmp-*"))
+
+
+def test_heldout_split_draws_only_the_kind_the_run_scores(tmp_path):
+    """In a pool of sft and preference rows an SFT run's held-out split is n sft rows (it drew from both and the
+    run then dropped the preference ones: fewer rows than asked, domain shares off)."""
+    from fixtures_pool import make_run
+
+    from curate.train.data import heldout_split
+
+    run = make_run(tmp_path / "run", n=24, preference_every=2)
+    got = heldout_split(run.root, [], 6, seed=0, kind="sft")
+    assert got.frame.height == 6 and set(got.frame["kind"]) == {"sft"}
+    assert set(heldout_split(run.root, [], 12, seed=0).frame["kind"]) == {"sft", "preference"}

@@ -146,16 +146,19 @@ def _export_layout_folder(folder: Path) -> Path:
 
 
 def heldout_split(
-    run: RunDir | str | os.PathLike, exclude_ids: Sequence[str], size: int | float, seed: int
+    run: RunDir | str | os.PathLike, exclude_ids: Sequence[str], size: int | float, seed: int,
+    kind: str | None = None,
 ) -> TrainRows:
     """A seeded held-out sample of pool rows not in `exclude_ids`, the same share of every domain.
 
     `size`: a row count, or a fraction (< 1) of the eligible rows. Rows are drawn per domain in proportion to
-    the domain's eligible rows (largest remainders), so each domain gets its share.
+    the domain's eligible rows (largest remainders), so each domain gets its share. `kind` ("sft" or
+    "preference"): draw only rows of that kind, the ones the run can score (default: both).
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     pool = run.read_pool(["id", "kind", "domain", "messages", "rejected"])
-    pool = pool.filter(~pl.col("id").is_in(list(exclude_ids)) & (pl.col("kind") != "prompt"))
+    ok = pl.col("kind") != "prompt" if kind is None else pl.col("kind") == kind
+    pool = pool.filter(~pl.col("id").is_in(list(exclude_ids)) & ok)
     if pool.height == 0:
         raise TrainDataError(f"{run.root}: no pool rows left outside the training rows for a held-out split")
     n = int(round(size * pool.height)) if isinstance(size, float) and size < 1 else int(size)

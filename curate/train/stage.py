@@ -162,7 +162,8 @@ def train_stage(
     elif heldout_split:
         if rd is None:
             raise ValueError("heldout_split draws from a run's pool: give --run (or a held-out file)")
-        held = tdata.heldout_split(rd, rows.frame["id"].to_list(), heldout_split, seed)
+        held = tdata.heldout_split(rd, rows.frame["id"].to_list(), heldout_split, seed,
+                                   kind="sft" if objective == "sft" else "preference")
     if held is not None:
         tdata.check_disjoint(rows, held)
         held = tdata.TrainRows(held.frame.filter(pl.col("kind") == "sft") if objective == "sft" else held.frame,
