@@ -140,3 +140,17 @@ def test_stats_covering_radius_is_zero_once_every_row_is_chosen():
     stats: dict = {}
     k_center_greedy(x, 50, progress=False, stats=stats)
     assert stats["covering_radius"] == 0.0 and stats["farthest"] == -1
+
+
+def test_selector_reports_the_covering_radius_of_its_whole_selection():
+    """`final_radius` is the selection's covering radius (the farthest row from every chosen centre), not the last
+    pick's distance to the centres before it, which is the radius of one centre fewer."""
+    from curate.select import Budget, PoolView, make_selector
+    from index.diversity import covering_radius
+
+    x = clustered(np.random.default_rng(0), 300, 8, 6)
+    v = PoolView.from_arrays([f"r{i}" for i in range(300)], vectors=x)
+    sel = make_selector("k-center").select(v, Budget(rows=12), seed=0)
+    assert sel.stats["final_radius"] == pytest.approx(covering_radius(x, sel.positions), abs=1e-5)
+    _, radii = k_center_greedy(x, 12, seed=0)
+    assert sel.stats["final_radius"] < radii[-1]  # the old figure: the radius of the first 11

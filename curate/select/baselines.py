@@ -204,11 +204,13 @@ class KCenterSelector(Selector):
         from index.kcenter import k_center_greedy
 
         vectors = view.vectors()
-        order, radii = k_center_greedy(vectors, int(k), seed=seed, initial=None)
+        found: dict = {}
+        order, radii = k_center_greedy(vectors, int(k), seed=seed, initial=None, stats=found)
         order = np.asarray(order, dtype=np.int64)
         radii = np.asarray(radii, dtype=np.float64)
-        reasons = [f"k-center: radius {r:.4f}" for r in radii]
-        stats = {"final_radius": float(radii[-1]) if radii.size else None}
+        reasons = [f"k-center: radius {r:.4f}" for r in radii]  # each pick's distance to the centres before it
+        # the whole selection's covering radius (radii[-1] is the radius of the first k - 1 centres)
+        stats = {"final_radius": found.get("covering_radius") if radii.size else None}
         return Ranking(order, reasons=reasons, stats=stats)
 
 
