@@ -398,3 +398,18 @@ def test_recipe_select_stage_takes_stratify(tmp_path):
     assert {d: e["selected"] for d, e in sel.stats["stratify"]["strata"].items()} == {
         "(none)": 2, "chat": 2, "code": 2, "math": 2
     }
+
+
+def test_passed_on_counts_only_what_strata_gave_up():
+    """Token quotas of 150 each: domain a (rows of 100 tokens) can use 100 and passes 50 on; b (rows of 30) takes
+    180. `passed_on` is the 50 given up, not 50 less the 30 that b received beyond its first quota."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    tokens = np.array([100.0] * 10 + [30.0] * 10)
+    v = PoolView.from_arrays([f"r{i}" for i in range(20)], domains=["a"] * 10 + ["b"] * 10, vectors=x,
+                             signals={"tokens": tokens})
+    sel = make_selector("k-center").select(v, Budget(tokens=300), seed=0, stratify="domain")
+    st = sel.stats["stratify"]
+    assert tokens[sel.positions].sum() == 280 and st["passed_on"] == 50
+    assert (st["strata"]["a"]["tokens"], st["strata"]["b"]["tokens"]) == (100, 180)

@@ -511,8 +511,8 @@ def _merge(selector, view, budget, seed, excluded, strata, taken, quotas, first,
             entry["quota_after_passing_on"] = int(quotas[s])
         if t.stats:
             entry["stats"] = t.stats
-        if short:
-            passed += int(first[s]) - used
+        if short:  # what it gave up of its first quota (a stratum that ran out after receiving more gave none)
+            passed += max(0, int(first[s]) - used)
         per[name] = entry
     info: dict[str, Any] = {
         "by": strata.by,
