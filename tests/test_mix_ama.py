@@ -74,6 +74,23 @@ def test_ama_s_estimate_is_importance_weighted_by_the_probability_the_row_was_dr
     assert obj.weights == pytest.approx(0.9 * q / q.sum() + 0.05)
 
 
+def test_a_log_line_cut_by_a_kill_is_ended_and_skipped(tmp_path):
+    """A kill mid-write leaves a last line without its newline: the next append ends it first (so its own line
+    stays whole) and the reader skips the cut one; a whole log gets no blank lines."""
+    from curate.train.trainer import append_jsonl
+
+    log = tmp_path / "log.jsonl"
+    rec = {"step": 1, "ama": {"weights": {"a": 1.0}, "excess": {"a": 0.5}, "estimate": {"a": 0.5}}}
+    append_jsonl(log, rec)
+    append_jsonl(log, {"step": 1, "loss": 2.0})
+    assert log.read_text().count("\n") == 2 and "\n\n" not in log.read_text()
+    with open(log, "a") as fh:
+        fh.write('{"step": 2, "ama": {"wei')  # killed here
+    append_jsonl(log, {**rec, "step": 3})
+    assert log.read_text().splitlines()[2] == '{"step": 2, "ama": {"wei'
+    assert [h["step"] for h in history_from_log(log)] == [1, 3]
+
+
 def test_a_step_whose_rows_all_weigh_zero_is_logged_without_an_update():
     """Zero row weights are legal; such a step gives no evidence, so the weights stay, but it is one update record
     like every other step (the mixture file checks one record per step; it raised after the whole run before)."""

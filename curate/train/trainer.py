@@ -257,10 +257,15 @@ class CurateTrainer(Trainer):
 
 
 def append_jsonl(path: Path, obj: dict) -> None:
-    """Append one JSON line (flushed and fsynced: a killed run keeps every line logged before)."""
+    """Append one JSON line (flushed and fsynced: a killed run keeps every line logged before). A last line a
+    kill cut short is ended first, so the new line stays whole (readers skip the cut one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(obj, sort_keys=True, default=float) + "\n")
+    with open(path, "a+b") as fh:
+        cut = False
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            cut = fh.read(1) != b"\n"
+        fh.write((b"\n" if cut else b"") + (json.dumps(obj, sort_keys=True, default=float) + "\n").encode())
         fh.flush()
         os.fsync(fh.fileno())
 

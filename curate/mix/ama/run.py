@@ -173,7 +173,10 @@ def history_from_log(path: Path) -> list[dict[str, Any]]:
     by_step: dict[int, dict] = {}
     if path.exists():
         for line in path.read_text().splitlines():
-            obj = json.loads(line)
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:  # a line a kill cut short (append_jsonl ends it before the next)
+                continue
             if "ama" in obj:
                 by_step[int(obj["step"])] = {"step": int(obj["step"]), **{k: obj["ama"][k] for k in
                                                                           ("weights", "excess", "estimate")}}
