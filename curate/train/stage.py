@@ -299,13 +299,13 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
     held_seqs = _held_sequences(scorer, held) if held is not None else None
 
     if params["mixture"]:
-        from curate.mixtures import load_mixture, mixture_file
+        from curate.mixtures import mixture_file
 
-        mix_path = mixture_file(params["mixture"], rd)
-        mix = load_mixture(mix_path)
+        mix = params["mixture_weights"]  # read once, for the key: the run trains on what its key records
         unknown = set(mix["weights"]) - set(names)
         if unknown:
-            raise ValueError(f"mixture {mix_path} names domains with no training rows: {sorted(unknown)}")
+            raise ValueError(f"mixture {mixture_file(params['mixture'], rd)} names domains with no training rows: "
+                             f"{sorted(unknown)}")
         sampler = MixtureBatchSampler(
             feats.lengths, codes, [mix["weights"].get(n, 0.0) for n in names], params["batch_tokens"],
             seed=params["seed"], domain_names=names,
