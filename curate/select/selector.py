@@ -174,18 +174,18 @@ class Selector:
         excluded = exclusion_mask(view.n, exclude)
         n = int((~excluded).sum())
         ranking, short = self._ranked(view, k, seed, budget, excluded, partial)
-        pos = ranking.positions
-        while budget.kind == "tokens" and not short and k < view.n:
+        while budget.kind == "tokens":
             # k is the count of the shortest rows that fit; a ranking of k rows that skips long ones can leave
             # room that shorter rows further down would fill: rank more until none of the rest fits
-            left = budget.tokens - float(tokens[pos[take_within_tokens(pos, tokens, budget.tokens)]].sum())
+            take = take_within_tokens(ranking.positions, tokens, budget.tokens)
+            left = budget.tokens - float(tokens[ranking.positions[take]].sum())
             rest = ~excluded
-            rest[pos] = False
-            if not rest.any() or tokens[rest].min() > left:
+            rest[ranking.positions] = False
+            if short or k >= view.n or not rest.any() or tokens[rest].min() > left:
                 break
             k = min(view.n, 2 * k)
             ranking, short = self._ranked(view, k, seed, budget, excluded, partial)
-            pos = ranking.positions
+        pos = ranking.positions
         if pos.size < k and pos.size < n and budget.kind != "tokens" and not partial:
             raise ValueError(f"{self.name}: ranked {pos.size} rows, the budget needs {k}")
         weights = (
@@ -199,8 +199,7 @@ class Selector:
         if not np.all(np.isfinite(weights)) or np.any(weights < 0):
             raise ValueError(f"{self.name}: weights must be finite and >= 0")
 
-        if budget.kind == "tokens":
-            take = take_within_tokens(pos, tokens, budget.tokens)
+        if budget.kind == "tokens":  # `take` from the loop above, on this ranking
             ran_out = take.size == pos.size
         else:
             take = np.arange(min(k, pos.size))
@@ -238,25 +237,24 @@ class Selector:
                 raise
             ranking, short = e.ranking, True
         pos = np.asarray(ranking.positions, dtype=np.int64).ravel()
-        if eligible is not None:
-            if pos.size and (pos.min() < 0 or pos.max() >= eligible.size):
-                raise ValueError(f"{self.name}: ranked position out of range 0..{eligible.size - 1}")
-            pos = eligible[pos]
-            ranking = replace(ranking, positions=pos, stats={**ranking.stats, "excluded_rows": int(excluded.sum())})
-        if pos.size and (pos.min() < 0 or pos.max() >= n):
-            raise ValueError(f"{self.name}: ranked position out of range 0..{n - 1}")
+        size = n if eligible is None else eligible.size  # rows of the view the selector ranked
+        if pos.size and (pos.min() < 0 or pos.max() >= size):
+            raise ValueError(f"{self.name}: ranked position out of range 0..{size - 1}")
         if np.unique(pos).size != pos.size:
             raise ValueError(f"{self.name}: ranking repeats a position")
-        if eligible is None and excluded.any():
-            keep = ~excluded[pos]
-            ranking = Ranking(
-                positions=pos[keep],
-                weights=None if ranking.weights is None else np.asarray(ranking.weights)[keep],
-                reasons=ranking.reasons if isinstance(ranking.reasons, str)
-                else [r for r, ok in zip(ranking.reasons, keep, strict=True) if ok],
-                stats={**ranking.stats, "excluded_rows": int(excluded.sum())},
-            )
-        return replace(ranking, positions=np.asarray(ranking.positions, dtype=np.int64).ravel()), short
+        if not excluded.any():
+            return replace(ranking, positions=pos), short
+        stats = {**ranking.stats, "excluded_rows": int(excluded.sum())}
+        if eligible is not None:
+            return replace(ranking, positions=eligible[pos], stats=stats), short
+        keep = ~excluded[pos]
+        return Ranking(
+            positions=pos[keep],
+            weights=None if ranking.weights is None else np.asarray(ranking.weights)[keep],
+            reasons=ranking.reasons if isinstance(ranking.reasons, str)
+            else [r for r, ok in zip(ranking.reasons, keep, strict=True) if ok],
+            stats=stats,
+        ), short
 
 
 
