@@ -458,3 +458,20 @@ def test_reingesting_the_same_inputs_leaves_the_files_untouched(tmp_path):
     src.write_text("\n".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) for i in range(6)) + "\n")
     assert ingest(src, run, progress=False).n_unique == 6
     assert run.read_pool(["id"]).height == 6 and pl.read_parquet(run.quarantine_path).height == 0
+
+
+def test_the_same_files_named_another_way_are_the_same_ingest(tmp_path, monkeypatch):
+    """The stage key holds the resolved files: a relative path, the absolute one, a glob or the folder find
+    the same file, so a second ingest is current and skipped; another file set is a new ingest."""
+    data = tmp_path / "data"
+    data.mkdir()
+    src = data / "a.jsonl"
+    src.write_text("\n".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) for i in range(3)) + "\n")
+    monkeypatch.chdir(tmp_path)
+    run = RunDir(tmp_path / "run")
+    assert not ingest.run_stage("data/a.jsonl", run, progress=False).skipped
+    for spelling in (str(src), "data/*.jsonl", "data", ["./data/a.jsonl"]):
+        assert ingest.run_stage(spelling, run, progress=False).skipped, spelling
+    (data / "b.jsonl").write_text(json.dumps({"prompt": "q9", "response": "a9"}) + "\n")
+    assert not ingest.run_stage("data", run, progress=False).skipped
+    assert run.read_pool(["id"]).height == 4

@@ -263,9 +263,15 @@ def _input_files(run: RunDir, a: dict) -> list[str]:
     return [str(p) for p, _ in resolve_inputs(a["inputs"], exclude=run.root)]
 
 
+def _key_inputs(run: RunDir, a: dict) -> dict[str, list[str]]:
+    """The key holds the files the inputs resolve to, in order, not the paths as typed: the same files named
+    another way (relative, absolute, a glob or their folder) are the same ingest."""
+    return {"inputs": _input_files(run, a)}
+
+
 @stage("ingest", inputs=_input_files, outputs=lambda run, a: ["pool", "ingest.json", "quarantine.parquet",
                                                               "duplicates.parquet"],
-       load=lambda run, a: IngestReport.stored(run), creates_run=True, lock_error=IngestError)
+       key=_key_inputs, load=lambda run, a: IngestReport.stored(run), creates_run=True, lock_error=IngestError)
 def ingest(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     run: RunDir | str | os.PathLike,
