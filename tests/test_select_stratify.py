@@ -11,6 +11,7 @@ from fixtures_pool import make_run
 
 from curate.errors import ParameterError
 from curate.select import Budget, PoolView, make_selector, parse_stratify, select
+from curate.select.selector import Ranking, Selector
 from curate.select.stratify import domain_mix, largest_remainder, mix_divergence
 
 # ---------------------------------------------------------------------------------------------------------
@@ -205,12 +206,22 @@ def test_token_budget_split_by_largest_remainder_of_tokens(method):
     got = per_stratum(sel, p)
     st = sel.stats["stratify"]
     assert st["unit"] == "tokens"
+    first_round = 0
     for d, q in zip(SIZES, quotas.tolist(), strict=True):
         rows = rows_of(p, d)
-        ref = make_selector(method, **METHODS[method]).select(alone(p, rows), f"{q}tok", seed=2)
+        e = st["strata"][d]
+        assert e["quota"] == q
+        first_round += int(tok[rows[make_selector(method, **METHODS[method]).select(
+            alone(p, rows), f"{q}tok", seed=2).positions]].sum())
+        final = e.get("quota_after_passing_on", q)  # the fragments left, offered to the strata again
+        ref = make_selector(method, **METHODS[method]).select(alone(p, rows), f"{final}tok", seed=2)
         assert got[d] == rows[ref.positions].tolist()
-        assert st["strata"][d]["quota"] == q and st["strata"][d]["tokens"] == int(tok[got[d]].sum()) <= q
-    assert tok[sel.positions].sum() <= budget and sel.stats["tokens"] == int(tok[sel.positions].sum())
+        assert e["tokens"] == int(tok[got[d]].sum()) <= final
+    spent = int(tok[sel.positions].sum())
+    assert spent <= budget and sel.stats["tokens"] == spent
+    assert st["leftover_filled"] == spent - first_round > 0
+    unselected = np.setdiff1d(np.arange(tok.size), sel.positions)
+    assert budget - spent < tok[unselected].min()  # no row left out would still fit
 
 
 def test_a_stratum_that_runs_out_passes_its_leftover_on():
@@ -413,3 +424,30 @@ def test_passed_on_counts_only_what_strata_gave_up():
     st = sel.stats["stratify"]
     assert tokens[sel.positions].sum() == 280 and st["passed_on"] == 50
     assert (st["strata"]["a"]["tokens"], st["strata"]["b"]["tokens"]) == (100, 180)
+
+
+class _PoolOrder(Selector):
+    """A pool-scope selector for the tests: ranks the whole pool in reverse position order."""
+
+    name = "test-pool-order"
+    stratify_scope = "pool"
+
+    def rank(self, view, k, *, seed, budget):
+        return Ranking(np.arange(view.n)[::-1].copy())
+
+
+@pytest.mark.parametrize("selector", [make_selector("random"), _PoolOrder()], ids=["stratum-scope", "pool-scope"])
+def test_token_fragments_left_by_the_strata_are_offered_again(selector):
+    """Token quotas of 150 each: domain a (rows of 100 tokens) spends 100 and leaves 50 with rows still ranked;
+    b (rows of 30) spends 150. The 50 go back to the strata: a cannot use them, b takes one row more (quota 200),
+    so 280 of the 300 tokens are spent and 20 are left, less than any row."""
+    x = np.eye(20, 8, dtype=np.float32) + 0.01
+    tokens = np.array([100.0] * 10 + [30.0] * 10)
+    v = PoolView.from_arrays([f"r{i}" for i in range(20)], domains=["a"] * 10 + ["b"] * 10, vectors=x,
+                             signals={"tokens": tokens})
+    sel = selector.select(v, Budget(tokens=300), seed=0, stratify="domain")
+    st = sel.stats["stratify"]
+    assert tokens[sel.positions].sum() == 280 and st["leftover_filled"] == 30
+    assert (st["strata"]["a"]["tokens"], st["strata"]["b"]["tokens"]) == (100, 180)
+    assert st["strata"]["b"]["quota_after_passing_on"] == 200 and "quota_after_passing_on" not in st["strata"]["a"]
+    assert not st["strata"]["a"]["ran_out"] and st["passed_on"] == 0

@@ -123,7 +123,7 @@ class Selector:
         """Rank the pool and take rows within `budget`; the same inputs and seed give the same selection.
 
         `exclude`: pool positions that may not be chosen (e.g. the rows a reference model was trained on);
-        the selector ranks k + len(exclude) rows and those positions are dropped from its ranking.
+        they are not candidates: the selector ranks the other rows as a pool of their own (`take`).
         `stratify`: "none", "domain" or "cluster": the budget is split over strata (proportional to their
         eligible rows, or to `mixture` {domain: weight}) and this selector runs within each stratum
         (`curate.select.stratify`).

@@ -17,7 +17,9 @@ unstratified `Selector.select` would on that sub-pool. Selectors whose `stratify
 probes are fitted once on the whole pool) rank the pool once and each stratum takes its rows in that order.
 When a stratum yields fewer rows than its quota (its ranking runs out: NaN scores, Deita's near-duplicates, a
 depth threshold), its cap drops to what it gave and the quotas are apportioned again, so the leftover passes
-to the other strata; the stats record it (`passed_on`, per-stratum `ran_out`).
+to the other strata; the stats record it (`passed_on`, per-stratum `ran_out`). With a token budget the
+fragments the strata leave (each stops where its next row no longer fits) are offered to them again
+(`_fill_leftover`, stats `leftover_filled`).
 
 The strata's selections are interleaved into one ranking by within-stratum progress ((r + 0.5) / n_s, ties by
 stratum order), so any prefix keeps the mix. Every selection (stratified or not) records its domain mix
@@ -333,13 +335,13 @@ def select_stratified(
 
     members = _members(labels, m)
     if selector.stratify_scope == "pool":
-        taken, quotas, first, rounds, ran_out = _pool_scope(selector, view, budget, seed, excluded, members, labels,
-                                                   weights, caps, total, tokens)
+        taken, quotas, first, rounds, ran_out, filled = _pool_scope(
+            selector, view, budget, seed, excluded, members, labels, weights, caps, total, tokens)
     else:
-        taken, quotas, first, rounds, ran_out = _stratum_scope(selector, view, budget, seed, excluded, members, weights,
-                                                      caps, total, tokens)
+        taken, quotas, first, rounds, ran_out, filled = _stratum_scope(
+            selector, view, budget, seed, excluded, members, weights, caps, total, tokens, elig)
     return _merge(selector, view, budget, seed, excluded, strata, taken, quotas, first, rounds, ran_out,
-                  counts, weights, target, missing, tokens)
+                  counts, weights, target, missing, tokens, filled)
 
 
 def _weights(
@@ -382,8 +384,9 @@ def _used(t: Taken, tokens: np.ndarray | None, rows: np.ndarray) -> int:
     return int(round(float(np.asarray(tokens, dtype=np.float64)[rows].sum())))
 
 
-def _stratum_scope(selector, view, budget, seed, excluded, members, weights, caps, total, tokens):
-    """Run the selector on each stratum's rows alone; re-apportion while strata run out."""
+def _stratum_scope(selector, view, budget, seed, excluded, members, weights, caps, total, tokens, elig):
+    """Run the selector on each stratum's rows alone; re-apportion while strata run out; with a token budget,
+    offer the fragments left to the strata again (`_fill_leftover`)."""
     m = len(members)
     caps = caps.copy()
     quotas = largest_remainder(total, weights, caps)
@@ -391,6 +394,15 @@ def _stratum_scope(selector, view, budget, seed, excluded, members, weights, cap
     done: dict[int, tuple[int, Taken]] = {}  # stratum -> (quota it ran with, result in pool positions)
     ran_out: set[int] = set()
     subs: dict[int, SubPoolView] = {}
+
+    def run(s: int, q: int) -> Taken:
+        rows = members[s]
+        sub = subs.setdefault(s, SubPoolView(view, rows))
+        t = selector.take(sub, _sub_budget(budget, q), seed=seed, exclude=np.flatnonzero(excluded[rows]),
+                          partial=True)
+        t.positions = rows[t.positions]
+        return t
+
     rounds = 0
     for _ in range(4 * m + 4):
         rounds += 1
@@ -402,11 +414,7 @@ def _stratum_scope(selector, view, budget, seed, excluded, members, weights, cap
                 continue
             if s in done and done[s][0] == q:
                 continue
-            rows = members[s]
-            sub = subs.setdefault(s, SubPoolView(view, rows))
-            sub_ex = np.flatnonzero(excluded[rows])
-            t = selector.take(sub, _sub_budget(budget, q), seed=seed, exclude=sub_ex, partial=True)
-            t.positions = rows[t.positions]
+            t = run(s, q)
             done[s] = (q, t)
             used = _used(t, tokens, t.positions)
             if t.ran_out and used < q:
@@ -416,7 +424,40 @@ def _stratum_scope(selector, view, budget, seed, excluded, members, weights, cap
         if not short:
             break
         quotas = largest_remainder(total, weights, caps)
-    return {s: done[s][1] for s in range(m)}, quotas, first, rounds, ran_out
+    taken = {s: done[s][1] for s in range(m)}
+    filled = 0
+    if tokens is not None:
+        filled = _fill_leftover(taken, quotas, run, tokens, total, weights, [r[elig[r]] for r in members])
+    return taken, quotas, first, rounds, ran_out, filled
+
+
+def _fill_leftover(taken, quotas, retake, tokens, total, weights, candidates) -> int:
+    """Spend the fragments a token budget leaves: a stratum rarely spends its quota exactly, and what each one
+    leaves (less than its next ranked row) adds up. The pooled leftover is offered to each stratum in turn,
+    largest shortfall first, that still has an unselected candidate short enough: it runs again with its spend
+    plus the leftover (`retake(s, quota)`), and the new result is kept when it spends more. Up to 4 passes, until
+    none gains. Updates `taken` and `quotas` in place; returns the tokens gained."""
+    tok = np.asarray(tokens, dtype=np.float64)
+    used = {s: _used(taken[s], tokens, taken[s].positions) for s in range(len(candidates))}
+    gained = 0
+    for _ in range(4):
+        progress = False
+        for s in sorted(used, key=lambda s: (used[s] - int(quotas[s]), s)):
+            left = total - sum(used.values())
+            if left <= 0:
+                break
+            free = np.setdiff1d(candidates[s], taken[s].positions)
+            if weights[s] <= 0 or free.size == 0 or tok[free].min() > left:
+                continue
+            t = retake(s, used[s] + left)
+            u = _used(t, tokens, t.positions)
+            if u > used[s]:
+                gained += u - used[s]
+                taken[s], used[s], quotas[s] = t, u, used[s] + left
+                progress = True
+        if not progress:
+            break
+    return gained
 
 
 def _pool_scope(selector, view, budget, seed, excluded, members, labels, weights, caps, total, tokens):
@@ -439,15 +480,12 @@ def _pool_scope(selector, view, budget, seed, excluded, members, labels, weights
     first = largest_remainder(total, weights, caps)
     quotas = largest_remainder(total, weights, np.minimum(caps, ranked_caps))
     ran_out = {s for s in range(m) if ranked_caps[s] < first[s]}
-    out = {}
-    for s in range(m):
+
+    def cut(s: int, q: int) -> Taken:
         p = per[s]
-        if tokens is not None:
-            take = _take_within_tokens(pos[p], tokens, int(quotas[s]))
-        else:
-            take = np.arange(min(int(quotas[s]), p.size))
+        take = _take_within_tokens(pos[p], tokens, q) if tokens is not None else np.arange(min(q, p.size))
         sel = p[take]
-        out[s] = Taken(
+        return Taken(
             positions=pos[sel],
             weights=w[sel],
             reasons=[reasons] * sel.size if isinstance(reasons, str) else [reasons[i] for i in sel],
@@ -455,11 +493,16 @@ def _pool_scope(selector, view, budget, seed, excluded, members, labels, weights
             n_ranked=int(p.size),
             ran_out=bool(take.size == p.size),
         )
+
+    out = {s: cut(s, int(quotas[s])) for s in range(m)}
+    filled = 0
+    if tokens is not None:
+        filled = _fill_leftover(out, quotas, cut, tokens, total, weights, [pos[p] for p in per])
     stats = dict(ranking.stats)
     if excluded.any():
         stats["excluded_rows"] = int(excluded.sum())
     out[-1] = Taken(np.zeros(0, dtype=np.int64), np.zeros(0), [], stats, int(pos.size), False)
-    return out, quotas, first, 1, ran_out
+    return out, quotas, first, 1, ran_out, filled
 
 
 def _split(idx: np.ndarray, lab: np.ndarray, m: int) -> list[np.ndarray]:
@@ -473,7 +516,7 @@ def _empty() -> Taken:
 
 
 def _merge(selector, view, budget, seed, excluded, strata, taken, quotas, first, rounds, ran_out, counts,
-           weights, target, missing, tokens) -> Selection:
+           weights, target, missing, tokens, filled) -> Selection:
     """Interleave the strata's selections by within-stratum progress and record quotas and mix."""
     m = len(strata.names)
     parts, keys, labs = [], [], []
@@ -524,6 +567,8 @@ def _merge(selector, view, budget, seed, excluded, strata, taken, quotas, first,
         "rounds": int(rounds),
         "strata": per,
     }
+    if tokens is not None:
+        info["leftover_filled"] = int(filled)
     if strata.note:
         info["note"] = strata.note
     if missing:
