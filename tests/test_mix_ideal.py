@@ -282,3 +282,72 @@ def test_cli_mix_ideal_reports_a_reference_without_domains_as_one_error_line(tin
     out = CliRunner().invoke(app, ["mix", "ideal", "--run", str(tmp_path / "run"), "--selection", "all",
                                    "--reference", str(ref), "--model", str(tiny_lm)])
     assert out.exit_code == 2 and "domain" in out.output and "Traceback" not in out.output
+
+
+def test_weights_count_as_copies_in_ekfac_and_mean_gradients():
+    """A weight of 2 on an example gives the factors, corrected eigenvalues and mean gradient of two copies."""
+    from curate.mix.ideal.ekfac import mean_gradient
+
+    torch.manual_seed(3)  # float64: each batch's products then run in float64, so the comparison is exact
+    mlp, X = _MLP().double(), torch.randn(12, 3, dtype=torch.float64)
+    target = torch.randint(0, 4, (12,))
+
+    def loss(model, batch):  # deterministic labels, so copies and weights see the same losses
+        return nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="sum")
+
+    def losses(model, batch):
+        return nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="none")
+
+    w = torch.ones(12, dtype=torch.float64)
+    w[[0, 5]] = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    weighted = [(X[i : i + 4], target[i : i + 4], w[i : i + 4]) for i in range(0, 12, 4)]
+    rep = torch.repeat_interleave(torch.arange(12), w.long())
+    copies = [(X[rep][i : i + 5], target[rep][i : i + 5]) for i in range(0, rep.numel(), 5)]
+    mods = {"l1": mlp.l1, "l2": mlp.l2}
+    a = EKFAC(dict(mods), damping=0.1).fit(mlp, lambda: iter(weighted), loss, weights=lambda b: b[2])
+    b = EKFAC(dict(mods), damping=0.1).fit(mlp, lambda: iter(copies), loss)
+    unweighted = EKFAC(dict(mods), damping=0.1).fit(mlp, lambda: iter(weighted), loss)
+    assert a.stats == b.stats == {"tokens": 15.0, "examples": 15.0}
+    for m in mods:
+        assert torch.allclose(a.dense_inverse(m), b.dense_inverse(m), rtol=1e-9)
+        assert not torch.allclose(unweighted.dense_inverse(m), b.dense_inverse(m), rtol=1e-3)
+    ga, na = mean_gradient(mlp, mods, weighted, losses, weights=lambda b: b[2])
+    gb, nb = mean_gradient(mlp, mods, copies, losses)
+    assert na == nb == 15.0 and all(torch.allclose(ga[m], gb[m], rtol=1e-9) for m in mods)
+    with pytest.raises(ValueError, match="finite values >= 0"):
+        EKFAC(dict(mods)).fit(mlp, lambda: iter(weighted), loss, weights=lambda b: -b[2])
+
+
+def test_an_ideal_round_weighs_each_row_by_what_training_weighs_its_loss(tiny_lm, tmp_path, monkeypatch):  # noqa: F811
+    """influence_round on rows where one has weight 3 equals the round on the same rows with that one written
+    three times (labels of the Fisher made deterministic for the comparison); weight 1 differs."""
+    from curate.mix.ideal import lm as ideal_lm
+    from curate.mix.ideal.rounds import influence_round
+    from curate.train import from_files
+
+    monkeypatch.setattr(ideal_lm, "sampled_loss", lambda model, batch: ideal_lm.true_losses(model, batch).sum())
+    base = [{"prompt": SENTENCES[i] + f" {i}", "response": SENTENCES[(i + 3) % 12], "domain": "ab"[i % 2]}
+            for i in range(10)]
+    ref = tmp_path / "ref.jsonl"
+    ref.write_text("".join(json.dumps({"prompt": SENTENCES[i], "response": SENTENCES[(i + 1) % 12],
+                                       "domain": "t"}) + "\n" for i in range(6)))
+
+    def rows(file: str, body: list[dict]):
+        (tmp_path / file).write_text("".join(json.dumps(r) + "\n" for r in body))
+        return from_files(tmp_path / file)
+
+    kw = dict(layers="mlp", sample_rate=1.0, damping=0.1, correct=True, scaling="mean", batch_tokens=128,
+              max_length=48, seed=0)
+    refs = from_files(ref)
+    heavy = rows("w.jsonl", [{**base[0], "weight": 3.0}, *base[1:]])
+    copied = rows("c.jsonl", [{**base[0], "id": f"copy{i}"} for i in range(3)] + base[1:])
+    plain = rows("p.jsonl", base)
+    got = influence_round(tiny_lm, heavy, np.ones(10, dtype=np.int64), refs, **kw)["influence"]
+    want = influence_round(tiny_lm, copied, np.ones(12, dtype=np.int64), refs, **kw)["influence"]
+    other = influence_round(tiny_lm, plain, np.ones(10, dtype=np.int64), refs, **kw)["influence"]
+    for d in ("a", "b"):
+        assert got["all"][d] == pytest.approx(want["all"][d], rel=1e-3)
+    assert other["all"]["a"] != pytest.approx(want["all"]["a"], rel=3e-3)  # ~1% apart here
+    # multiplicities (IDEAL's own volumes) count as the selection weight does
+    counted = influence_round(tiny_lm, plain, np.array([3] + [1] * 9), refs, **kw)["influence"]
+    assert counted["all"]["a"] == pytest.approx(want["all"]["a"], rel=1e-3)

@@ -100,12 +100,15 @@ class EKFAC:
         batches: Callable[[], Iterable],
         sampled_loss: Callable,
         mask: Callable | None = None,
+        weights: Callable | None = None,
     ) -> EKFAC:
         """Two passes over `batches()`: factors (then their eigenbases), then the eigenvalue correction.
 
         `sampled_loss(model, batch)`: a scalar, the sum over examples of each example's loss with labels drawn
         from the model's own predictive distribution. `mask(batch)`: (B, T) bool of the tokens that count
-        (default: all). Call `batches()` twice: it must give the same batches (labels are resampled).
+        (default: all). `weights(batch)`: (B,) weight of each example in every expectation (default 1; a weight
+        of 2 counts as two copies of the example). Call `batches()` twice: it must give the same batches
+        (labels are resampled).
         """
         caps = _Capture(self.modules)
         try:
@@ -117,10 +120,12 @@ class EKFAC:
                 _run_backward(model, batch, sampled_loss)
                 for name in self.modules:
                     a, g, w = self._masked(caps, name, batch, mask)
+                    ex = self._example_weights(batch, weights, w)
+                    w = w * ex[:, None]
                     A[name] += _weighted_gram(a, w)
                     S[name] += _weighted_gram(g, w)
                 n_tok += w.sum()
-                n_ex += w.shape[0]
+                n_ex += ex.sum()
             n_tok, n_ex = _reduce(n_tok), _reduce(n_ex)
             if n_tok.item() == 0:
                 raise ValueError("EK-FAC: no tokens to fit on (empty batches or an all-false mask)")
@@ -143,7 +148,9 @@ class EKFAC:
                         dt = _work_dtype(g)
                         g_rot = (g.to(dt) * w[..., None].to(dt)) @ self.Q_S[name].to(dt)
                         a_rot = a.to(dt) @ self.Q_A[name].to(dt)
-                        lam[name] += (torch.bmm(g_rot.transpose(1, 2), a_rot).double() ** 2).sum(0)
+                        ex = self._example_weights(batch, weights, w)
+                        lam[name] += (torch.bmm(g_rot.transpose(1, 2), a_rot).double() ** 2
+                                      * ex[:, None, None]).sum(0)
                 self.lam = {n: _reduce(v) / n_ex for n, v in lam.items()}  # the same batches as pass 1
             self.stats = {"tokens": float(n_tok), "examples": float(n_ex)}
         finally:
@@ -158,6 +165,15 @@ class EKFAC:
         a, g = caps.a[name], caps.g[name]
         w = torch.ones(a.shape[:2], dtype=torch.float64) if mask is None else mask(batch).reshape(a.shape[:2]).double()
         return a, g, w.to(a.device)
+
+    @staticmethod
+    def _example_weights(batch, weights: Callable | None, w: torch.Tensor) -> torch.Tensor:
+        if weights is None:
+            return torch.ones(w.shape[0], dtype=torch.float64, device=w.device)
+        ex = torch.as_tensor(weights(batch), dtype=torch.float64).reshape(-1).to(w.device)
+        if ex.shape[0] != w.shape[0] or not bool(torch.all(torch.isfinite(ex) & (ex >= 0))):
+            raise ValueError(f"EK-FAC: example weights must be {w.shape[0]} finite values >= 0, got {ex.tolist()}")
+        return ex
 
     # applying ---------------------------------------------------------------------------------
     def ihvp(self, grads: dict[str, torch.Tensor], dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
@@ -217,26 +233,30 @@ class EKFAC:
 
 
 def mean_gradient(
-    model: nn.Module, modules: dict[str, nn.Module], batches: Iterable, loss_fn: Callable
-) -> tuple[dict[str, torch.Tensor], int]:
+    model: nn.Module, modules: dict[str, nn.Module], batches: Iterable, loss_fn: Callable,
+    weights: Callable | None = None,
+) -> tuple[dict[str, torch.Tensor], float]:
     """Mean over examples of the per-example loss gradient w.r.t. each module's weight (reduced over
-    processes); `loss_fn(model, batch)` returns the per-example losses (B,). Returns (gradients, examples)."""
+    processes); `loss_fn(model, batch)` returns the per-example losses (B,), `weights(batch)` each example's
+    weight (default 1: a weight of 2 counts as two copies). Returns (gradients, total weight)."""
     sums = {n: torch.zeros_like(m.weight, dtype=torch.float64) for n, m in modules.items()}
     count = torch.zeros(1, dtype=torch.float64)
     for batch in batches:
         model.zero_grad(set_to_none=True)
         losses = loss_fn(model, batch)
-        losses.sum().backward()
+        w = torch.ones(losses.shape[0], dtype=torch.float64) if weights is None else \
+            torch.as_tensor(weights(batch), dtype=torch.float64).reshape(-1)
+        (losses * w.to(losses.device, losses.dtype)).sum().backward()
         for n, m in modules.items():
             if m.weight.grad is None:
                 raise RuntimeError(f"module {n!r} got no gradient; does it require grad?")
             sums[n] += m.weight.grad.double()
-        count += losses.shape[0]
+        count += w.sum()
     model.zero_grad(set_to_none=True)
     count = _reduce(count)
     if count.item() == 0:
-        raise ValueError("mean_gradient: no examples")
-    return {n: _reduce(s) / count for n, s in sums.items()}, int(count.item())
+        raise ValueError("mean_gradient: no examples (or every weight is 0)")
+    return {n: _reduce(s) / count for n, s in sums.items()}, float(count.item())
 
 
 def influence(ekfac: EKFAC, g_ref: dict[str, torch.Tensor], g_dom: dict[str, torch.Tensor]) -> float:

@@ -41,8 +41,10 @@ def only_these_require_grad(model: nn.Module, modules: dict[str, nn.Module]) -> 
         p.requires_grad_(id(p) in chosen)
 
 
-def row_batches(feats, rows: np.ndarray, pad_id: int, batch_tokens: int) -> list[dict]:
-    """Collated length-grouped batches (within `batch_tokens`) of the encoded rows at positions `rows`."""
+def row_batches(feats, rows: np.ndarray, pad_id: int, batch_tokens: int,
+                weights: np.ndarray | None = None) -> list[dict]:
+    """Collated length-grouped batches (within `batch_tokens`) of the encoded rows at positions `rows`; each
+    example's `weight` is `weights[row]` (default 1), read by `example_weights`."""
     from curate.train.sampler import length_sorted, pack
     from curate.train.trainer import Collator
 
@@ -50,8 +52,8 @@ def row_batches(feats, rows: np.ndarray, pad_id: int, batch_tokens: int) -> list
     order = length_sorted(np.asarray(rows, dtype=np.int64), feats.lengths, np.random.default_rng(0))
     out = []
     for b in pack(order, feats.lengths, batch_tokens):
-        out.append(collate([{"input_ids": feats.ids[i], "n_prompt": int(feats.n_prompt[i]), "weight": 1.0,
-                             "domain": 0} for i in b]))
+        out.append(collate([{"input_ids": feats.ids[i], "n_prompt": int(feats.n_prompt[i]),
+                             "weight": 1.0 if weights is None else float(weights[i]), "domain": 0} for i in b]))
     return out
 
 
@@ -71,6 +73,11 @@ def true_losses(model: nn.Module, batch: dict) -> torch.Tensor:
 
 def token_mask(batch: dict) -> torch.Tensor:
     return batch["attention_mask"].bool()
+
+
+def example_weights(batch: dict) -> torch.Tensor:
+    """Each example's weight in the batch (the `weights` given to `row_batches`)."""
+    return batch["weight"]
 
 
 def seeded(batches: list[dict], seed: int):

@@ -1,7 +1,8 @@
 """IDEAL rounds (Ming et al., ICLR 2026; docs/methods.md): train -> EK-FAC influence -> new domain volumes.
 
 Round t trains on the volumes of round t (round 0: the selection as it is), fits EK-FAC on a σ-sample of its
-training rows, takes the mean gradient of each domain (σ-sample) and of each of the reference set's domains (the
+training rows, takes the mean gradient of each domain (σ-sample; in both, each row weighs what training weighs
+its loss by: multiplicity x selection weight) and of each of the reference set's domains (the
 whole set's row is their size-weighted mean: s is linear in the gradient), and computes the influence matrix s[r][j] = g_refᵀ H⁻¹ g_j. The whole-reference row gives
 β_j = m s_j / max|s|, and n_j' = round(n_j (1 + β_j)) rows of domain j, by seeded subsampling (β < 0) or
 duplication (β > 0) of the current rows. Volumes are stored as a selection whose weights are multiplicities
@@ -124,16 +125,21 @@ def influence_round(
     ref_feats = encode_rows(scorer, reference, preference=False)
     rng = np.random.default_rng(seed)
     dom = np.asarray(rows.domains())
-    instances = np.repeat(np.arange(len(counts)), counts)
-    fit_rows = np.unique(rng.choice(instances, size=max(1, int(round(sample_rate * instances.size))), replace=False))
+    # what training weighs each row's loss by: its multiplicity times its selection weight; the samples below
+    # draw rows uniformly and weigh each by it, so the Fisher and the domain gradients are the trained loss's
+    row_w = np.asarray(counts, dtype=np.float64) * rows.frame["weight"].to_numpy().astype(np.float64)
+    live = np.flatnonzero(row_w > 0)
+    if live.size == 0:
+        raise ValueError("IDEAL: every training row has weight 0")
+    fit_rows = np.sort(rng.choice(live, size=max(1, int(round(sample_rate * live.size))), replace=False))
 
     t = time.perf_counter()
     ek = EKFAC(modules, damping=damping, correct=correct)
     if cache is not None and EKFAC.stored_key(cache) == key:
         ek.load(cache)
     else:
-        ek.fit(model, lm.seeded(lm.row_batches(feats, fit_rows, scorer.pad_id, batch_tokens), seed), lm.sampled_loss,
-               lm.token_mask)
+        ek.fit(model, lm.seeded(lm.row_batches(feats, fit_rows, scorer.pad_id, batch_tokens, row_w), seed),
+               lm.sampled_loss, lm.token_mask, lm.example_weights)
         if cache is not None:
             ek.save(cache, key)
     timings["ekfac_fit_s"] = time.perf_counter() - t
@@ -146,14 +152,15 @@ def influence_round(
                           lm.true_losses)[0])
         for r, idx in ref_sets.items()
     )
-    sizes = {d: int(counts[dom == d].sum()) for d in sorted(set(dom))}
+    # a domain's training weight (its instances when every selection weight is 1); one with none has no gradient
+    sizes = {d: float(row_w[dom == d].sum()) for d in sorted(set(dom)) if row_w[dom == d].sum() > 0}
 
     def domain_gradients():  # one at a time: each is as large as the chosen layers' weights
         for d in sizes:
-            pos = np.flatnonzero((dom == d) & (counts > 0))
+            pos = np.flatnonzero((dom == d) & (row_w > 0))
             take = np.sort(rng.choice(pos, size=max(1, int(round(sample_rate * pos.size))), replace=False))
-            yield d, mean_gradient(model, modules, lm.row_batches(feats, take, scorer.pad_id, batch_tokens),
-                                   lm.true_losses)[0]
+            yield d, mean_gradient(model, modules, lm.row_batches(feats, take, scorer.pad_id, batch_tokens, row_w),
+                                   lm.true_losses, lm.example_weights)[0]
 
     by_ref = influence_matrix(ek, ref_grads, domain_gradients())
     # the whole reference set's mean gradient is the size-weighted mean of its domains' (and s is linear in it)
