@@ -84,6 +84,18 @@ def test_prompt_response_and_completion():
     assert n.response == "c" and n.kind == "sft"
 
 
+@pytest.mark.parametrize("record", [
+    {"instruction": "Name a fruit", "context": "", "response": "Apple", "category": "open_qa"},  # Dolly
+    {"instruction": "Name a fruit", "completion": "Apple"},
+    {"prompt": "Name a fruit", "output": "Apple"},
+])
+def test_every_instruction_or_prompt_field_pairs_with_every_answer_field(record):
+    """An answer under any canonical name is the response, never left in meta of a prompt-only row."""
+    n = normalise(record)
+    assert n.kind == "sft" and n.messages == [U("Name a fruit"), A("Apple")] and n.response == "Apple"
+    assert not {"response", "completion", "output"} & set(json.loads(n.meta))
+
+
 def test_preference_strings():
     n = normalise({"prompt": "p", "chosen": "good", "rejected": "bad", "score": 3})
     assert n.kind == "preference"

@@ -80,7 +80,10 @@ def test_json_that_is_neither_array_nor_lines(tmp_path):
         list(iter_chunks(s, "json", 10, 1000))
     g = tmp_path / "bytes.json"
     g.write_bytes(b'[{"prompt": "ok"}, {"prompt": "caf\xe9"}]')
-    recs = [r for c in iter_chunks(g, "json", 10, 1000) for r in c]
+    recs = []
+    with pytest.raises(IngestError, match=r"bytes.json: record 1 \(byte 19\) is incomplete \(undecodable_bytes"):
+        for c in iter_chunks(g, "json", 10, 1000):  # the records read are given before the file's error
+            recs += c
     assert recs[0].value == {"prompt": "ok"} and recs[1].row == 1 and recs[1].value is None
     assert recs[1].error == (
         "truncated_json: record 1 starts at byte 19 and is incomplete "

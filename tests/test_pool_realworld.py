@@ -45,20 +45,23 @@ def test_truncated_json_array_keeps_every_complete_record(tmp_path):
     accounted(rep, run)
     assert (rep.n_read, rep.n_unique, rep.n_quarantined) == (5, 4, 1)
     assert RunDir(run).read_pool()["prompt"].to_list() == [f"question {i}" for i in range(4)]
-    (tail,) = quarantine(run).rows(named=True)
+    tail, whole = quarantine(run).rows(named=True)  # the cut record, then the file's own entry (row null)
+    assert whole["row"] is None and whole["reason"].startswith("unreadable_file: ")
     start = len(text[: text.index('{\n  "prompt": "question 4"')].encode())
     assert tail["row"] == 4 and tail["reason"] == (
         f"truncated_json: record 4 starts at byte {start} and is incomplete (the file ends inside it)"
     )
     assert tail["raw"].startswith('{\n  "prompt": "question 4"')
-    assert rep.file_counts == {"total": 1, "ok": 1, "partial": 0, "failed": 0}
+    assert rep.file_counts == {"total": 1, "ok": 0, "partial": 1, "failed": 0}  # cut: read in part
+    assert "record 4 (byte" in rep.file_errors[str(f)] and "4 records before are kept" in rep.file_errors[str(f)]
 
 
-def test_json_array_cut_after_a_complete_record_loses_nothing(tmp_path):
+def test_json_array_cut_after_a_complete_record_keeps_it_and_says_the_file_may_be_cut(tmp_path):
     f = tmp_path / "a.json"
-    f.write_text(json.dumps(ROWS)[:-1])  # only the closing bracket is missing
+    f.write_text(json.dumps(ROWS)[:-1])  # only the closing bracket is missing: cut here, or just that
     rep = ingest(f, tmp_path / "run", progress=False)
     assert (rep.n_read, rep.n_unique, rep.n_quarantined) == (6, 6, 0)
+    assert rep.file_counts["partial"] == 1 and "not closed after record 5" in rep.file_errors[str(f)]
 
 
 def test_malformed_json_array_keeps_records_before_and_reports_the_rest(tmp_path):
@@ -267,3 +270,21 @@ def test_unknown_roles_and_invisible_text(tmp_path):
     assert first[0] == {"role": "user", "content": "hi"}
     with pytest.raises(ValueError, match="role_map: usr=boss: the target must be one of"):
         ingest(f, tmp_path / "run3", role_map={"usr": "boss"}, progress=False)
+
+
+def test_an_integer_past_pythons_digit_limit_quarantines_its_row_not_the_ingest(tmp_path):
+    """json refuses integers of more than 4,300 digits with a plain ValueError: one such row is quarantined
+    (JSON lines), or ends an array's reading like other malformed JSON, and the rest of the files is kept."""
+    huge = '{"prompt": "q", "response": "a", "n": ' + "9" * 5000 + "}"
+    lines = tmp_path / "a.jsonl"
+    lines.write_text("\n".join([json.dumps(ROWS[0]), huge, json.dumps(ROWS[1])]) + "\n")
+    array = tmp_path / "b.json"
+    array.write_text("[" + ", ".join([json.dumps(ROWS[2]), huge, json.dumps(ROWS[3])]) + "]")
+    run = tmp_path / "run"
+    rep = ingest([lines, array], run, progress=False)
+    accounted(rep, run)
+    assert RunDir(run).read_pool()["prompt"].to_list() == ["question 0", "question 1", "question 2"]
+    rows = quarantine(run).filter(pl.col("row").is_not_null())
+    assert rows["row"].to_list() == [1, 1] and all(r.startswith("malformed_json: ") for r in rows["reason"])
+    assert "4300 digits" in rows["reason"][0]
+    assert rep.per_source[str(lines)]["status"] == "ok" and rep.per_source[str(array)]["status"] == "partial"

@@ -139,6 +139,8 @@ class _Text:
                     if unterminated or e.pos >= len(self.buf.rstrip()):
                         raise _Truncated from None  # the text ends inside the record
                 raise _Malformed(e.msg, e.pos) from None
+            except ValueError as e:  # Python's own limits, e.g. an integer of more than 4,300 digits
+                raise _Malformed(str(e), self.pos) from None
             except RecursionError:
                 raise _Malformed("nested too deeply", self.pos) from None
             if end >= len(self.buf) - _NEAR_END and not self.eof and self.buf[end - 1] not in "}]\"":
@@ -231,8 +233,10 @@ def json_records(fh: BinaryIO, name: str, records: Sequence[str] = (), chunk: in
             yield JsonItem(key, value, raw)
             n += 1
             text.keep = text.pos
-            if text.skip_ws() == "" and not text.bad:
-                return  # the file ends after a complete record (only the closing bracket is missing)
+            if text.skip_ws() == "" and not text.bad:  # the file ends after a complete record: cut there, or
+                kind = "array" if close == "]" else "object"  # only the closing bracket is missing
+                raise IngestError(f"{name}: the {kind} of records is not closed after record {n - 1} (byte "
+                                  f"{text.offset()}): the file may be cut there; the {n} records before are kept")
             if text.expect("," + close, f"after record {n - 1}") == close:
                 return
     except _Truncated:
@@ -241,6 +245,8 @@ def json_records(fh: BinaryIO, name: str, records: Sequence[str] = (), chunk: in
         rest = text.buf[text.pos : text.pos + _RAW_CHARS]
         why = text.bad or "the file ends inside it"
         yield JsonItem(None, None, rest, f"truncated_json: record {n} starts at byte {at} and is incomplete ({why})")
+        raise IngestError(f"{name}: record {n} (byte {at}) is incomplete ({why}), so the file is not read past it; "
+                          f"the {n} records before are kept") from None
     except _Malformed as e:
         start = min(text.keep or 0, len(text.buf))
         at = text.offset(min(e.pos, len(text.buf)))
@@ -250,3 +256,5 @@ def json_records(fh: BinaryIO, name: str, records: Sequence[str] = (), chunk: in
             f"malformed_json: {e.msg} at byte {at} (record {n}; the rest of the file from byte "
             f"{text.offset(start)} is not read)",
         )  # fmt: skip
+        raise IngestError(f"{name}: malformed JSON in record {n} (byte {at}): the rest of the file from byte "
+                          f"{text.offset(start)} is not read; the {n} records before are kept") from None

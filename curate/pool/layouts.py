@@ -5,13 +5,13 @@ Layouts, detected per record (a file may mix them):
               string, a message list, or absent when chosen/rejected are whole conversations)
   messages    OpenAI `messages`: [{role, content}, ...]
   sharegpt    `conversations`: [{from: human/gpt/system, value}, ...]
-  alpaca      `instruction`, optional `input`, `output`
-  prompt/response  `prompt` + `response` (or `completion`)
+  alpaca      `instruction`, optional `input`, `output` (or `response`, as Dolly has it, or `completion`)
+  prompt/response  `prompt` + `response` (or `completion`, or `output`)
   turns       `turns`: a list of user turns (strings, as evaluation question sets ship them) or of messages
   prompt      `prompt` (or `instruction` + optional `input`) with no response: a prompt-only row
 A messages / sharegpt / turns conversation that ends with a user turn is a prompt-only row too (kind `prompt`,
 response null); a layout is prompt-only only when no response field is present at all (an empty response is
-quarantined). An optional `system` field adds a system turn; `domain` is kept. `columns` maps these canonical
+quarantined; a null one counts as absent, as parquet and CSV files hold every column in every row). An optional `system` field adds a system turn; `domain` is kept. `columns` maps these canonical
 names to the input's own column names, and layouts whose fields are all mapped explicitly are tried first;
 `layout` forces one layout. Roles are checked (`role_map` renames others, e.g. {"usr": "user"}); text made
 only of whitespace and invisible characters (zero-width spaces, BOMs, soft hyphens) counts as empty. Every
@@ -38,8 +38,11 @@ LAYOUTS = (
     ("messages", ("messages",)),
     ("sharegpt", ("conversations",)),
     ("alpaca", ("instruction", "output")),
+    ("alpaca", ("instruction", "response")),  # Dolly
+    ("alpaca", ("instruction", "completion")),
     ("prompt_response", ("prompt", "response")),
     ("prompt_response", ("prompt", "completion")),
+    ("prompt_response", ("prompt", "output")),
     ("turns", ("turns",)),
     ("prompt", ("prompt",)),
     ("prompt", ("instruction",)),
@@ -372,7 +375,7 @@ def normalise(
         parse = _user_turns if name == "turns" else _turns
         messages = _with_system(system, parse(value[field], field, role_map))
     elif name == "alpaca":
-        ok = key("output")
+        ok = key(sig[1])
         used.add(ok)
         user = _alpaca_user(value, key, used)
         messages = system + [

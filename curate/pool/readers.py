@@ -204,15 +204,8 @@ def iter_chunks(
                 raise failure
     except IngestError:
         raise
-    except _READ_ERRORS as e:
-        if isinstance(e, ValueError) and not _is_codec_error(e):
-            raise
+    except _READ_ERRORS as e:  # damaged compressed input, or a value a reader cannot take
         raise IngestError(f"{path}: read failed after {n} records ({type(e).__name__}: {e})") from e
-
-
-def _is_codec_error(e: BaseException) -> bool:
-    """True for the errors the decompressors raise on damaged input (zstandard's ZstdError is one)."""
-    return type(e).__module__.startswith("zstandard") or isinstance(e, (lzma.LZMAError, zlib.error))
 
 
 def _decompressed(path: Path, compression: str) -> io.BufferedIOBase:
@@ -331,6 +324,9 @@ def _jsonl_records(path: Path, max_row_bytes: int, fh=None, first_row: int = 0) 
             except json.JSONDecodeError as e:
                 yield Record(row, None, f"malformed_json: {e.msg} at col {e.colno}", text[:RAW_MAX_CHARS])
                 continue
+            except ValueError as e:  # Python's own limits, e.g. an integer of more than 4,300 digits
+                yield Record(row, None, f"malformed_json: {e}", text[:RAW_MAX_CHARS])
+                continue
             except RecursionError:
                 yield Record(row, None, "malformed_json: nested too deeply", text[:RAW_MAX_CHARS])
                 continue
@@ -374,7 +370,7 @@ def _json_records(path: Path, fh, max_row_bytes: int, records: Sequence[str]) ->
         first = head.split(b"\n", 1)[0].strip()
         try:
             is_lines = isinstance(json.loads(first.decode("utf-8")), dict)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # bad UTF-8 or JSON, or a Python limit (huge integers)
             is_lines = False
         rest = head.split(b"\n", 1)[1].strip() if b"\n" in head else b""
         if is_lines and not rest and len(head) < _READ_BUFFER // 2:
