@@ -56,6 +56,8 @@ def test_find_contamination_known_answer():
     assert [r["position"] for r in find_contamination(ids, prompts, responses, items)] == [0, 1]
     assert len(find_contamination(ids, prompts, responses, items, vectors=vec, val_vectors=val_vec,
                                   threshold=0.97)) == 2
+    # an empty pool with its (empty) embeddings has nothing to find
+    assert find_contamination([], [], [], items, vectors=vec[:0], val_vectors=val_vec) == []
     with pytest.raises(ValueError, match="threshold must lie in"):
         find_contamination(ids, prompts, responses, items, threshold=1.5)
 

@@ -37,6 +37,7 @@ def test_reasoning_code_math_markers():
     assert reasoning_steps("Therefore y = 2 * 3. So it is 6.") == 2
     assert reasoning_steps("B. false") == 0 and reasoning_steps("B) false") == 0  # answer letters
     assert reasoning_steps("a) add\nb) carry") == 2
+    assert reasoning_steps("3.14 is roughly pi.") == 0 and reasoning_steps("2) two\n10: ten") == 2  # decimals
     code = "```python\ndef f(x):\n    return x\n```\nint main() {\n  return 0;\n}\nplain words"
     # 2 fences + def + return + "int main() {" + "  return 0;" + "}" = 7
     assert code_markers(code) == 7
@@ -105,6 +106,19 @@ def test_knn_novelty_density(tmp_path):
     np.testing.assert_allclose(load_signal(run, "knn_novelty"), 1 - sims[:, :2].astype(float).mean(1), rtol=1e-6)
     with pytest.raises(ValueError, match="knn_k"):
         score(run, ["knn_novelty"], knn_k=9, progress=False)
+    # the index rebuilt (k=3, other similarities): the same score call recomputes from the new graph
+    score(run, ["knn_density"], progress=False)
+    np.savez(run / "index" / "knn.npz", neighbors=nbrs[:, :3], sims=sims[:, :3] / 2)
+    score(run, ["knn_density"], progress=False)
+    np.testing.assert_allclose(load_signal(run, "knn_density"), sims[:, :3].astype(float).mean(1) / 2, rtol=1e-6)
+    # a graph padded with -1 / 0 (rows with fewer neighbours than k): the mean is over real neighbours
+    pad = nbrs[:, :3].copy()
+    pad[0, 1:] = -1
+    pad[1, :] = -1
+    np.savez(run / "index" / "knn.npz", neighbors=pad, sims=np.where(pad >= 0, sims[:, :3], 0).astype(np.float32))
+    score(run, ["knn_density"], progress=False)
+    got = load_signal(run, "knn_density")
+    assert got[0] == pytest.approx(float(sims[0, 0]), rel=1e-6) and np.isnan(got[1])
 
 
 @pytest.mark.parametrize("before", [None, "false"])

@@ -185,6 +185,15 @@ def test_depth_and_relative_depth(tmp_path, tiny_lm, tiny_lm_ref, scorer):  # no
         np.testing.assert_allclose(rel[idx], expect, atol=1e-9)
     np.testing.assert_allclose(rel, percentile_rank(load_signal(run, "depth"), domains))
 
+    # the same conversations (same ids) re-ingested in one domain and with other tags: both are recomputed
+    other = [("one", p, r, ["a", "b", "c"] if i % 2 else None) for i, (_, p, r, _) in enumerate(ROWS)]
+    make_pool(run, other)
+    score(run, ["relative_depth"], base_model=str(tiny_lm), ref_model=str(tiny_lm_ref), progress=False)
+    tags = np.array([3.0 if i % 2 else 1.0 for i in range(len(ROWS))])
+    np.testing.assert_allclose(load_signal(run, "depth"), (lb - lr) * tags, atol=1e-4)
+    np.testing.assert_allclose(load_signal(run, "relative_depth"), percentile_rank((lb - lr) * tags, None),
+                               atol=1e-6)
+
 
 def test_icl_proxy_equals_explicit_difference(tmp_path, tiny_lm, scorer):  # noqa: F811
     run = make_pool(tmp_path / "run")

@@ -32,6 +32,9 @@ class SignalDef:
     roles: tuple[str, ...] = ()
     doc: str = ""
     deps: tuple[str, ...] | Callable[[ScoreContext], list[str]] = ()
+    # what else its values read, as a JSON-able digest for its key (pool columns besides the rows' content,
+    # map clusters, decontamination records): `key_extra(ctx)`
+    key_extra: Callable[[ScoreContext], Any] | None = None
 
 
 SIGNALS: Registry[SignalDef] = Registry("signal")
@@ -60,13 +63,14 @@ def score_command(name: str, run: str | os.PathLike = "RUN") -> str:
     return (" then ".join(before) + " then " if before else "") + cmd
 
 
-def signal(name: str, *, params: dict[str, Any] | None = None, roles: tuple[str, ...] = (), deps=()):
+def signal(name: str, *, params: dict[str, Any] | None = None, roles: tuple[str, ...] = (), deps=(),
+           key_extra: Callable[[ScoreContext], Any] | None = None):
     """Decorator registering `fn(ctx) -> np.ndarray` as signal `name` (docstring = its description)."""
 
     def deco(fn: Callable[[ScoreContext], np.ndarray]) -> Callable[[ScoreContext], np.ndarray]:
         SIGNALS.register(name)(
             SignalDef(name, fn, dict(params or {}), tuple(roles), (fn.__doc__ or "").strip(),
-                      deps if callable(deps) else tuple(deps))
+                      deps if callable(deps) else tuple(deps), key_extra)
         )
         return fn
 
@@ -259,7 +263,10 @@ class ScoreContext:
         """The cache key of a signal: fingerprints of what it reads, its parameters, and the pool."""
         params = {k: self.params.get(k, v) for k, v in defn.params.items()}
         fps = {role: self.fingerprint(role) for role in defn.roles}
-        return {"models": fps, "params": params, "pool": self.key_pool()}
+        key = {"models": fps, "params": params, "pool": self.key_pool()}
+        if defn.key_extra is not None:
+            key["reads"] = defn.key_extra(self)
+        return key
 
     def signal(self, name: str) -> np.ndarray:
         """Values of another signal, computed (and stored) first if needed."""

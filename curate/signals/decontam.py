@@ -150,7 +150,7 @@ def find_contamination(
         v = by_text.get(text_key(prompts[p], responses[p]))
         if v is not None:
             found[p] = {"reason": "exact_text", "val_row": v, "cosine": None}
-    if vectors is not None and val_vectors is not None and len(items):
+    if vectors is not None and val_vectors is not None and len(items) and len(vectors):
         val = np.asarray(val_vectors, dtype=np.float32)
         pos, vrow, cos = [], [], []  # every (row, item) pair at or above the threshold
         near = np.empty((0, len(items)), dtype=np.int64)  # each item's most similar rows (columns), for its template
@@ -286,7 +286,7 @@ def decontaminate(
                               vectors=vectors, val_vectors=val_vectors, threshold=threshold)
     counts = {r: sum(1 for x in rows if x["reason"] == r) for r in REASONS}
     record: dict[str, Any] = {
-        "validation": str(validation),
+        "validation": str(Path(validation).resolve()),  # refresh finds it from any working directory
         **key,
         "n_validation": len(items),
         "counts": {**counts, "total": len(rows)},

@@ -72,7 +72,7 @@ def ttr(text: str) -> float:
     return len(set(tokens)) / len(tokens) if tokens else 0.0
 
 
-_ENUM = re.compile(r"^\s*(?:\(?\d+[.):]|(?-i:\(?[a-z]\))(?=\s)|step\s*\d+|[-*\u2022]\s)", re.IGNORECASE)
+_ENUM = re.compile(r"^\s*(?:\(?\d+[.):](?=\s|$)|(?-i:\(?[a-z]\))(?=\s)|step\s*\d+|[-*\u2022]\s)", re.IGNORECASE)
 _SEQ = re.compile(
     r"^\s*(?:first(?:ly)?|second(?:ly)?|third(?:ly)?|next|then|after that|afterwards|finally|lastly|"
     r"therefore|thus|hence|so)\b",
@@ -255,23 +255,29 @@ def _math(ctx: ScoreContext) -> np.ndarray:
     return _per_row(ctx, "math_markers", math_markers, _texts(ctx))
 
 
-def _knn_sims(ctx: ScoreContext) -> np.ndarray:
-    sims = np.asarray(ctx.view.knn().sims, dtype=np.float64)  # checked against the pool's length
+def _knn_mean(ctx: ScoreContext) -> np.ndarray:
+    """Each row's mean similarity to its first k neighbours, over the neighbours the graph holds (it pads a
+    row with fewer, in a pool of k rows or fewer, with -1 / 0: those are not neighbours); NaN for none."""
+    g = ctx.view.knn()  # checked against the pool's length
+    sims = np.asarray(g.sims, dtype=np.float64)
+    real = np.asarray(g.neighbors) >= 0
     k = ctx.param("knn_k")
     if k is not None:
         if not 1 <= int(k) <= sims.shape[1]:
             raise ValueError(f"knn_k={k} but the graph holds {sims.shape[1]} neighbours per row")
-        sims = sims[:, : int(k)]
-    return sims
+        sims, real = sims[:, : int(k)], real[:, : int(k)]
+    n = real.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.where(real, sims, 0.0).sum(axis=1) / n, np.nan)
 
 
 @signal("knn_density", params={"knn_k": None}, roles=("knn",))
 def _density(ctx: ScoreContext) -> np.ndarray:
     """Mean cosine similarity to the k nearest neighbours (index/knn.npz; k = all stored unless knn_k)."""
-    return _knn_sims(ctx).mean(axis=1)
+    return _knn_mean(ctx)
 
 
 @signal("knn_novelty", params={"knn_k": None}, roles=("knn",))
 def _novelty(ctx: ScoreContext) -> np.ndarray:
     """1 - mean cosine similarity to the k nearest neighbours (semantic novelty)."""
-    return 1.0 - _knn_sims(ctx).mean(axis=1)
+    return 1.0 - _knn_mean(ctx)

@@ -160,10 +160,21 @@ def tag_counts(ctx: ScoreContext) -> np.ndarray:
     return counts if seen else np.ones(ctx.n)
 
 
+def _tags_dep(ctx: ScoreContext) -> list[str]:
+    return [ctx.param("tags_signal")] if ctx.param("tags_signal") else []
+
+
+def _tags_read(ctx: ScoreContext) -> dict[str, str]:
+    """The tag counts `depth` multiplies by (from meta, or the `tags_signal` dependency's key)."""
+    return {} if ctx.param("tags_signal") else {"tags": short_hash(tag_counts(ctx).tolist(), 16)}
+
+
 @signal(
     "depth",
     params={**LM_PARAMS, "tags_field": "tags", "tags_signal": None},
     roles=("base_model", "ref_model"),
+    deps=_tags_dep,
+    key_extra=_tags_read,
 )
 def _depth(ctx: ScoreContext) -> np.ndarray:
     """ILA information depth: (mean NLL under base_model - mean NLL under ref_model) x #tags.
@@ -223,6 +234,7 @@ def group_labels(ctx: ScoreContext, group: str | None) -> list | None:
     params={**LM_PARAMS, "tags_field": "tags", "tags_signal": None, "depth_group": "domain"},
     roles=("base_model", "ref_model"),
     deps=("depth",),
+    key_extra=lambda ctx: {"groups": short_hash(group_labels(ctx, ctx.param("depth_group", "domain")), 16)},
 )
 def _relative_depth(ctx: ScoreContext) -> np.ndarray:
     """ILA relative depth: percentile rank in [0, 1] of `depth` within its domain (or k-means cluster

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curate.signals.base import ScoreContext, signal
+from curate.signals.base import ScoreContext, short_hash, signal
 from curate.signals.icl import icl_for_positions
 from curate.signals.lm_signals import score_eot
 from curate.signals.miw import (
@@ -67,6 +67,7 @@ def _indicators(ctx: ScoreContext) -> list[str]:
     },
     roles=("model", "validation"),
     deps=_indicators,
+    key_extra=lambda ctx: {"left_out": short_hash(_contaminated(ctx).tolist(), 16)},  # decontamination records
 )
 def _miw_score(ctx: ScoreContext) -> np.ndarray:
     """MIW-style score: rank-normalised indicators weighted by weights learned with the ICL proxy."""

@@ -55,10 +55,30 @@ def _score_name(a: dict) -> str:
 
 
 def _score_inputs(run: RunDir, a: dict) -> list[str]:
-    """The pool, the embeddings and ILA's reference record, and the validation file and model folders given."""
+    """The pool, the embeddings, ILA's reference record, the kNN graph and clusters, the stored signals the
+    requested ones read, and the validation file and model folders given: a change to any of them runs the
+    stage, whose per-signal keys then decide what is recomputed."""
     given = [a["validation"], a["model"], a["base_model"], a["ref_model"]]
-    return ["pool", "embeddings/current.json", "reference.json",
+    deps = _dependencies(run, a)
+    return ["pool", "embeddings/current.json", "reference.json", "index/knn.npz", "map/clusters.parquet",
+            *(f"signals/{d}.parquet" for d in deps),
             *(str(Path(g).resolve()) for g in given if g is not None and os.path.exists(str(g)))]
+
+
+def _dependencies(run: RunDir, a: dict) -> list[str]:
+    """Signals the requested ones read, recursively (from their parameters; the pool is not read)."""
+    ctx = ScoreContext(run.root, models={}, validation=None, dtype=None, batch_tokens=1, progress=False, params=a)
+    known, out = set(SIGNALS.names()), []
+
+    def walk(name: str) -> None:
+        for d in _deps(ctx, name) if name in known else ():
+            if d not in out:
+                out.append(d)
+                walk(d)
+
+    for n in a["names"]:
+        walk(n)
+    return out
 
 
 #: parameters of a score call that no signal declares: how the work is cut and cached, not what it computes
@@ -76,6 +96,7 @@ def _score_outputs(run: RunDir, a: dict) -> list[str]:
 
 
 @stage(_score_name, inputs=_score_inputs, outputs=_score_outputs, lock="score", scratch=["signals"],
+       writes_inputs=("signals",),
        load=lambda run, a: {n: run.signal_path(n) for n in a["names"]})
 def score(
     run: str | os.PathLike,

@@ -52,12 +52,13 @@ def load_signal(run: str | os.PathLike, name: str) -> np.ndarray:
     import polars as pl
 
     from curate.pool.ids import DuplicateIdsError, MissingIdsError, align
+    from curate.signals.base import score_command
 
     rd = RunDir(run)
     path = rd.signal_path(name)
     if not path.exists():
         raise FileNotFoundError(
-            f"signal {name!r} is missing in {rd.root}: run `curate score {rd.root} --signal {name}` "
+            f"signal {name!r} is missing in {rd.root}: run {score_command(name, rd.root)} "
             f"(Python: curate.signals.score({str(rd.root)!r}, [{name!r}], ...)) first"
         )
     df = pl.read_parquet(path)
@@ -68,7 +69,6 @@ def load_signal(run: str | os.PathLike, name: str) -> np.ndarray:
         joined = align(ids, df, require_all=True)
     except (MissingIdsError, DuplicateIdsError):
         raise ValueError(
-            f"signal {name!r} in {rd.root} was computed on another pool: re-run `curate score {rd.root} "
-            f"--signal {name}`"
+            f"signal {name!r} in {rd.root} was computed on another pool: re-run {score_command(name, rd.root)}"
         ) from None
     return joined["value"].to_numpy().astype(np.float64, copy=False)
