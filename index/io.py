@@ -54,17 +54,20 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by killed processes
-        pid = stale.name.rsplit("-", 1)[-1]
-        if stale.is_dir() and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
-            shutil.rmtree(stale, ignore_errors=True)
+    for pattern in (f".{final.name}.tmp-*", f".{final.name}.old-*"):  # left by killed processes
+        for stale in final.parent.glob(pattern):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if stale.is_dir() and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+                shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
     tmp.mkdir()
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # moved aside, not deleted in place: a kill mid-delete must not leave half of it
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -475,3 +475,19 @@ def test_the_same_files_named_another_way_are_the_same_ingest(tmp_path, monkeypa
     (data / "b.jsonl").write_text(json.dumps({"prompt": "q9", "response": "a9"}) + "\n")
     assert not ingest.run_stage("data", run, progress=False).skipped
     assert run.read_pool(["id"]).height == 4
+
+
+def test_an_ingest_with_the_same_rows_from_other_files_updates_its_record_only(tmp_path):
+    """Another file set that yields the same pool keeps the data files (and their mtimes) but ingest.json says
+    what was read, and a skipped call after it returns that record."""
+    src = tmp_path / "u.jsonl"
+    src.write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    run = RunDir(tmp_path / "run")
+    ingest(src, run, progress=False)
+    stamp = next(run.pool_dir.iterdir()).stat().st_mtime_ns
+    report = ingest([src, empty], run, progress=False)
+    assert len(report.inputs) == 2 and next(run.pool_dir.iterdir()).stat().st_mtime_ns == stamp
+    assert read_json(run.ingest_path)["inputs"] == report.inputs and read_json(run.ingest_path)["files"]["total"] == 2
+    assert ingest.run_stage([src, empty], run, progress=False).value.inputs == report.inputs

@@ -212,3 +212,9 @@ def test_preference_with_system_field_and_whole_conversations():
     assert n.prompt == "system: sys\n\nuser: p"
     n2 = normalise({"system": "sys", "prompt": "p", "chosen": "good", "rejected": "bad"})
     assert n2.messages == n.messages and n2.rejected == "bad"
+
+
+def test_meta_is_valid_json_when_an_extra_column_holds_nan():
+    """parquet extra columns may hold NaN / inf: meta stays JSON (those values become null)."""
+    n = normalise({"prompt": "p", "response": "r", "score": float("nan"), "w": [1.0, float("inf")], "k": 2.5})
+    assert json.loads(n.meta) == {"score": None, "w": [1.0, None], "k": 2.5}

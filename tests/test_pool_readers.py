@@ -119,6 +119,14 @@ def test_csv_field_over_the_parser_limit_is_quarantined_and_reading_goes_on(tmp_
     recs = [r for ch in iter_chunks(c, "csv", 10, 2000) for r in ch]
     assert recs[0].row == 0 and recs[0].error.startswith("oversize_row: ")
     assert recs[1].row == 1 and recs[1].value == {"prompt": "next", "response": "row"}
+    # an oversize quoted field that spans lines (with a quote on a later line): its rest is not read as records
+    m = tmp_path / "multi.csv"
+    m.write_text('prompt,response\nq0,a0\nq1,"' + "z" * 3000 + '\nmore ""quoted"" text",a1\nq2,a2\nq3,a3\n')
+    recs = [r for ch in iter_chunks(m, "csv", 10, 1000) for r in ch]
+    assert [(r.row, r.value) for r in recs if r.error is None] == [
+        (0, {"prompt": "q0", "response": "a0"}), (2, {"prompt": "q2", "response": "a2"}),
+        (3, {"prompt": "q3", "response": "a3"})]
+    assert recs[1].row == 1 and recs[1].error.startswith("oversize_row: ") and len(recs) == 4
     import csv
 
     assert csv.field_size_limit() == 131072  # the global parser limit is restored

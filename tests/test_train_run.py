@@ -277,6 +277,12 @@ def test_atomic_dir_swaps_whole_folders_and_clears_those_of_dead_processes(tmp_p
         (tmp / "a.txt").write_text("half")
         raise RuntimeError("killed")
     assert (final / "a.txt").read_text() == "new" and not list(tmp_path.glob(".model.tmp-*"))
+    # replacing a folder moves the old one aside first (a kill mid-delete left half of it in place); a
+    # moved-aside folder of a dead process is cleared
+    (tmp_path / ".model.old-999999999").mkdir()
+    with atomic_dir(final) as tmp:
+        (tmp / "b.txt").write_text("newer")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_heldout_split_draws_only_the_kind_the_run_scores(tmp_path):

@@ -21,6 +21,7 @@ other non-null field goes to `meta` as JSON.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -67,7 +68,25 @@ def is_blank(text: str) -> bool:
 
 
 _IDENTITY = {c: c for c in CANONICAL}
-_META_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+_META_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _finite(v: Any) -> Any:
+    """`v` with NaN and infinite floats as null (JSON has no NaN; a NaN cell of an extra column is missing)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+def _meta_text(meta: dict) -> str:
+    try:
+        return _META_ENCODER.encode(meta)
+    except ValueError:  # a non-finite float somewhere
+        return _META_ENCODER.encode(_finite(meta))
 
 
 class Normalised(NamedTuple):
@@ -413,5 +432,5 @@ def normalise(
     meta = {str(k): v for k, v in value.items() if k not in used and v is not None}
     if extra_meta:
         meta.update(extra_meta)
-    meta_text = _META_ENCODER.encode(meta) if meta else "{}"
+    meta_text = _meta_text(meta) if meta else "{}"
     return Normalised(kind, domain, messages, prompt, response, rejected, meta_text)

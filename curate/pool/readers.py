@@ -467,6 +467,16 @@ class _LineFeed:
         self.raw: list[str] = []
         self.raw_len = 0
         self.bad: str | None = None
+        self.inside = False  # within a quoted field after the lines read so far ('""' toggles twice)
+
+    def skip_open_field(self) -> None:
+        """Read on to the end of the line that closes the quoted field the parser gave up in (an oversize
+        field): the parser starts afresh after an error, and would read the field's rest as new records."""
+        while self.inside:
+            try:
+                next(self)
+            except StopIteration:
+                return
 
     def __iter__(self) -> _LineFeed:
         return self
@@ -480,6 +490,8 @@ class _LineFeed:
             if line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
         self.nbytes += len(line.rstrip(b"\r\n"))
+        if line.count(b'"') % 2:
+            self.inside = not self.inside
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -525,6 +537,7 @@ def _csv_records(path: Path, fh, max_row_bytes: int) -> Iterator[Record]:
                 row += 1
                 msg = str(e)
                 if "field larger than field limit" in msg:
+                    feed.skip_open_field()
                     yield Record(
                         row, None, _oversize(feed.nbytes, max_row_bytes) + " (one field)", feed.raw_text()
                     )

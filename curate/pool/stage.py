@@ -419,8 +419,37 @@ def ingest(
         report.pool_fingerprint = fingerprint.hexdigest()
         assert report.n_unique + report.n_duplicate + report.n_quarantined == report.n_read
 
+        doc = {
+            "inputs": report.inputs,
+            "inputs_given": given,
+            "counts": {
+                "read": report.n_read,
+                "unique": report.n_unique,
+                "duplicate": report.n_duplicate,
+                "quarantined": report.n_quarantined,
+            },
+            "files": report.file_counts,
+            "file_errors": report.file_errors,
+            "per_domain": report.per_domain,
+            "per_kind": report.per_kind,
+            "reasons": report.reasons,
+            "per_source": report.per_source,
+            "columns": columns,
+            "records": list(record_path),
+            "layout": layout,
+            "role_map": role_map,
+            "params": {
+                "chunk_rows": chunk_rows,
+                "shard_rows": shard_rows,
+                "max_row_bytes": max_row_bytes,
+            },
+            "n_shards": report.n_shards,
+            "pool_fingerprint": report.pool_fingerprint,
+        }
         if _unchanged(run, final, work):  # same pool, duplicates and quarantine: keep the files (and
-            return report                # their mtimes, which keys of later stages read) as they are
+            if read_json(run.ingest_path) != json.loads(json.dumps(doc)):  # their mtimes, which keys of later
+                write_json(run.ingest_path, doc)  # stages read) as they are; the record says what was read
+            return report
         # swap in: ingest.json goes first (a pool without it is incomplete) and comes back last
         run.ingest_path.unlink(missing_ok=True)
         old = None
@@ -430,36 +459,7 @@ def ingest(
         os.replace(final, run.pool_dir)
         os.replace(work / "duplicates.parquet", run.duplicates_path)
         os.replace(work / "quarantine.parquet", run.quarantine_path)
-        write_json(
-            run.ingest_path,
-            {
-                "inputs": report.inputs,
-                "inputs_given": given,
-                "counts": {
-                    "read": report.n_read,
-                    "unique": report.n_unique,
-                    "duplicate": report.n_duplicate,
-                    "quarantined": report.n_quarantined,
-                },
-                "files": report.file_counts,
-                "file_errors": report.file_errors,
-                "per_domain": report.per_domain,
-                "per_kind": report.per_kind,
-                "reasons": report.reasons,
-                "per_source": report.per_source,
-                "columns": columns,
-                "records": list(record_path),
-                "layout": layout,
-                "role_map": role_map,
-                "params": {
-                    "chunk_rows": chunk_rows,
-                    "shard_rows": shard_rows,
-                    "max_row_bytes": max_row_bytes,
-                },
-                "n_shards": report.n_shards,
-                "pool_fingerprint": report.pool_fingerprint,
-            },
-        )
+        write_json(run.ingest_path, doc)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
