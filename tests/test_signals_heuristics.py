@@ -159,3 +159,21 @@ def test_unknown_score_parameter_fails_and_every_read_parameter_is_known(tmp_pat
     src = Path(__file__).resolve().parents[1] / "curate"
     read = {m for f in src.rglob("*.py") for m in re.findall(r'(?:ctx|self)\.param\("(\w+)"', f.read_text())}
     assert read and read <= known_params(), read - known_params()
+
+
+def test_a_signal_killed_between_its_values_and_its_key_is_not_taken_as_current(tmp_path, monkeypatch):
+    from curate.run import RunDir
+    from curate.signals import store
+
+    run = make_pool(tmp_path / "run")
+    ids = RunDir(run).read_pool(["id"])["id"].to_list()
+    store.write_signal(run, "x", ids, np.zeros(len(ids)), {"v": 1})
+    assert store.stored_key(run, "x") == {"v": 1}
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_signal(run, "x", ids, np.ones(len(ids)), {"v": 2})
+    assert store.stored_key(run, "x") is None  # new values, no key: recomputed, not read as {"v": 1}

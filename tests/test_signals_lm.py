@@ -110,6 +110,10 @@ def test_plain_fallback_and_truncation(tiny_lm_plain):  # noqa: F811
     assert enc.ids[:6] == untrunc.ids[untrunc.n_prompt - 6 : untrunc.n_prompt]  # prompt tail
     assert enc.ids[6:] == untrunc.ids[untrunc.n_prompt : untrunc.n_prompt + 6]  # response head
     assert untrunc.n_eot == 1 and enc.n_eot == 0  # the end-of-turn token was cut with the response's tail
+    # IFD's "alone" side scores the same response tokens as the cut conditioned side, not more of them
+    alone = sc.encode_alone(long_resp)
+    assert alone.truncated and alone.ids[alone.n_prompt :] == enc.ids[enc.n_prompt :] and alone.n_eot == 0
+    assert LMScorer(tiny_lm_plain).encode_alone(long_resp).ids[-1] == sc.tokenizer.eos_token_id  # uncut: whole
 
 
 def test_loss_ifd_perplexity_match_hand(tmp_path, tiny_lm, scorer, monkeypatch):  # noqa: F811

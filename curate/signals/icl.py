@@ -60,21 +60,26 @@ def icl_gains(
     eot: bool = False,
     cache: bool = True,
     progress: bool = False,
+    names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, float]:
     """ICL gain of each row (mean over validation rows) and the forward tokens spent per row.
 
     `others[i]` are the extra demonstrations placed before row i (k-1 of them); None means one-shot.
     `eot`: score the end-of-turn tokens after each answer too. `cache`: forward each shared demo prefix
-    once (`LMScorer.nll_shared_prefix`) instead of once per validation row.
+    once (`LMScorer.nll_shared_prefix`) instead of once per validation row. `names[i]` names row i in errors
+    (default "row i").
     """
     n, V = len(rows), len(val)
+    names = names if names is not None else [f"row {i}" for i in range(n)]
     with_groups, base_groups = [], []
     for i, conv in enumerate(rows):
         extra = list(others[i]) if others is not None else []
-        with_groups.append([scorer.encode(icl_conversation([*extra, conv], item), where=f"icl row {i} val {v}")
+        with_groups.append([scorer.encode(icl_conversation([*extra, conv], item),
+                                          where=f"icl: {names[i]} before validation row {v}")
                             for v, item in enumerate(val)])
         if others is not None:
-            base_groups.append([scorer.encode(icl_conversation(extra, item), where=f"icl base {i} val {v}")
+            base_groups.append([scorer.encode(icl_conversation(extra, item),
+                                              where=f"icl: the demonstrations of {names[i]} before validation row {v}")
                                 for v, item in enumerate(val)])
     if others is None:
         base_groups = [[scorer.encode(icl_conversation([], item), where=f"icl base val {v}")
@@ -165,7 +170,8 @@ class ICLJob(ScorerJob):
         pos = self.positions[i * self.shard_rows : (i + 1) * self.shard_rows]
         rows = [pool.messages(int(p), int(p) + 1)[0] for p in pos]
         gains, toks = icl_gains(scorer, rows, self.val, others=other_demos(pool, pos, self.k, self.seed),
-                                eot=self.eot, cache=self.cache, progress=self.progress)
+                                eot=self.eot, cache=self.cache, progress=self.progress,
+                                names=[f"pool row {int(p)}" for p in pos])
         write_columns(tmp, {"icl": gains, "tokens_per_row": np.full(len(pos), toks)})
         return len(pos)
 

@@ -221,9 +221,17 @@ class LMScorer:
         """The response scored without its instruction: the same format with one empty user turn.
 
         Keeping the template (assistant header, end-of-turn marker) makes the labelled tokens the same
-        as in `encode`, so IFD compares like with like.
+        as in `encode`, so IFD compares like with like. When the whole conversation is longer than
+        `max_length`, `encode` keeps only the head of the response: the response here is cut to as many
+        tokens, so both sides score the same tokens.
         """
-        return self.encode([{"role": "user", "content": ""}, messages[-1]], where=where)
+        alone = self.encode([{"role": "user", "content": ""}, messages[-1]], where=where)
+        cond = self.encode(messages, where=where)
+        extra = (len(alone.ids) - alone.n_prompt) - (len(cond.ids) - cond.n_prompt)
+        if not cond.truncated or extra <= 0:
+            return alone
+        return Encoded(alone.ids[: len(alone.ids) - extra], alone.n_prompt, truncated=True,
+                       n_eot=max(0, alone.n_eot - extra))
 
     def _response_end(self, text: str, start: int, resp: str, ids: list[int]) -> int:
         """Number of leading tokens of `ids` (the tokens of `text`) up to the end of the response text.

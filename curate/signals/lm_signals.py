@@ -84,6 +84,8 @@ def lm_stats(ctx: ScoreContext, role: str, variant: str, eot: bool | None = None
     eot = score_eot(ctx) if eot is None else eot
     fp = ctx.fingerprint(role)
     params = {"max_length": int(ctx.param("max_length", 2048)), "variant": variant, "parts": "response,eot"}
+    if variant == "alone":  # cut to the conditioned pass's response tokens since 2026-12-02 (encode_alone)
+        params["alone_cut"] = "cond"
     folder = ctx.rd.lm_cache_dir / f"{fp}-{short_hash(params)}" / variant
     shard_rows = int(ctx.param("shard_rows", 2048))
     job = LMNllJob(model=ctx.model_path(role), dtype=resolve_dtype(ctx.dtype, ctx.device or default_device()),

@@ -4,7 +4,8 @@ Rows use the run's current embeddings (the score context's PoolView); the valida
 the same encoder (model path, dtype and text fields read from the run's embeddings/current.json), the
 "prompt" field being the question's text and "response" the answer, joined by a newline as the embed
 stage does. mode "mean": cosine to the normalised mean validation embedding; "max": the highest cosine
-to any validation row.
+to any validation row. The validation rows are the seeded sample of `n_val` (default 32, `icl_seed`) that the
+ICL signals also use: a larger file is sampled; `n_val=None` takes every row.
 """
 
 from __future__ import annotations

@@ -32,13 +32,16 @@ def write_signal(
     key: dict,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write a signal (id, value f64, pool order) and then its sidecar, both atomically."""
+    """Write a signal (id, value f64, pool order) and then its sidecar, both atomically; the old sidecar goes
+    first, so a kill between the two leaves values without a key (recomputed), never new values under an
+    old key."""
     import polars as pl
 
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(ids),):
         raise ValueError(f"signal {name!r}: {values.shape} values for {len(ids)} rows")
     path = RunDir(run).signal_path(name)
+    sidecar_path(run, name).unlink(missing_ok=True)
     with atomic_path(path, suffix=".parquet") as tmp:
         pl.DataFrame({"id": list(ids), "value": values}, schema={"id": pl.String, "value": pl.Float64}).write_parquet(tmp)
     side = {"name": name, "key": key, "n": len(ids)}
