@@ -238,3 +238,40 @@ def test_rows_without_a_response_are_noted_in_the_manifest(tmp_path):
     assert man["kinds"] == {"sft": 2, "prompt": 1}
     assert man["note"].startswith("1 selected rows have no response (kind prompt): the alpaca layout writes them")
     assert "note" not in read_json(export(tmp_path / "run", "random", layout="prompt") / "manifest.json")
+
+
+def test_preference_rows_with_system_or_earlier_turns_export_conversational_and_round_trip(tmp_path):
+    """A prompt of more than one user turn is exported as messages (TRL conversational preference), not
+    flattened into 'system: ...' text; re-ingesting the export gives the same conversations and pairs."""
+    from trl.data_utils import is_conversational
+
+    from curate.pool import ingest
+
+    rows = [
+        {"prompt": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Q1"}],
+         "chosen": "A1", "rejected": "no"},
+        {"prompt": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"},
+                    {"role": "user", "content": "Q3"}], "chosen": "A3", "rejected": "nope"},
+        {"prompt": "Q4", "chosen": "A4", "rejected": "never"},
+    ]
+    src = tmp_path / "pref.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ingest(src, tmp_path / "run", progress=False)
+    select(tmp_path / "run", "random", "100%", name="all")
+    out = export(tmp_path / "run", "all", layout="preference", formats=("jsonl",))
+    ds = _load(out, "jsonl", tmp_path)
+    assert all(is_conversational(ds[i]) for i in range(3))
+    ingest(out, tmp_path / "again", progress=False)
+    cols = ["messages", "rejected", "kind"]
+    a = pl.read_parquet(tmp_path / "run" / "pool").select("id", *cols).sort("id")
+    b = pl.read_parquet(tmp_path / "again" / "pool").select("id", *cols).sort("id")
+    assert a.equals(b) and set(a["kind"]) == {"preference"}
+
+
+def test_ingest_does_not_repeat_a_text_prompt_that_whole_conversations_hold_after_a_system_turn():
+    from curate.pool import normalise
+
+    conv = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    n = normalise({"prompt": "Q", "chosen": [*conv, {"role": "assistant", "content": "A"}],
+                   "rejected": [*conv, {"role": "assistant", "content": "B"}]})
+    assert n.messages == [*conv, {"role": "assistant", "content": "A"}] and n.rejected == "B"

@@ -7,7 +7,9 @@
 - sharegpt:   {"conversations": [{from, value}, ...], "weight", "id", "domain"}  roles user->human,
               assistant->gpt, system->system (others kept as they are)
 - preference: {"prompt", "chosen", "rejected", "weight", "id", "domain"}       (TRL standard preference);
-              only preference rows
+              only preference rows. When any row's prompt is more than one user turn (a system turn, earlier
+              turns), the whole export is TRL's conversational form instead (prompt: the messages before the
+              answer; chosen / rejected: one assistant message each), so no turn is flattened into text
 - prompt:     {"prompt", "weight", "id", "domain"}                              the prompt text alone, e.g. to
               generate responses for prompt-only rows (kind "prompt"; any row's prompt works)
 Prompt-only rows have no response: `messages` and `sharegpt` end with the user turn, alpaca's `output` is "".
@@ -61,9 +63,13 @@ def to_layout(rows: pl.DataFrame, layout: str) -> pl.DataFrame:
             f"non-preference rows (e.g. id {sft['id'][0]}): export it with layout 'messages', or select "
             "from preference rows only"
         )
-    return rows.select(
-        pl.col("prompt"),
-        pl.col("response").alias("chosen"),
-        pl.col("rejected"),
-        *tail,
-    )
+    turns = pl.col("messages")
+    single = (turns.list.len() == 2) & (turns.list.first().struct.field("role") == "user")
+    if rows.select(single.all()).item() is not False:
+        return rows.select(pl.col("prompt"), pl.col("response").alias("chosen"), pl.col("rejected"), *tail)
+
+    def answer(col: str) -> pl.Expr:
+        return pl.concat_list(pl.struct(pl.lit("assistant").alias("role"), pl.col(col).alias("content")))
+
+    return rows.select(turns.list.slice(0, turns.list.len() - 1).alias("prompt"), answer("response").alias("chosen"),
+                       answer("rejected").alias("rejected"), *tail)

@@ -320,8 +320,11 @@ def _preference(value: dict, key, used: set, system: list, role_map: Mapping[str
             conv = prompt_msgs + [{"role": "assistant", "content": v}]
         elif isinstance(v, list):
             turns = _turns(v, field, role_map)
-            # chosen/rejected may repeat the prompt turns (whole conversations) or hold only the answer
-            if prompt_msgs and _same(turns[: len(prompt_msgs)], prompt_msgs):
+            # chosen/rejected may repeat the prompt turns (whole conversations, perhaps after a system turn
+            # the prompt lacks) or hold only the answer
+            own_system = turns and turns[0]["role"] == "system" and prompt_msgs[:1] != turns[:1]
+            head = turns[1:] if own_system else turns
+            if prompt_msgs and _same(head[: len(prompt_msgs)], prompt_msgs):
                 conv = turns
             else:
                 conv = prompt_msgs + turns
