@@ -288,3 +288,17 @@ def test_an_integer_past_pythons_digit_limit_quarantines_its_row_not_the_ingest(
     assert rows["row"].to_list() == [1, 1] and all(r.startswith("malformed_json: ") for r in rows["reason"])
     assert "4300 digits" in rows["reason"][0]
     assert rep.per_source[str(lines)]["status"] == "ok" and rep.per_source[str(array)]["status"] == "partial"
+
+
+def test_a_json_file_of_one_record_is_that_record_and_long_json_lines_get_a_hint(tmp_path):
+    """A one-line .json holding one {"messages": [...]} record is ingested (its message list is not taken for a
+    list of records); JSON lines whose first line is longer than the bytes looked at are told to be .jsonl."""
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                            {"role": "assistant", "content": "hello"}]}) + "\n")
+    rep = ingest(one, tmp_path / "run", progress=False)
+    assert (rep.n_read, rep.n_unique) == (1, 1)
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps({"prompt": "x" * 70_000, "response": "a"}) + "\n" + json.dumps(ROWS[0]) + "\n")
+    with pytest.raises(IngestError, match=r"long.json: holds one JSON object.*name it \.jsonl"):
+        ingest(long, tmp_path / "run2", strict=True, progress=False)

@@ -27,8 +27,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from curate.pool.errors import IngestError
+from curate.pool.errors import IngestError, RowError
 from curate.pool.jsonstream import json_records, top_level_keys
+from curate.pool.layouts import normalise
 from curate.pool.schema import RAW_MAX_CHARS
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -351,6 +352,15 @@ def _text_bytes(text: str, limit: int) -> int:
     return len(text.encode("utf-8"))
 
 
+def _is_record(obj: dict) -> bool:
+    """Whether one JSON object is itself a usable record (a layout recognises it), not a holder of records."""
+    try:
+        normalise(obj)
+    except RowError:
+        return False
+    return True
+
+
 def _record_holders(obj: dict) -> list[str]:
     """Keys of an object whose values are lists or objects of mostly objects (where records would be)."""
     out = []
@@ -374,7 +384,8 @@ def _json_records(path: Path, fh, max_row_bytes: int, records: Sequence[str]) ->
             is_lines = False
         rest = head.split(b"\n", 1)[1].strip() if b"\n" in head else b""
         if is_lines and not rest and len(head) < _READ_BUFFER // 2:
-            holders = _record_holders(json.loads(first.decode("utf-8")))
+            obj = json.loads(first.decode("utf-8"))
+            holders = [] if _is_record(obj) else _record_holders(obj)
             if holders:  # one line holding one object of records, not JSON lines
                 raise IngestError(
                     f"{path}: holds one JSON object, not a list of records (keys that may hold them: {', '.join(holders)})",
@@ -385,9 +396,12 @@ def _json_records(path: Path, fh, max_row_bytes: int, records: Sequence[str]) ->
             return
         keys = top_level_keys(io.BytesIO(head))
         shown = f" (its keys: {', '.join(keys[:20])})" if keys else ""
+        lines = "" if b"\n" in head else (
+            f", or, if it holds JSON lines (its first line is longer than the {_READ_BUFFER // 1024} KiB looked at), "
+            "name it .jsonl")
         raise IngestError(
             f"{path}: holds one JSON object, not a list of records{shown}",
-            "pass --records KEY (a dotted key path) naming the array or object that holds the records",
+            "pass --records KEY (a dotted key path) naming the array or object that holds the records" + lines,
         )
     if head[:1] not in (b"[", b"{"):
         raise IngestError(f"{path}: a .json file must hold a JSON array of records or JSON lines")
