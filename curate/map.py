@@ -7,6 +7,7 @@ Every artefact records a key (embedding fingerprint + parameters) and is skipped
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -87,6 +88,8 @@ def build_index(
     from index.knn import EXACT_MAX_ROWS, knn_graph, recall_at_k
 
     t0 = time.perf_counter()
+    if int(k) < 1:
+        raise ParameterError(f"k must be at least 1, got {k}")
     _, vectors = _fingerprint_and_vectors(run)
     requested, k = k, min(int(k), len(vectors) - 1)  # a row has n - 1 neighbours: no padded (-1, 0) entries
     if k < 1:
@@ -104,6 +107,7 @@ def build_index(
         exact = _is_exact(index)
     recall = None if exact else float(recall_at_k(graph, vectors, sample=min(recall_sample, len(vectors)), seed=seed))
     out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX_JSON).unlink(missing_ok=True)  # a kill before the new one is written leaves no old record
     save_index(index, out / INDEX_FILE)
     graph.save(out / KNN_FILE)  # atomic
     info = {
@@ -316,11 +320,13 @@ def _map_steps(
     # diversity --------------------------------------------------------------------------------
     graph = load_graph(run, fp)
     gstate = read_json(rd.index_dir / INDEX_JSON)["key"] if graph is not None else None
-    dkey = {"clusters": ckey, "graph": gstate, "semdedup_threshold": semdedup_threshold, "seed": int(seed)}
+    domains = _domain_labels(rd)  # in the key: re-ingested rows keep their ids when only their domains change
+    dom_digest = None if domains is None else hashlib.blake2b("\n".join(domains).encode(), digest_size=8).hexdigest()
+    dkey = {"clusters": ckey, "graph": gstate, "semdedup_threshold": semdedup_threshold, "seed": int(seed),
+            "domains": dom_digest}
     stored = _current(mdir / "diversity.json", dkey)
     steps.start("diversity")
     if stored is None:
-        domains = _domain_labels(rd)
         rep = diversity_report(vectors, graph=graph, labels=domains, clusters=labels,
                                semdedup_threshold=semdedup_threshold, seed=seed)
         if graph is None:

@@ -14,6 +14,7 @@ import polars as pl
 from curate.errors import MissingArtefactError
 from curate.pool.ids import align
 from curate.run import RunDir
+from index.io import read_json
 
 POOL_VIEW_COLUMNS = ["id", "domain", "kind", "prompt", "response", "n_duplicates"]
 #: the signal holding each row's prompt + response tokens (token budgets and counts)
@@ -215,11 +216,23 @@ class PoolView:
             if self.run is None:
                 raise ValueError("this in-memory PoolView has no kNN graph")
             path = self.run.require(self.run.index_dir / "knn.npz", "index")
+            self._check_graph_embeddings()
             from index.knn import KnnGraph
 
             self._knn = KnnGraph.load(path)
             _check_len("knn neighbors", self._knn.neighbors, self.n)
         return self._knn
+
+    def _check_graph_embeddings(self) -> None:
+        """The stored graph must come from the embeddings that are current (not those of an earlier embed)."""
+        built, current = self.run.index_dir / "index.json", self.run.current_embeddings_path
+        if not (built.exists() and current.exists()):
+            return
+        if read_json(built).get("fingerprint") != read_json(current).get("fingerprint"):
+            raise MissingArtefactError(
+                f"the kNN graph in {self.run.index_dir} was built from other embeddings than the current ones",
+                f"re-run `curate index --run {self.run.root}`",
+            )
 
     def cells(self) -> np.ndarray:
         """Coverage-grid cell per row (int64), from <run>/map/grid.parquet."""

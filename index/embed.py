@@ -354,7 +354,13 @@ def embed_to_shards(
         if {k: old.get(k) for k in job} != job:
             _clear(out)
         elif (out / VECTORS_NAME).exists():
-            return out
+            if old.get("complete"):
+                return out
+            # killed after vectors.npy was renamed into place, before meta.json said so: finish the job
+            if np.load(out / VECTORS_NAME, mmap_mode="r").shape == (n_rows, encoder.dim):
+                _finish(out, meta, job, encoder, n_shards, keep_shards)
+                return out
+            (out / VECTORS_NAME).unlink()
     out.mkdir(parents=True, exist_ok=True)
     # meta.json: the job (compared on resume), the caller's meta also at top level, and progress state
     write_json(meta_path, {**(meta or {}), **job, "complete": False, "device": encoder.device})
@@ -370,11 +376,17 @@ def embed_to_shards(
     finally:
         bar.close()
     _consolidate(out, n_rows, encoder.dim, n_shards)
-    write_json(meta_path, {**(meta or {}), **job, "complete": True, "device": encoder.device, "finished": time.time()})
+    _finish(out, meta, job, encoder, n_shards, keep_shards)
+    return out
+
+
+def _finish(out: Path, meta: dict | None, job: dict, encoder: Any, n_shards: int, keep_shards: bool) -> None:
+    """Mark the folder complete (vectors.npy is in place) and drop the shards unless kept."""
+    write_json(out / META_NAME, {**(meta or {}), **job, "complete": True, "device": encoder.device,
+                                 "finished": time.time()})
     if not keep_shards:
         for i in range(n_shards):
             (out / shard_name(i, "npy")).unlink(missing_ok=True)
-    return out
 
 
 def _shard_rows(i: int, n_rows: int, shard_size: int) -> int:

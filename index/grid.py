@@ -39,7 +39,11 @@ def _check_coords(coords: np.ndarray) -> np.ndarray:
 
 
 def _cells_for(coords: np.ndarray, mins: np.ndarray, size: float) -> tuple[np.ndarray, tuple[int, ...]]:
-    idx = np.floor((coords - mins) / size).astype(np.int64)
+    scaled = np.floor((coords - mins) / size)
+    if float(np.prod(scaled.max(axis=0) + 1.0)) > _MAX_RADIX:  # checked in float: the int cast would wrap
+        raise ValueError(f"a grid of cell_size {size:g} over these coordinates overflows int64 ids: choose a larger "
+                         "cell_size")
+    idx = scaled.astype(np.int64)
     np.maximum(idx, 0, out=idx)
     shape = tuple(int(v) + 1 for v in idx.max(axis=0))
     total = 1

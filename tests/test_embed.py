@@ -330,3 +330,32 @@ def test_default_minilm_offline() -> None:
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     sims = v @ v.T
     assert sims[0, 1] > 0.5 and sims[0, 1] > sims[0, 2] + 0.3 and sims[0, 1] > sims[0, 3] + 0.3
+
+
+def test_a_run_killed_between_vectors_and_meta_is_finished_on_resume(enc: Encoder, tmp_path: Path) -> None:
+    """vectors.npy renamed into place, meta.json not yet marked complete: the next call marks it and drops
+    the shards, encoding nothing (it used to return early for ever and leave the folder unfinished)."""
+    import index.embed as embed_mod
+
+    out = tmp_path / "run"
+    real_finish = embed_mod._finish
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    embed_mod._finish = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            embed_to_shards(TEXTS, out, enc, shard_size=5, progress=False)
+    finally:
+        embed_mod._finish = real_finish
+    assert (out / "vectors.npy").exists() and not json.loads((out / "meta.json").read_text())["complete"]
+    seen: list[str] = []
+    real_encode = Encoder.encode
+    enc.encode = lambda texts: seen.extend(texts) or real_encode(enc, texts)  # type: ignore[method-assign]
+    try:
+        embed_to_shards(TEXTS, out, enc, shard_size=5, progress=False)
+    finally:
+        del enc.encode
+    assert seen == [] and json.loads((out / "meta.json").read_text())["complete"]
+    assert not list(out.glob("shard-*.npy")) and load_shards(out).shape == (len(TEXTS), enc.dim)

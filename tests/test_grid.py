@@ -104,3 +104,6 @@ def test_bad_input_messages():
         coverage(g, [7])
     with pytest.raises(ValueError, match="budgets"):
         coverage_curve(g, [0, 1], [3])
+    # cell ids past int64: an error, not a silent wrap into one cell
+    with pytest.raises(ValueError, match="overflows int64"):
+        assign_cells(np.array([[0, 0], [0.5, 0], [1, 0], [1, 1]], dtype=float), cell_size=1e-20)

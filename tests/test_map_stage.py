@@ -95,6 +95,13 @@ def test_build_index_and_map_pool(tiny_run):
     # a new grid parameter recomputes the grid only
     third = map_stage.map_pool(rd.root, n_clusters=6, target_cells=10, progress=False)
     assert third["skipped"] == ["projection", "clusters", "diversity"]
+    # the same rows with other domains (ids unchanged): the per-domain diversity is recomputed
+    pool = pl.read_parquet(rd.pool_dir / "shard-00000.parquet")
+    pool.with_columns(pl.lit("all").alias("domain")).write_parquet(rd.pool_dir / "shard-00000.parquet")
+    fourth = map_stage.map_pool(rd.root, n_clusters=6, target_cells=10, progress=False)
+    assert fourth["skipped"] == ["projection", "grid", "clusters"]
+    assert set(read_json(rd.map_dir / "diversity.json")["domains"]) == {"all"}
+    pool.write_parquet(rd.pool_dir / "shard-00000.parquet")
 
     sub = list(range(0, N, 7))
     rep = map_stage.coverage_report(rd.root, sub)
@@ -109,6 +116,15 @@ def test_build_index_and_map_pool(tiny_run):
     # new embeddings: everything keyed by the fingerprint is recomputed; the old graph is not used
     state["fp"] = "fp-b"
     assert map_stage.load_graph(rd.root) is None
+    (rd.root / "embeddings").mkdir()  # what selectors read: PoolView refuses the graph of other embeddings
+    (rd.root / "embeddings" / "current.json").write_text('{"fingerprint": "fp-b"}')
+    from curate.errors import MissingArtefactError
+    from curate.view import PoolView
+
+    with pytest.raises(MissingArtefactError, match="built from other embeddings"):
+        PoolView.from_run(rd.root).knn()
+    with pytest.raises(Exception, match="k must be at least 1"):
+        map_stage.build_index(rd.root, k=0, progress=False)
     fresh = map_stage.map_pool(rd.root, n_clusters=6, target_cells=10, progress=False)
     assert fresh["skipped"] == []
     assert read_json(rd.map_dir / "diversity.json")["mean_knn_distance"] is None
