@@ -32,12 +32,12 @@ def pool_overview(run: RunDir | str | os.PathLike) -> pl.DataFrame:
         )
         .sort("rows", descending=True)
     )
-    total = per.select(
+    total = pool.select(  # over the rows themselves: prompt-only rows have no response to average
         pl.lit("(all)").alias("domain"),
-        pl.col("rows").sum(),
-        pl.col("duplicates").sum(),
-        ((pl.col("prompt_chars") * pl.col("rows")).sum() / pl.col("rows").sum()).alias("prompt_chars"),
-        ((pl.col("response_chars") * pl.col("rows")).sum() / pl.col("rows").sum()).alias("response_chars"),
+        pl.len().alias("rows"),
+        pl.col("n_duplicates").sum().alias("duplicates"),
+        pl.col("prompt").str.len_chars().mean().alias("prompt_chars"),
+        pl.col("response").str.len_chars().mean().alias("response_chars"),
     )
     return pl.concat([per, total.cast(per.schema)])
 

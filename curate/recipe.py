@@ -123,14 +123,40 @@ def call_stage(
 
 
 def check_params(name: str, params: dict[str, Any]) -> None:
-    """Raise RecipeError naming the first parameter stage `name` does not take (stages with **params take any)."""
+    """Raise RecipeError naming the first parameter stage `name` needs and is not given, or does not take
+    (for stages with **params, what those reach: the selector's, the signals', the training module's)."""
     sig = inspect.signature(stage_function(name))
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+    fixed = [p for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    missing = [p.name for p in fixed if p.default is p.empty and p.name != "run" and p.name not in params]
+    if missing:
+        raise RecipeError(f"stage {name!r} needs parameter {missing[0]!r}")
+    extra = _extra_params(name, params) if len(fixed) < len(sig.parameters) else set()
+    if extra is None:
         return
-    unknown = [k for k in params if k not in sig.parameters]
+    unknown = [k for k in params if k not in sig.parameters and k not in extra]
     if unknown:
-        allowed = [p for p in sig.parameters if p != "run"]
+        own = [p.name for p in fixed if p.name != "run"]
+        allowed = own + sorted(extra - set(own) - {"run"})
         raise RecipeError(f"stage {name!r} has no parameter {unknown[0]!r}; it takes: {', '.join(allowed)}")
+
+
+def _extra_params(name: str, params: dict[str, Any]) -> set[str] | None:
+    """What a stage's **params may hold (None: not checked here)."""
+    if name == "select":
+        from curate.select import SELECTORS
+
+        try:
+            cls = SELECTORS.get(str(params["method"]))
+        except Exception:  # noqa: BLE001 - an unknown method is reported by the stage itself, with the list
+            return None
+        return {p for p in inspect.signature(cls.__init__).parameters if p != "self"}
+    if name == "score":
+        from curate.signals.stage import known_params
+
+        return known_params()
+    if name in ("reference", "mix-ideal"):  # the rest goes to the training module
+        return set(inspect.signature(stage_function("train")).parameters)
+    return None
 
 
 def run_recipe(recipe: Recipe, *, log: Callable[[str], None] = print) -> list[tuple[str, StageResult]]:

@@ -209,8 +209,9 @@ def _neighbours(ctx: _Ctx) -> str:
     from curate import viz
     from curate.select.selection import Selection
 
-    row = int(Selection.load(ctx.run, ctx.names[0]).positions[0]) if ctx.names else 0
-    where = f"the first row of selection {ctx.names[0]!r}" if ctx.names else "pool row 0"
+    first = next(((n, s) for n in ctx.names if len(s := Selection.load(ctx.run, n).positions)), None)
+    row = int(first[1][0]) if first else 0
+    where = f"the first row of selection {first[0]!r}" if first else "pool row 0"
     table = viz.neighbours(ctx.run, row, k=5)
     return note_html(f"Row {row} ({where}) and its nearest neighbours in the kNN graph (cosine).") + table_html(table)
 
@@ -261,8 +262,8 @@ def render_report(
     for key, title, build in tqdm(SECTIONS, desc="report", unit="section", disable=not progress):
         try:
             body = build(ctx)
-        except FileNotFoundError as exc:  # a stage has not run: say which, keep the rest of the report
-            body = note_html(str(exc))
+        except (FileNotFoundError, ValueError) as exc:  # a stage has not run, or its files are stale: say
+            body = note_html(str(exc))                    # which, and keep the rest of the report
         parts.append(f'<section id="{key}"><h2>{html.escape(title)}</h2>{body}</section>')
     nav = "".join(f'<a href="#{k}">{html.escape(t)}</a>' for k, t, _ in SECTIONS)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -283,7 +284,8 @@ REPORT_INPUTS = ("pool", "ingest.json", "quarantine.parquet", "duplicates.parque
 
 @stage("report", inputs=lambda run, a: REPORT_INPUTS,
        outputs=lambda run, a: [str(run.report_path.relative_to(run.root)) if a["out"] is None
-                               else str(Path(a["out"]).resolve())],
+                               else str(Path(a["out"]).resolve()),
+                               *([str(run.atlas_path.relative_to(run.root))] if a["atlas"] else [])],
        load=lambda run, a: Path(a["out"]) if a["out"] is not None else report_path(run))
 def write_report(
     run: RunDir | str | os.PathLike,

@@ -82,11 +82,16 @@ class RunDir:
         with open(self.root / f".{stage}.lock", "a") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:  # EWOULDBLOCK: held by another process
                 raise error(
                     f"{self.root}: another {stage} is writing this run directory",
                     "wait for it to finish, or use another --run",
                 ) from None
+            except OSError as e:  # e.g. ENOLCK on a file system without locks: not a busy run
+                raise error(
+                    f"{self.root}: cannot lock {fh.name} for {stage} ({e.strerror or e})",
+                    "the file system may not support locks (some NFS mounts): use a run directory on one that does",
+                ) from e
             try:
                 yield
             finally:

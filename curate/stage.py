@@ -141,6 +141,8 @@ def stage(
         sig = inspect.signature(fn)
 
         def build(args: tuple, kwargs: dict) -> tuple[Stage, RunDir, bool]:
+            own_force = "force" in sig.parameters  # a stage without its own `force` takes it here
+            forced = bool(kwargs.pop("force", False)) if not own_force else False
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()
             a = dict(bound.arguments)
@@ -148,7 +150,7 @@ def stage(
             for p in sig.parameters.values():  # flatten **params into the arguments
                 if p.kind is inspect.Parameter.VAR_KEYWORD:
                     a.update(a.pop(p.name, {}))
-            force = bool(a.get("force", False))
+            force = bool(a.get("force", False)) or forced
             st = Stage(
                 name=name(a) if callable(name) else name,
                 run=lambda r: fn(*args, **kwargs),

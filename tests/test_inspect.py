@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 from fixtures_pool import make_run
 
 from curate.inspect import coverage_curves, map_frame, pool_overview, quarantine_reasons
@@ -18,6 +19,14 @@ def test_pool_overview_counts_domains_and_duplicates(tmp_path):
     assert by == {"code": 6, "math": 6, "chat": 6, "(none)": 6, "(all)": 24}
     dups = dict(zip(table["domain"], table["duplicates"], strict=True))
     assert dups["(all)"] == 3 and dups["code"] == 1 and dups["math"] == 1 and dups["chat"] == 1
+    # prompt-only rows (no response) do not pull the overall mean response length down
+    shard = next(run.pool_dir.iterdir())
+    pool = pl.read_parquet(shard)
+    pool = pool.with_columns(pl.when(pl.col("domain") == "code").then(None).otherwise(pl.col("response"))
+                             .alias("response"))
+    pool.write_parquet(shard)
+    got = dict(zip(pool_overview(run)["domain"], pool_overview(run)["response_chars"], strict=True))
+    assert got["(all)"] == pytest.approx(pl.read_parquet(run.pool_dir)["response"].str.len_chars().mean())
 
 
 def test_quarantine_reasons_group_by_kind(tmp_path):

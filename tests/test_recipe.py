@@ -110,3 +110,21 @@ def test_recipe_executor_goes_to_the_stages_that_take_one(tmp_path, monkeypatch)
     assert r.executor == {"executor": "ray", "executor_options": {"workers": 3}}
     rc.run_recipe(r, log=lambda m: None)
     assert calls == [("ray", {"workers": 3}), 1, ("local", {"workers": 3})]
+
+
+def test_a_recipe_is_refused_at_load_for_a_missing_or_misspelt_parameter_of_any_stage(tmp_path):
+    """Checked before the first stage runs: required parameters, and the names **params reach (the selector's
+    own, the signals', the training module's) instead of a TypeError half-way through the recipe."""
+    cases = [("select: {method: random, budgt: 10}", "needs parameter 'budget'"),
+             ("export: {}", "needs parameter 'selection'"),
+             ("select: {method: random, budget: 10, sede: 1}", "has no parameter 'sede'"),
+             ("score: {names: [mtld], n_vall: 3}", "has no parameter 'n_vall'"),
+             ("reference: {n: 12, epochz: 1}", "has no parameter 'epochz'")]
+    for i, (line, message) in enumerate(cases):
+        f = tmp_path / f"r{i}.yaml"
+        f.write_text(f"run: {tmp_path / 'run'}\nstages:\n  - {line}\n")
+        with pytest.raises(rc.RecipeError, match=message):
+            rc.Recipe.load(f)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(f"run: {tmp_path / 'run'}\nstages:\n  - select: {{method: deita, budget: 10, signal: ifd, max_ifd: null}}\n")
+    assert rc.Recipe.load(ok).stages == [("select", {"method": "deita", "budget": 10, "signal": "ifd", "max_ifd": None})]

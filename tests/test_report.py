@@ -79,6 +79,17 @@ def test_report_with_atlas_names_the_open_command(tmp_path):
     page = write_report(run, progress=False, atlas=True).read_text()
     assert (run.root / "atlas.parquet").exists()
     assert f"embedding-atlas {run.root / 'atlas.parquet'} --text text --x x --y y --neighbors neighbors" in page
+    (run.root / "atlas.parquet").unlink()  # an output of the stage: a deleted atlas is written again
+    write_report(run, progress=False, atlas=True)
+    assert (run.root / "atlas.parquet").exists()
+
+
+def test_report_neighbours_start_from_the_first_non_empty_selection(tmp_path):
+    run = make_run(tmp_path / "run", n=24, map_=True, knn=3)
+    Fixed(order=()).select(PoolView.from_run(run), "0").save(run, "a-empty")
+    Fixed(order=(7, 2)).select(PoolView.from_run(run), "2").save(run, "b-fixed")
+    page = write_report(run, progress=False, selections=["a-empty", "b-fixed"]).read_text()
+    assert "Row 7 (the first row of selection &#x27;b-fixed&#x27;)" in page
 
 
 def test_cli_report_and_recipe_stage_print_the_path(tmp_path):

@@ -451,3 +451,23 @@ def test_token_fragments_left_by_the_strata_are_offered_again(selector):
     assert (st["strata"]["a"]["tokens"], st["strata"]["b"]["tokens"]) == (100, 180)
     assert st["strata"]["b"]["quota_after_passing_on"] == 200 and "quota_after_passing_on" not in st["strata"]["a"]
     assert not st["strata"]["a"]["ran_out"] and st["passed_on"] == 0
+
+
+def test_a_relative_mixture_file_is_watched_by_the_select_stage(tmp_path, monkeypatch):
+    """A mixture (or validation) file named relative to the working directory is fingerprinted where it is:
+    editing it reruns the selection (its key read a run-relative path that never exists)."""
+    run = make_run(tmp_path / "run", n=40)
+    monkeypatch.chdir(tmp_path)
+
+    def write(code: int, math: int) -> None:
+        (tmp_path / "m.json").write_text(json.dumps(
+            {"domains": ["code", "math"], "rounds": [{"round": 0, "weights": {"code": code, "math": math}}]}))
+
+    def picked() -> dict:
+        st = select(run, "random", 8, seed=0, stratify="domain", mixture="m.json", name="rel").stats["stratify"]
+        return {d: st["strata"][d]["selected"] for d in ("code", "math")}
+
+    write(3, 1)
+    assert picked() == {"code": 6, "math": 2}
+    write(1, 3)
+    assert picked() == {"code": 2, "math": 6}

@@ -99,6 +99,9 @@ def test_the_stage_decorator_keys_on_every_argument_with_defaults_and_not_on_pro
     res = thing.run_stage(tmp_path, "a", colour="red")
     assert res.skipped and res.stage == "thing-a" and res.key["params"]["colour"] == "red"
     assert len(calls) == 2
+    # `force` reruns any stage, also one whose function has no `force` of its own (it is not passed on)
+    forced = thing.run_stage(tmp_path, "a", colour="red", force=True)
+    assert not forced.skipped and len(calls) == 3 and calls[-1] == (3, {"colour": "red"})
 
 
 def _tree(root: Path) -> dict[str, int]:

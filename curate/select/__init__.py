@@ -57,7 +57,9 @@ SELECTION_INPUTS = ("pool", "signals", "embeddings/current.json", "index", "map"
 
 
 def _selection_inputs(run: RunDir, a: dict[str, Any]) -> list[str]:
-    extra = [str(a[k]) for k in ("validation", "mixture") if a.get(k) is not None and os.path.isfile(str(a[k]))]
+    # resolved: a relative path in a stage's inputs is read inside the run directory (curate.stage.fingerprint)
+    extra = [str(Path(str(a[k])).resolve()) for k in ("validation", "mixture")
+             if a.get(k) is not None and os.path.isfile(str(a[k]))]
     return [*SELECTION_INPUTS, *extra]
 
 
