@@ -118,7 +118,10 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: 
         got = {} if counts is None else dict(zip(counts["domain"], counts["count"], strict=True))
         for d in dom_names:
             row[f"domain:{d}"] = int(got.get(d, 0))
-        row.update(_mix_figures(sel, pool_counts, got))
+        trained = {}  # the mix training sees: each row's domain counted by its selection weight (IDEAL volumes)
+        for d, w in zip(domains.gather(pos).to_list(), np.asarray(sel.weights, dtype=np.float64), strict=True):
+            trained[d] = trained.get(d, 0.0) + float(w)
+        row.update(_mix_figures(sel, pool_counts, trained))
         row.update(_selector_figures(sel))
         row.update(_coverage_figures(run, pos))
         for s in signals:
@@ -137,10 +140,13 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: 
     return table
 
 
-def _mix_figures(sel: Selection, pool: dict[str, int], got: dict[str, int]) -> dict[str, Any]:
-    """How the selection was stratified, and how far its domain mix is from the pool's (flagged if far)."""
-    strat = sel.stats.get("stratify") if isinstance(sel.stats, dict) else None
-    div = mix_divergence(pool, got)
+def _mix_figures(sel: Selection, pool: dict[str, int], got: dict[str, float]) -> dict[str, Any]:
+    """How the selection was stratified, and how far its weighted domain mix is from the pool's rows it could
+    choose from (its sidecar's `stats.mix.pool`: excluded rows left out; else every row), flagged if far."""
+    stats = sel.stats if isinstance(sel.stats, dict) else {}
+    strat = stats.get("stratify")
+    eligible = (stats.get("mix") or {}).get("pool") if isinstance(stats.get("mix"), dict) else None
+    div = mix_divergence(eligible or pool, got)
     tv = div["total_variation"]
     return {
         "stratify": strat.get("by", "none") if isinstance(strat, dict) else "none",

@@ -117,3 +117,20 @@ def test_compare_progress_bar_and_command_output(tmp_path, capsys):
     assert res.exit_code == 0, res.output
     md = run.root / "compare" / "c-a.md"
     assert md.exists() and squeeze(f"full table: {md} (and c-a.csv)") in squeeze(res.output)
+
+
+def test_the_mix_is_the_one_training_sees_against_the_rows_the_selection_could_choose(tmp_path):
+    """Rows count by their selection weight (IDEAL's volumes), and the pool side is the sidecar's eligible rows
+    (excluded rows left out), as the selection's own stats.mix counts them."""
+    run = make_run(tmp_path, n=8)  # domains cycle code, math, chat, None: 2 rows each
+    view = PoolView.from_run(run)
+    sel = Fixed(order=(0, 1)).select(view, "2")  # one code row, one math row
+    sel.weights = np.array([9.0, 1.0])
+    sel.stats.pop("mix", None)
+    sel.save(run, "w")
+    row = compare(run, ["w"], progress=False).to_dicts()[0]
+    assert row["mix_tv"] == pytest.approx(0.5 * (0.65 + 0.15 + 0.25 + 0.25))  # 0.9 / 0.1 against 1/4 each
+    assert row["mix_flag"] == "DIVERGES" and (row["domain:code"], row["domain:math"]) == (1, 1)
+    sel.stats["mix"] = {"pool": {"code": 2, "math": 2}}  # the other domains' rows were excluded
+    sel.save(run, "e")
+    assert compare(run, ["e"], progress=False).to_dicts()[0]["mix_tv"] == pytest.approx(0.4)
