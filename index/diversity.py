@@ -35,13 +35,28 @@ def _codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return names, codes.ravel().astype(np.int64)
 
 
+def _label_sums(vectors: np.ndarray, codes: np.ndarray, k: int, block: int = 32_768) -> tuple[np.ndarray, np.ndarray]:
+    """Per label: the float64 sum of its rows [k, d] and of their squared norms [k], a block of rows (in label
+    order) at a time, so memory stays at one float64 block, not a float64 copy of all the vectors."""
+    order = np.argsort(codes, kind="stable")
+    sums = np.zeros((k, vectors.shape[1]), dtype=np.float64)
+    sq = np.zeros(k, dtype=np.float64)
+    for lo in range(0, order.size, block):
+        rows = np.sort(order[lo : lo + block])  # read in position order (memory-mapped vectors), then by label
+        by = np.argsort(codes[rows], kind="stable")
+        blk, c = np.asarray(vectors[rows], dtype=np.float64)[by], codes[rows][by]
+        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        sums[c[starts]] += np.add.reduceat(blk, starts, axis=0)
+        sq[c[starts]] += np.add.reduceat(np.einsum("ij,ij->i", blk, blk), starts)
+    return sums, sq
+
+
 def domain_centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(names [K], centroids [K, d] float32 = mean of each label's rows), names sorted."""
     if len(labels) != vectors.shape[0]:
         raise ValueError(f"labels has {len(labels)} entries for {vectors.shape[0]} vectors")
     names, codes = _codes(labels)
-    sums = np.zeros((names.size, vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, codes, np.asarray(vectors, dtype=np.float64))
+    sums, _ = _label_sums(vectors, codes, names.size)
     counts = np.bincount(codes, minlength=names.size).astype(np.float64)
     return names, (sums / counts[:, None]).astype(np.float32)
 
@@ -98,12 +113,10 @@ def phi_inter(centroids: np.ndarray) -> float:
 def phi_intra(vectors: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Within-domain variance per domain: mean squared distance of members to their centroid."""
     names, codes = _codes(labels)
-    _, cents = domain_centroids(vectors, labels)
-    out = {}
-    for k, name in enumerate(names):
-        rows = np.asarray(vectors[codes == k], dtype=np.float64)
-        out[str(name)] = float(((rows - cents[k]) ** 2).sum(axis=1).mean())
-    return out
+    sums, sq = _label_sums(vectors, codes, names.size)  # E|x - c|^2 = E|x|^2 - |c|^2, in float64, blockwise
+    counts = np.bincount(codes, minlength=names.size).astype(np.float64)
+    cents = sums / counts[:, None]
+    return {str(name): float(max(0.0, sq[k] / counts[k] - cents[k] @ cents[k])) for k, name in enumerate(names)}
 
 
 def _flat_ip(x: np.ndarray):

@@ -184,3 +184,26 @@ def test_daar_scores_against_named_centroids():
     assert intra.tolist() == pytest.approx([1.0]) and inter.tolist() == pytest.approx([-1.0])
     with pytest.raises(ValueError, match="not among"):
         daar_scores(x[:1], np.array(["z"]), cents, names=np.array(["a", "b", "c"]))
+
+
+def test_label_sums_in_blocks_equal_the_naive_sums():
+    """Centroids and within-domain variance, accumulated a block at a time, equal the float64 naive ones."""
+    from index.diversity import _label_sums, domain_centroids, phi_intra
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1000, 7)).astype(np.float32)
+    labels = rng.choice(np.array(["a", "b", "c", "d", "e"]), size=1000, p=[0.5, 0.2, 0.2, 0.05, 0.05])
+    names = np.array(sorted(set(labels)))
+    codes = np.searchsorted(names, labels)
+    sums, sq = _label_sums(x, codes, names.size, block=64)
+    for k, n in enumerate(names):
+        rows = x[labels == n].astype(np.float64)
+        np.testing.assert_allclose(sums[k], rows.sum(0), rtol=1e-12, atol=1e-12)
+        assert sq[k] == pytest.approx((rows ** 2).sum(), rel=1e-12)
+    got_names, cents = domain_centroids(x, labels)
+    assert got_names.tolist() == names.tolist()
+    phi = phi_intra(x, labels)
+    for k, n in enumerate(names):
+        rows = x[labels == n].astype(np.float64)
+        np.testing.assert_allclose(cents[k], rows.mean(0), rtol=1e-6, atol=1e-7)
+        assert phi[n] == pytest.approx(((rows - rows.mean(0)) ** 2).sum(1).mean(), rel=1e-9)
