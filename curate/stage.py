@@ -5,9 +5,12 @@ up-to-date check, the removal of temporary files killed runs left, and the sidec
 Stage functions (`curate.select.select`, `curate.map.build_index`, ...) are declared with `@stage(...)`: a
 call builds the `Stage` from its arguments and goes through `run_stage`, so the CLI, recipes and notebooks
 share one check. A current stage is not run at all: its stored value is loaded (`load`). `fn.run_stage(...)`
-takes the same arguments and returns the `StageResult` (value, skipped, seconds), which recipes log.
+takes the same arguments and returns the `StageResult` (value, skipped, seconds), which recipes log. Every
+stage takes `force=True` (rerun even when current).
 
-Files and folders are fingerprinted by relative path, size and modification time; names starting with
+Files and folders are fingerprinted by relative path, size and modification time (a relative input is read
+inside the run directory: a stage names a file outside it, e.g. a validation file, by its resolved path); names
+starting with
 '_' or '.' (caches, temporary files, locks) are left out. Stages write their outputs atomically themselves
 (index.io.atomic_path); shard-level resume inside a stage (index.io.missing_shards) is finer than this check.
 """
