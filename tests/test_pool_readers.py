@@ -127,6 +127,17 @@ def test_csv_field_over_the_parser_limit_is_quarantined_and_reading_goes_on(tmp_
         (0, {"prompt": "q0", "response": "a0"}), (2, {"prompt": "q2", "response": "a2"}),
         (3, {"prompt": "q3", "response": "a3"})]
     assert recs[1].row == 1 and recs[1].error.startswith("oversize_row: ") and len(recs) == 4
+    # an oversize unquoted field holding a quote (12" screen) is text to csv: nothing after it is skipped
+    u = tmp_path / "unquoted.csv"
+    u.write_text('prompt,response\nq0,a0\nq1,' + "z" * 3000 + ' a 12" screen\nq2,a2\nq3,a3\n')
+    recs = [r for ch in iter_chunks(u, "csv", 10, 1000) for r in ch]
+    assert [r.value["prompt"] for r in recs if r.error is None] == ["q0", "q2", "q3"] and len(recs) == 4
+    # a quoted field with escaped quotes that closes and opens another on the same line
+    from curate.pool.readers import _ends_quoted
+
+    assert _ends_quoted('a,"b ""x"" c', False) and not _ends_quoted('a,"b ""x"" c",d', False)
+    assert _ends_quoted('end of it",x,"next one', True) and not _ends_quoted('x""', False)
+    assert _ends_quoted('x""', True) and not _ends_quoted('x"""', True)
     import csv
 
     assert csv.field_size_limit() == 131072  # the global parser limit is restored

@@ -20,6 +20,7 @@ import io
 import json
 import lzma
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -468,6 +469,29 @@ def _parquet_chunks(path: Path, chunk_rows: int, max_row_bytes: int) -> Iterator
             source.close()
 
 
+# the rest of an open quoted CSV field, through its closing quote ('""' inside it is an escaped quote)
+_QUOTED_REST = re.compile(r'(?:[^"]|"")*"(?!")')
+
+
+def _ends_quoted(line: str, inside: bool) -> bool:
+    """Whether a CSV line (default dialect) ends inside a quoted field, given whether it starts inside one. A
+    quote opens a field only at the field's start; elsewhere in an unquoted field it is text, as for csv."""
+    line, pos = line.rstrip("\r\n"), 0
+    while True:
+        if inside:
+            m = _QUOTED_REST.match(line, pos)
+            if m is None:
+                return True
+            inside, pos = False, m.end()
+        elif line.startswith('"', pos):  # pos is always a field's start here
+            inside, pos = True, pos + 1
+            continue
+        comma = line.find(",", pos)
+        if comma < 0:
+            return False
+        pos = comma + 1
+
+
 class _LineFeed:
     """Decoded lines for csv.reader, remembering the bytes and text of the record being parsed."""
 
@@ -481,14 +505,17 @@ class _LineFeed:
         self.raw: list[str] = []
         self.raw_len = 0
         self.bad: str | None = None
-        self.inside = False  # within a quoted field after the lines read so far ('""' toggles twice)
+        self.lines: list[str] = []  # the record's lines so far (the parser holds as much), for skip_open_field
 
     def skip_open_field(self) -> None:
-        """Read on to the end of the line that closes the quoted field the parser gave up in (an oversize
-        field): the parser starts afresh after an error, and would read the field's rest as new records."""
-        while self.inside:
+        """When the parser gave up inside a quoted field (an oversize one), read on to the end of the line that
+        closes it: the parser starts afresh after an error, and would read the field's rest as new records."""
+        inside = False
+        for line in self.lines:
+            inside = _ends_quoted(line, inside)
+        while inside:
             try:
-                next(self)
+                inside = _ends_quoted(next(self), True)
             except StopIteration:
                 return
 
@@ -504,14 +531,13 @@ class _LineFeed:
             if line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
         self.nbytes += len(line.rstrip(b"\r\n"))
-        if line.count(b'"') % 2:
-            self.inside = not self.inside
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
             if self.bad is None:
                 self.bad = f"undecodable_bytes: {e}"
             text = line.decode("utf-8", "surrogateescape")
+        self.lines.append(text)
         if self.raw_len < RAW_MAX_CHARS:
             shown = text if self.bad is None else line.decode("utf-8", "replace")
             self.raw.append(shown)
