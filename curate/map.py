@@ -107,7 +107,8 @@ def build_index(
         exact = _is_exact(index)
     recall = None if exact else float(recall_at_k(graph, vectors, sample=min(recall_sample, len(vectors)), seed=seed))
     out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX_JSON).unlink(missing_ok=True)  # a kill before the new one is written leaves no old record
+    for old in (INDEX_JSON, KNN_FILE):  # a kill before the new ones are in place leaves no old graph to trust
+        (out / old).unlink(missing_ok=True)
     save_index(index, out / INDEX_FILE)
     graph.save(out / KNN_FILE)  # atomic
     info = {

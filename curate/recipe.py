@@ -130,10 +130,10 @@ def check_params(name: str, params: dict[str, Any]) -> None:
     missing = [p.name for p in fixed if p.default is p.empty and p.name != "run" and p.name not in params]
     if missing:
         raise RecipeError(f"stage {name!r} needs parameter {missing[0]!r}")
-    extra = _extra_params(name, params) if len(fixed) < len(sig.parameters) else set()
+    extra = _extra_params(name, params) if len(fixed) < len(sig.parameters) else set()  # what **params reach
     if extra is None:
         return
-    unknown = [k for k in params if k not in sig.parameters and k not in extra]
+    unknown = [k for k in params if k not in sig.parameters and k not in extra and k != "force"]  # every stage
     if unknown:
         own = [p.name for p in fixed if p.name != "run"]
         allowed = own + sorted(extra - set(own) - {"run"})

@@ -127,4 +127,5 @@ def test_a_recipe_is_refused_at_load_for_a_missing_or_misspelt_parameter_of_any_
             rc.Recipe.load(f)
     ok = tmp_path / "ok.yaml"
     ok.write_text(f"run: {tmp_path / 'run'}\nstages:\n  - select: {{method: deita, budget: 10, signal: ifd, max_ifd: null}}\n")
+    rc.check_params("map", {"force": True})  # every stage takes force
     assert rc.Recipe.load(ok).stages == [("select", {"method": "deita", "budget": 10, "signal": "ifd", "max_ifd": None})]

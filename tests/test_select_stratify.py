@@ -471,3 +471,37 @@ def test_a_relative_mixture_file_is_watched_by_the_select_stage(tmp_path, monkey
     assert picked() == {"code": 6, "math": 2}
     write(1, 3)
     assert picked() == {"code": 2, "math": 6}
+    # the same file named in the stratify spec
+    sel = select(run, "random", 8, seed=0, stratify="domain:m.json", name="spec").stats["stratify"]["strata"]
+    assert sel["math"]["selected"] == 6
+    write(3, 1)
+    sel = select(run, "random", 8, seed=0, stratify="domain:m.json", name="spec").stats["stratify"]["strata"]
+    assert sel["code"]["selected"] == 6
+
+
+def test_a_stratum_whose_retake_gains_nothing_is_not_run_again():
+    """Candidates a selector cannot rank stay short enough for ever: the fill runs such a stratum once more at
+    most, not once per pass."""
+    from curate.select.budget import Taken
+    from curate.select.stratify import _fill_leftover
+
+    tokens = np.array([5.0] * 6 + [4.0] * 3)  # stratum 0: rows 0-5 (5 tokens); stratum 1: rows 6-8 (4 tokens)
+
+    def taken(pos):
+        pos = np.asarray(pos, dtype=np.int64)
+        return Taken(pos, np.ones(pos.size), [""] * pos.size, {}, pos.size, False)
+
+    calls = []
+
+    def retake(s, quota):
+        calls.append((s, quota))
+        if s == 0:  # its free rows cannot be ranked: never gains
+            return taken([0])
+        return taken(np.arange(6, 6 + min(3, int(quota // 4))))
+
+    got = {0: taken([0]), 1: taken([6])}
+    quotas = np.array([25, 5])
+    gained = _fill_leftover(got, quotas, retake, tokens, 30, [1, 1], [np.arange(6), np.arange(6, 9)])
+    assert gained == 8 and got[1].positions.tolist() == [6, 7, 8] and quotas.tolist() == [25, 25]
+    # stratum 0 (the larger shortfall) is offered the 21 left first, once; 13 are left after stratum 1's gain
+    assert calls == [(0, 26), (1, 25)]

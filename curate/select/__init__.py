@@ -57,10 +57,12 @@ SELECTION_INPUTS = ("pool", "signals", "embeddings/current.json", "index", "map"
 
 
 def _selection_inputs(run: RunDir, a: dict[str, Any]) -> list[str]:
+    from curate.mixtures import mixture_file
+
+    _, mix = parse_stratify(a.get("stratify"), a.get("mixture"))  # a mixture given as stratify="domain:FILE" too
+    given = [a.get("validation"), None if mix is None else mixture_file(mix, run)]
     # resolved: a relative path in a stage's inputs is read inside the run directory (curate.stage.fingerprint)
-    extra = [str(Path(str(a[k])).resolve()) for k in ("validation", "mixture")
-             if a.get(k) is not None and os.path.isfile(str(a[k]))]
-    return [*SELECTION_INPUTS, *extra]
+    return [*SELECTION_INPUTS, *(str(Path(str(g)).resolve()) for g in given if g is not None and os.path.isfile(str(g)))]
 
 
 def _selection_files(run: RunDir, a: dict[str, Any]) -> list[Path]:

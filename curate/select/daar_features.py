@@ -86,7 +86,7 @@ def pool_features(
         device=device,
         progress=view.n > 1000,
         executor=executor,
-        source=PoolRowTexts(str(view.run.root)) if executor is not None and executor is not run_job else None,
+        source=PoolRowTexts(str(view.run.root.resolve())) if executor is not None and executor is not run_job else None,
     )
 
 

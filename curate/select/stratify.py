@@ -435,10 +435,13 @@ def _fill_leftover(taken, quotas, retake, tokens, total, weights, candidates) ->
     """Spend the fragments a token budget leaves: a stratum rarely spends its quota exactly, and what each one
     leaves (less than its next ranked row) adds up. The pooled leftover is offered to each stratum in turn,
     largest shortfall first, that still has an unselected candidate short enough: it runs again with its spend
-    plus the leftover (`retake(s, quota)`), and the new result is kept when it spends more. Up to 4 passes, until
-    none gains. Updates `taken` and `quotas` in place; returns the tokens gained."""
+    plus the leftover (`retake(s, quota)`), and the new result is kept when it spends more. A stratum whose
+    retake gained nothing is not run again (the leftover only shrinks; rows its selector cannot rank stay
+    unranked), so a fill costs at most one fruitless run per stratum. Up to 4 passes, until none gains. Updates
+    `taken` and `quotas` in place; returns the tokens gained."""
     tok = np.asarray(tokens, dtype=np.float64)
     used = {s: _used(taken[s], tokens, taken[s].positions) for s in range(len(candidates))}
+    done: set[int] = set()
     gained = 0
     for _ in range(4):
         progress = False
@@ -446,8 +449,10 @@ def _fill_leftover(taken, quotas, retake, tokens, total, weights, candidates) ->
             left = total - sum(used.values())
             if left <= 0:
                 break
+            if s in done or weights[s] <= 0:
+                continue
             free = np.setdiff1d(candidates[s], taken[s].positions)
-            if weights[s] <= 0 or free.size == 0 or tok[free].min() > left:
+            if free.size == 0 or tok[free].min() > left:
                 continue
             t = retake(s, used[s] + left)
             u = _used(t, tokens, t.positions)
@@ -455,6 +460,8 @@ def _fill_leftover(taken, quotas, retake, tokens, total, weights, candidates) ->
                 gained += u - used[s]
                 taken[s], used[s], quotas[s] = t, u, used[s] + left
                 progress = True
+            else:
+                done.add(s)
         if not progress:
             break
     return gained

@@ -90,7 +90,7 @@ def lm_stats(ctx: ScoreContext, role: str, variant: str, eot: bool | None = None
     shard_rows = int(ctx.param("shard_rows", 2048))
     job = LMNllJob(model=ctx.model_path(role), dtype=resolve_dtype(ctx.dtype, ctx.device or default_device()),
                    device=ctx.device, max_length=params["max_length"], batch_tokens=ctx.batch_tokens,
-                   root=str(ctx.rd.root), variant=variant, n_rows=ctx.n, shard_rows=shard_rows,
+                   root=str(ctx.rd.root.resolve()), variant=variant, n_rows=ctx.n, shard_rows=shard_rows,
                    progress=ctx.progress, local=lambda: ctx.scorer(role))
     key = {"model": fp, "params": params, "pool": ctx.key_pool()}
     cols, _ = cached_job(folder, ctx.n, shard_rows, key, job, ctx.executor)
@@ -120,7 +120,8 @@ def _ppl(ctx: ScoreContext) -> np.ndarray:
     return np.exp(mean_nll(*lm_stats(ctx, "model", "cond")))
 
 
-@signal("ifd", params=LM_PARAMS, roles=("model",))
+# "alone" is cut to the conditioned side's response tokens since 2026-12-02: stored values from before recompute
+@signal("ifd", params=LM_PARAMS, roles=("model",), key_extra=lambda ctx: {"alone": "cut to cond"})
 def _ifd(ctx: ScoreContext) -> np.ndarray:
     """Instruction-following difficulty: mean NLL of the response given the prompt / of the response alone.
 

@@ -118,9 +118,10 @@ class EKFAC:
             n_ex = torch.zeros(1, dtype=torch.float64)
             for batch in batches():
                 _run_backward(model, batch, sampled_loss)
+                ex = None  # the batch's example weights, checked once for all modules
                 for name in self.modules:
                     a, g, w = self._masked(caps, name, batch, mask)
-                    ex = self._example_weights(batch, weights, w)
+                    ex = self._example_weights(batch, weights, w) if ex is None else ex
                     w = w * ex[:, None]
                     A[name] += _weighted_gram(a, w)
                     S[name] += _weighted_gram(g, w)
@@ -141,6 +142,7 @@ class EKFAC:
                 lam = {n: torch.zeros_like(v) for n, v in lam_kfac.items()}
                 for batch in batches():
                     _run_backward(model, batch, sampled_loss)
+                    ex = None
                     for name in self.modules:
                         a, g, w = self._masked(caps, name, batch, mask)
                         # per-example gradients in the eigenbasis, Q_Sᵀ (Σ_t g_t a_tᵀ) Q_A = Σ_t (Q_Sᵀ g_t)(Q_Aᵀ a_t)ᵀ:
@@ -148,7 +150,7 @@ class EKFAC:
                         dt = _work_dtype(g)
                         g_rot = (g.to(dt) * w[..., None].to(dt)) @ self.Q_S[name].to(dt)
                         a_rot = a.to(dt) @ self.Q_A[name].to(dt)
-                        ex = self._example_weights(batch, weights, w)
+                        ex = self._example_weights(batch, weights, w) if ex is None else ex
                         lam[name] += (torch.bmm(g_rot.transpose(1, 2), a_rot).double() ** 2
                                       * ex[:, None, None]).sum(0)
                 self.lam = {n: _reduce(v) / n_ex for n, v in lam.items()}  # the same batches as pass 1
