@@ -126,7 +126,7 @@ def embed(
         fp = encoder.fingerprint_with(extra)
         meta["fingerprint"] = fp
         embed_to_shards(
-            PoolTexts(str(rd.root), fields),  # one shard's strings at a time
+            PoolTexts(str(rd.root.resolve()), fields),  # one shard's strings at a time
             rd.embeddings_dir(fp),
             encoder,
             n_rows=len(ids),

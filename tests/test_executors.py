@@ -58,6 +58,35 @@ def test_get_executor_names():
         get_executor("ray", {"wrokers": 2})
 
 
+def test_ray_asks_for_room_for_every_actor_and_says_when_the_cluster_has_none():
+    """Local Ray is started with every actor's share rounded up (1 worker x 0.5 GPU needs a GPU); an actor no
+    node can hold is an error, not a wait for ever."""
+    from curate.executors.ray import ExecutorError, RayExecutor
+
+    class FakeRay:
+        def __init__(self, resources):
+            self.resources, self.init_kw = resources, None
+
+        def is_initialized(self):
+            return self.init_kw is not None
+
+        def init(self, address=None, **kw):
+            self.init_kw = kw
+
+        def cluster_resources(self):
+            return self.resources
+
+    ray = FakeRay({})
+    RayExecutor(workers=1, cpus_per_worker=0.5, gpus_per_worker=0.5)._init(ray)
+    assert (ray.init_kw["num_cpus"], ray.init_kw["num_gpus"]) == (1, 1)
+    ray = FakeRay({})
+    RayExecutor(workers=5, cpus_per_worker=0.5)._init(ray)
+    assert (ray.init_kw["num_cpus"], ray.init_kw["num_gpus"]) == (3, 0)
+    RayExecutor(workers=2, cpus_per_worker=1)._check_room(FakeRay({"CPU": 2.0}))
+    with pytest.raises(ExecutorError, match="needs 1 GPU but the Ray cluster has 0"):
+        RayExecutor(workers=2, gpus_per_worker=1)._check_room(FakeRay({"CPU": 2.0}))
+
+
 def test_embed_job_pickles_without_the_loaded_model(tiny_model: Path):
     import pickle
 

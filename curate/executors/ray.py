@@ -12,6 +12,7 @@ joined (`address="auto"` or "ray://...").
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Callable
@@ -80,10 +81,21 @@ class RayExecutor:
         if ray.is_initialized():
             return
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, **self.init_kwargs}
-        if self.address is None:
-            kw.setdefault("num_cpus", max(1, int(round(self.workers * self.cpus))))
-            kw.setdefault("num_gpus", int(round(self.workers * self.gpus)))
+        if self.address is None:  # room for every actor (0.5 GPU each on 1 worker still needs a GPU)
+            kw.setdefault("num_cpus", max(1, math.ceil(self.workers * self.cpus)))
+            kw.setdefault("num_gpus", math.ceil(self.workers * self.gpus))
         ray.init(address=self.address, **kw)
+
+    def _check_room(self, ray: Any) -> None:
+        """An actor no node can hold would wait for ever: say so instead (e.g. GPUs asked of a Ray that an
+        earlier stage of this process started without them)."""
+        total = ray.cluster_resources()
+        for res, need in (("CPU", self.cpus), ("GPU", self.gpus)):
+            if need > 0 and total.get(res, 0) < need:
+                raise ExecutorError(
+                    f"a Ray worker needs {need:g} {res} but the Ray cluster has {total.get(res, 0):g}",
+                    "start Ray with the resources the stages need (the first stage of a process starts a local "
+                    "Ray with its own workers' needs), or lower cpus_per_worker / gpus_per_worker")
 
     def __call__(
         self, job: ShardJob, out_dir: str | os.PathLike, n_shards: int, ext: str,
@@ -93,24 +105,26 @@ class RayExecutor:
         todo = deque(missing_shards(out_dir, n_shards, ext))
         if not todo:
             return []
+        out_dir = str(Path(out_dir).resolve())  # actors resolve a relative path where Ray started, not here
         ray = _import_ray()
         self._init(ray)
+        self._check_room(ray)
         clear_stale_temps(out_dir)
         actor = ray.remote(_ShardWorker).options(num_cpus=self.cpus, num_gpus=self.gpus,
                                                  max_restarts=self.retries, max_task_retries=self.retries)
         actors = [actor.remote(job) for _ in range(min(self.workers, len(todo)))]
-        self.actor_pids = ray.get([a.pid.remote() for a in actors])
         load = dict.fromkeys(range(len(actors)), 0)
         pending: dict[Any, tuple[int, int]] = {}
         done: list[int] = []
         shard = -1
         failure: Exception | None = None
         try:
+            self.actor_pids = ray.get([a.pid.remote() for a in actors])  # each actor has run the job's setup
             while todo or pending:
                 for a in load:  # top every actor up to `in_flight` queued shards
                     while todo and load[a] < self.in_flight:
                         i = todo.popleft()
-                        pending[actors[a].run.remote(i, str(out_dir), ext)] = (a, i)
+                        pending[actors[a].run.remote(i, out_dir, ext)] = (a, i)
                         load[a] += 1
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 a, shard = pending.pop(ready[0])

@@ -203,7 +203,7 @@ def icl_for_positions(ctx: ScoreContext, positions: np.ndarray, tag: str) -> tup
     shard_rows = int(ctx.param("icl_shard_rows", 256))
     job = ICLJob(model=ctx.model_path("model"), dtype=resolve_dtype(ctx.dtype, ctx.device or default_device()),
                  device=ctx.device, max_length=int(ctx.param("max_length", 2048)), batch_tokens=ctx.batch_tokens,
-                 root=str(ctx.rd.root), val=val, positions=positions, k=k, seed=seed, eot=eot,
+                 root=str(ctx.rd.root.resolve()), val=val, positions=positions, k=k, seed=seed, eot=eot,
                  cache=bool(ctx.param("icl_cache", True)), shard_rows=shard_rows, progress=ctx.progress,
                  local=lambda: (ctx.scorer("model"), PoolMessages(str(ctx.rd.root), ctx.pool["messages"])))
     cols, _ = cached_job(folder, len(positions), shard_rows, key, job, ctx.executor)
