@@ -25,7 +25,7 @@ import polars as pl
 
 from curate.run import RunDir
 from curate.select.selection import Selection
-from curate.select.stratify import MIX_FLAG_TV, mix_divergence
+from curate.select.stratify import MIX_FLAG_TV, domain_codes, mix_divergence
 from curate.stage import stage
 from curate.view import TOKENS_SIGNAL, PoolView
 from index.io import atomic_path
@@ -101,6 +101,7 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: 
     domains = view.frame["domain"].fill_null("(none)")
     dom_names = sorted(domains.unique().to_list())
     pool_counts = {str(d): int(c) for d, c in domains.value_counts().iter_rows()}
+    code_names, codes = domain_codes(view)
     signals = view.signal_names()
     values = {s: view.signal(s) for s in signals}
     with_mean = {s for s in signals if mean_is_meaningful(values[s])}
@@ -118,9 +119,9 @@ def compare(run: RunDir | str | os.PathLike, names: Sequence[str], *, progress: 
         got = {} if counts is None else dict(zip(counts["domain"], counts["count"], strict=True))
         for d in dom_names:
             row[f"domain:{d}"] = int(got.get(d, 0))
-        trained = {}  # the mix training sees: each row's domain counted by its selection weight (IDEAL volumes)
-        for d, w in zip(domains.gather(pos).to_list(), np.asarray(sel.weights, dtype=np.float64), strict=True):
-            trained[d] = trained.get(d, 0.0) + float(w)
+        # the mix training sees: each row's domain counted by its selection weight (IDEAL volumes)
+        mass = np.bincount(codes[pos], weights=np.asarray(sel.weights, dtype=np.float64), minlength=len(code_names))
+        trained = {code_names[i]: float(v) for i, v in enumerate(mass) if v}
         row.update(_mix_figures(sel, pool_counts, trained))
         row.update(_selector_figures(sel))
         row.update(_coverage_figures(run, pos))
