@@ -146,6 +146,7 @@ class ScoreContext:
         self._fps: dict[str, str] = {}
         self._pool_digest: str | None = None
         self.extra: dict[str, Any] = {}
+        self.memo: dict[Any, Any] = {}  # per-row values derived from the pool, read by a key and its signal alike
 
     # pool -------------------------------------------------------------------------------------
     @property

@@ -142,6 +142,12 @@ def tag_counts(ctx: ScoreContext) -> np.ndarray:
     if tags_signal:
         return np.asarray(ctx.signal(tags_signal), dtype=np.float64)
     field = ctx.param("tags_field", "tags")
+    if ("tags", field) not in ctx.memo:  # depth's key and depth itself read them: parse every meta once
+        ctx.memo[("tags", field)] = _meta_tag_counts(ctx, field)
+    return ctx.memo[("tags", field)]
+
+
+def _meta_tag_counts(ctx: ScoreContext, field: str) -> np.ndarray:
     counts = np.ones(ctx.n, dtype=np.float64)
     if not field:
         return counts
@@ -213,9 +219,16 @@ def check_depth_models(ctx: ScoreContext) -> None:
 
 
 def group_labels(ctx: ScoreContext, group: str | None) -> list | None:
-    """Per-row group labels: 'domain', 'cluster' (<run>/map/clusters.parquet) or None (global)."""
+    """Per-row group labels: 'domain', 'cluster' (<run>/map/clusters.parquet) or None (global); read once per
+    score call (relative_depth's key and relative_depth itself use them)."""
     if group in (None, "none", "global"):
         return None
+    if ("groups", group) not in ctx.memo:
+        ctx.memo[("groups", group)] = _group_labels(ctx, group)
+    return ctx.memo[("groups", group)]
+
+
+def _group_labels(ctx: ScoreContext, group: str) -> list:
     if group == "domain":
         return ctx.pool["domain"].to_list()
     if group == "cluster":
