@@ -34,7 +34,7 @@ from curate.pool.schema import (
     RAW_MAX_CHARS,
 )
 from curate.run import RunDir
-from curate.stage import stage
+from curate.stage import jsonable, stage
 from index.io import read_json, shard_name, write_json
 
 _SIDE_FLUSH_ROWS = 10_000  # duplicates / quarantine rows buffered before a write
@@ -447,7 +447,7 @@ def ingest(
             "pool_fingerprint": report.pool_fingerprint,
         }
         if _unchanged(run, final, work):  # same pool, duplicates and quarantine: keep the files (and
-            if read_json(run.ingest_path) != json.loads(json.dumps(doc)):  # their mtimes, which keys of later
+            if read_json(run.ingest_path) != jsonable(doc):  # their mtimes, which keys of later
                 write_json(run.ingest_path, doc)  # stages read) as they are; the record says what was read
             return report
         # swap in: ingest.json goes first (a pool without it is incomplete) and comes back last
