@@ -153,7 +153,8 @@ def influence_round(
         for r, idx in ref_sets.items()
     )
     # a domain's training weight (its instances when every selection weight is 1); one with none has no gradient
-    sizes = {d: float(row_w[dom == d].sum()) for d in sorted(set(dom)) if row_w[dom == d].sum() > 0}
+    totals = {d: float(row_w[dom == d].sum()) for d in sorted(set(dom))}
+    sizes = {d: t for d, t in totals.items() if t > 0}
 
     def domain_gradients():  # one at a time: each is as large as the chosen layers' weights
         for d in sizes:
