@@ -30,6 +30,7 @@ from index.io import missing_shards, read_json, run_job, shard_name, write_json
 
 KINDS = ("truncated", "input_embeddings")
 POOLINGS = ("mean", "weighted_mean")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _model_digest(model_path: Path) -> str:
@@ -45,19 +46,25 @@ def _model_digest(model_path: Path) -> str:
 
 
 def feature_fingerprint(
-    model_path: str | os.PathLike, *, kind: str, layer: int, max_length: int, pooling: str = "mean"
+    model_path: str | os.PathLike, *, kind: str, layer: int, max_length: int, pooling: str = "mean",
+    dtype: str = "float32",
 ) -> str:
-    """Key of a feature cache: model directory digest + kind + layer + max length (+ pooling unless mean)."""
+    """Key of a feature cache: model directory digest + kind + layer + max length (+ pooling unless mean, + the
+    pass's dtype unless float32, so a run folder moved to a machine where "auto" means another dtype does not
+    reuse or resume features of the other precision; float32 caches keep their earlier key)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES} (resolve 'auto' with index.cpu.auto_dtype), got {dtype!r}")
     p = Path(model_path)
     if not p.is_dir():
         raise FileNotFoundError(f"model directory {p} does not exist")
     tag = f"{p.name}-{_model_digest(p)}-{kind}"
     fp = f"{tag}-L{layer}-len{max_length}" if kind == "truncated" else f"{tag}-len{max_length}"
-    return fp if pooling == "mean" else f"{fp}-{pooling}"
+    fp = fp if pooling == "mean" else f"{fp}-{pooling}"
+    return fp if dtype == "float32" else f"{fp}-{dtype}"
 
 
 def load_truncated_lm(
@@ -219,7 +226,7 @@ def cached_features(
 ) -> np.ndarray:
     """Compute (or resume) features of `texts` into `out_dir/shard-*.npy` and return them [n, d] float32.
 
-    `out_dir` should be keyed by `feature_fingerprint(...)`; a `meta.json` records model, kind, layer and n,
+    `out_dir` should be keyed by `feature_fingerprint(...)`; a `meta.json` records model, kind, layer, n and dtype,
     and a mismatch with an existing cache raises instead of mixing features. `executor` computes the missing
     shards (default: in this process, `index.io.run_job`; a Ray executor from `curate.executors` runs them on
     its workers, each loading the model once). `source`: the same texts as the workers read them (a picklable
@@ -229,6 +236,8 @@ def cached_features(
     """
     out_dir = Path(out_dir)
     n = len(texts)
+    if dtype == "auto":
+        dtype = auto_dtype(device)
     meta = {
         "model_path": str(model_path),
         "kind": kind,
@@ -239,6 +248,8 @@ def cached_features(
         "pooling": "masked_mean" if pooling == "mean" else pooling,
         "text_digest": hashlib.blake2b("\x00".join(texts).encode(), digest_size=8).hexdigest(),
     }
+    if dtype != "float32":  # float32 caches written before the dtype was recorded keep a matching meta.json
+        meta["dtype"] = dtype
     meta_path = out_dir / "meta.json"
     if meta_path.exists():
         old = read_json(meta_path)

@@ -102,6 +102,26 @@ def test_cached_features_resume_without_recomputing(tiny_lm, tmp_path, monkeypat
         load_truncated_lm(tiny_lm, layer=5)
 
 
+def test_feature_cache_is_keyed_by_the_pass_dtype(tiny_lm, tmp_path) -> None:  # noqa: F811
+    """A run folder moved to a machine where dtype "auto" means bf16 must not reuse or resume float32 features."""
+    fp32 = feature_fingerprint(tiny_lm, kind="truncated", layer=1, max_length=64, dtype="float32")
+    assert fp32 == feature_fingerprint(tiny_lm, kind="truncated", layer=1, max_length=64)  # earlier caches' key
+    fp16 = feature_fingerprint(tiny_lm, kind="truncated", layer=1, max_length=64, dtype="bfloat16")
+    assert fp16 == f"{fp32}-bfloat16"
+    with pytest.raises(ValueError, match="auto_dtype"):
+        feature_fingerprint(tiny_lm, kind="truncated", layer=1, max_length=64, dtype="auto")
+    out = tmp_path / fp32
+    kw = dict(layer=1, max_length=64, shard_size=4, progress=False)
+    f32 = cached_features(TEXTS, out, tiny_lm, dtype="float32", **kw)
+    with pytest.raises(ValueError, match="other inputs"):  # the float32 folder is not resumed in bf16
+        cached_features(TEXTS, out, tiny_lm, dtype="bfloat16", **kw)
+    bf = cached_features(TEXTS, tmp_path / fp16, tiny_lm, dtype="bfloat16", **kw)
+    assert json.loads((tmp_path / fp16 / "meta.json").read_text())["dtype"] == "bfloat16"
+    assert "dtype" not in json.loads((out / "meta.json").read_text())
+    np.testing.assert_allclose(bf, f32, atol=0.1)  # the same features up to bf16 rounding
+    assert not np.array_equal(bf, f32)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # probes and entropy
 

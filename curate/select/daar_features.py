@@ -67,6 +67,7 @@ def pool_features(
     `executor` computes the missing feature shards (in process by default; Ray workers read their rows)."""
     if kind == "embeddings":
         return view.vectors()
+    from index.cpu import auto_dtype
     from index.features import cached_features, feature_fingerprint
     from index.io import run_job
 
@@ -74,7 +75,8 @@ def pool_features(
         raise ValueError("daar: LM features are cached in a run directory; this PoolView is in memory")
     texts = row_texts(view.frame["prompt"].to_list(), view.frame["response"].to_list())
     path = resolve_lm(model)
-    fp = feature_fingerprint(path, kind=kind, layer=layer, max_length=max_length)
+    dtype = auto_dtype(device)  # the truncated LM's pass: bf16 on a GPU or a CPU with bf16 units, else float32
+    fp = feature_fingerprint(path, kind=kind, layer=layer, max_length=max_length, dtype=dtype)
     return cached_features(
         texts,
         view.run.features_dir / fp,
@@ -84,6 +86,7 @@ def pool_features(
         max_length=max_length,
         batch_size=batch_size,
         device=device,
+        dtype=dtype,
         progress=view.n > 1000,
         executor=executor,
         source=PoolRowTexts(str(view.run.root.resolve())) if executor is not None and executor is not run_job else None,
