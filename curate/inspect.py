@@ -57,16 +57,19 @@ def map_frame(
     run: RunDir | str | os.PathLike,
     selections: Sequence[str] | None = None,
     signals: Sequence[str] | None = None,
+    *,
+    map_columns: bool = True,
 ) -> pl.DataFrame:
     """One row per pool row: id, domain, x, y, cell, cluster, chosen signals and `sel:<name>` flags.
 
-    `selections` defaults to every saved selection and `signals` to every stored one.
+    `selections` defaults to every saved selection and `signals` to every stored one. `map_columns=False` leaves
+    out x, y, cell and cluster, so tables of signals and selections by domain need no `curate map`.
     """
     view = PoolView.from_run(run)
-    coords = view.projection()
-    cols: dict[str, object] = {"id": view.ids, "domain": view.domains(), "x": coords[:, 0], "y": coords[:, 1]}
-    cols["cell"] = view.cells()
-    cols["cluster"] = view.clusters()
+    cols: dict[str, object] = {"id": view.ids, "domain": view.domains()}
+    if map_columns:
+        coords = view.projection()
+        cols.update(x=coords[:, 0], y=coords[:, 1], cell=view.cells(), cluster=view.clusters())
     for name in view.signal_names() if signals is None else signals:
         cols[name] = view.signal(name)
     names = list_selections(run) if selections is None else list(selections)

@@ -86,23 +86,24 @@ def note_html(text: str) -> str:
 
 @dataclass
 class _Ctx:
-    """What the sections share: the run, the selection names, the chosen signal, and a cached map frame."""
+    """What the sections share: the run, the selection names, the chosen signal, and cached frames (with the
+    map's columns, and without them for the sections that need no `curate map`)."""
 
     run: RunDir
     names: list[str]
     signal: str | None
     max_points: int
-    _frame: pl.DataFrame | None = field(default=None, repr=False)
+    _frames: dict[bool, pl.DataFrame] = field(default_factory=dict, repr=False)
 
-    def frame(self) -> pl.DataFrame:
-        if self._frame is None:
+    def frame(self, map_columns: bool = True) -> pl.DataFrame:
+        if map_columns not in self._frames:
             from curate.inspect import map_frame
 
-            self._frame = map_frame(self.run, selections=self.names)
-        return self._frame
+            self._frames[map_columns] = map_frame(self.run, selections=self.names, map_columns=map_columns)
+        return self._frames[map_columns]
 
     def signals(self) -> list[str]:
-        return [c for c in self.frame().columns if c not in ("id", "domain", "x", "y", "cell", "cluster")
+        return [c for c in self.frame(map_columns=False).columns if c not in ("id", "domain")
                 and not c.startswith("sel:")]
 
 
@@ -155,7 +156,7 @@ def _signals(ctx: _Ctx) -> str:
         return note_html("No signal is stored: run `curate score`.")
     shown = signals[:MAX_SIGNAL_PANELS]
     extra = note_html(f"{len(signals) - len(shown)} more signals not shown.") if len(signals) > len(shown) else ""
-    return figure_html(viz.signal_distributions(ctx.frame(), shown), "signals per domain") + extra
+    return figure_html(viz.signal_distributions(ctx.frame(map_columns=False), shown), "signals per domain") + extra
 
 
 def _coverage(ctx: _Ctx) -> str:
@@ -172,7 +173,7 @@ def _domains(ctx: _Ctx) -> str:
 
     if not ctx.names:
         return note_html("No selection yet: run `curate select`.")
-    frame = ctx.frame()
+    frame = ctx.frame(map_columns=False)
     fig = viz.domain_counts_plot(frame, ctx.names)
     return figure_html(fig, "rows per domain") + table_html(viz.domain_counts(frame, ctx.names), index="domain")
 

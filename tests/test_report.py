@@ -62,6 +62,16 @@ def test_report_says_which_stage_is_missing(tmp_path):
     assert not IMG.findall(page)
 
 
+def test_report_signals_and_domains_need_no_map(tmp_path):
+    from curate.select import select
+
+    run = make_run(tmp_path / "run", n=24)  # pool, signals and embeddings; no map, no kNN graph
+    select(run.root, "random", 6, name="r6")
+    page = write_report(run, progress=False).read_text()
+    assert [alt for _, alt in IMG.findall(page)] == ["signals per domain", "rows per domain"]
+    assert "run `curate map`" in page  # the map sections still say what is missing
+
+
 def test_report_notes_an_unreadable_mixture_and_keeps_going(tmp_path):
     run = make_run(tmp_path / "run", n=24, map_=True, knn=3)
     Fixed(order=(0, 5, 9)).select(PoolView.from_run(run), "3").save(run, "fixed")
