@@ -40,10 +40,26 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fsync(tmp_path)  # the data on disk before the name: a power loss must not leave an empty final file
         os.replace(tmp_path, final)
+        fsync(final.parent)  # and the rename itself
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def fsync(path: str | os.PathLike, tree: bool = False) -> None:
+    """Flush a file's data, or a folder's entries, to disk; `tree`: also every file and folder below the folder."""
+    path = Path(path)
+    if tree:
+        for sub in path.iterdir():
+            if (sub.is_dir() or sub.is_file()) and not sub.is_symlink():
+                fsync(sub, tree=sub.is_dir())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -64,9 +80,11 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        fsync(tmp, tree=True)
         if final.exists():  # moved aside, not deleted in place: a kill mid-delete must not leave half of it
             os.replace(final, old)
         os.replace(tmp, final)
+        fsync(final.parent)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():

@@ -25,7 +25,7 @@ from curate.export.manifest import coverage, domain_counts, fingerprints, packag
 from curate.pool.ids import align, positions
 from curate.run import RunDir
 from curate.stage import stage
-from index.io import read_json, umask_mode, write_json
+from index.io import fsync, read_json, umask_mode, write_json
 
 FORMATS = ("jsonl", "parquet")
 
@@ -130,10 +130,12 @@ def _clean_stale(final: Path) -> None:
 def _swap_in(work: Path, final: Path) -> None:
     """Replace `final` with the finished folder `work` (the old export is moved aside, then removed)."""
     old = None
+    fsync(work, tree=True)  # on disk before it takes the final name (index.io.atomic_dir does the same)
     if final.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
         os.replace(final, old / "x")
     os.replace(work, final)
+    fsync(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

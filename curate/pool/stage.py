@@ -35,7 +35,7 @@ from curate.pool.schema import (
 )
 from curate.run import RunDir
 from curate.stage import jsonable, stage
-from index.io import read_json, shard_name, write_json
+from index.io import fsync, read_json, shard_name, write_json
 
 _SIDE_FLUSH_ROWS = 10_000  # duplicates / quarantine rows buffered before a write
 
@@ -452,6 +452,7 @@ def ingest(
             return report
         # swap in: ingest.json goes first (a pool without it is incomplete) and comes back last
         run.ingest_path.unlink(missing_ok=True)
+        fsync(work, tree=True)  # the new pool on disk before it takes the final names
         old = None
         if run.pool_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=".pool.old-", dir=run.root))
@@ -459,6 +460,7 @@ def ingest(
         os.replace(final, run.pool_dir)
         os.replace(work / "duplicates.parquet", run.duplicates_path)
         os.replace(work / "quarantine.parquet", run.quarantine_path)
+        fsync(run.root)
         write_json(run.ingest_path, doc)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
