@@ -351,3 +351,41 @@ def test_an_ideal_round_weighs_each_row_by_what_training_weighs_its_loss(tiny_lm
     # multiplicities (IDEAL's own volumes) count as the selection weight does
     counted = influence_round(tiny_lm, plain, np.array([3] + [1] * 9), refs, **kw)["influence"]
     assert counted["all"]["a"] == pytest.approx(want["all"]["a"], rel=1e-3)
+
+
+def test_ideal_checks_settings_keys_influence_by_reference_text_never_caches_nan(tiny_lm, tmp_path, monkeypatch):  # noqa: F811
+    from curate.mix import ideal as ideal_pkg
+    from curate.mix.ideal import rounds
+
+    run = tmp_path / "run"
+    _conflict_run(run)
+    ref = tmp_path / "ref_ids.jsonl"
+
+    def write_ref(answer: str) -> None:  # explicit ids, as an export carries: editing the text keeps them
+        ref.write_text("".join(json.dumps({"id": f"r{i}", "prompt": SENTENCES[i], "response": answer,
+                                           "domain": "target"}) + "\n" for i in range(4)))
+
+    write_ref(SENTENCES[5])
+    for bad in ({"m": -0.1}, {"sample_rate": 1.5}, {"sample_rate": 0}, {"damping": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ideal_pkg.ideal(run, "all", ref, model=str(tiny_lm), **bad, **TRAIN)
+    calls, value = [], [0.5]
+
+    def fake_round(model_dir, base, counts, ref_rows, **kw):
+        calls.append(ref_rows.frame["messages"][0][-1]["content"])
+        return {"influence": {"all": {"good": value[0], "bad": -0.25}}, "reference_loss": 1.0, "timings": {}}
+
+    monkeypatch.setattr(rounds, "influence_round", fake_round)
+    kw = dict(model=str(tiny_lm), rounds=1, train_final=False, epochs=1, **TRAIN)
+    ideal_pkg.ideal(run, "all", ref, **kw)
+    ideal_pkg.ideal(run, "all", ref, force=True, **kw)  # same rows and text: the stored influence is reused
+    assert calls == [SENTENCES[5]]
+    write_ref(SENTENCES[7])  # same ids, other text: the influence is computed again
+    ideal_pkg.ideal(run, "all", ref, **kw)
+    assert calls == [SENTENCES[5], SENTENCES[7]]
+    stored = (run / "mix" / "ideal" / "round-0.json").read_text()
+    value[0] = float("nan")
+    write_ref(SENTENCES[8])
+    with pytest.raises(ValueError, match="not finite.*damping"):
+        ideal_pkg.ideal(run, "all", ref, **kw)
+    assert (run / "mix" / "ideal" / "round-0.json").read_text() == stored  # the NaN round was not cached

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -234,10 +235,19 @@ def ideal(
         raise ValueError(f"influence_scaling must be one of {SCALINGS}, got {influence_scaling!r}")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if not m > 0:  # a negative m would move every domain against its influence
+        raise ValueError(f"m (the largest relative volume change) must be > 0, got {m}")
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+    if not damping > 0:  # the released code's 0 divides by EK-FAC's zero eigenvalues (dead units): NaN influence
+        raise ValueError(f"damping must be > 0 (a share of the mean eigenvalue), got {damping}")
     rd = run if isinstance(run, RunDir) else RunDir(run)
     ref_rows = from_files(reference)
     if ref_rows.frame["domain"].null_count() == ref_rows.frame.height:
         raise ValueError(f"{reference}: the reference set needs a `domain` column (one per capability)")
+    # the influence depends on the reference rows' text and domains, not only their ids (a file may carry ids)
+    ref_key = hashlib.blake2b(ref_rows.frame.select("id", "domain", "messages", "rejected", "weight").write_json()
+                              .encode(), digest_size=8).hexdigest()
     base = from_selection(rd, selection)
     work = rd.mix_dir(name)
     work.mkdir(parents=True, exist_ok=True)
@@ -264,7 +274,7 @@ def ideal(
                  "heldout": res.metrics.get("heldout"), "timings": {"train_s": time.perf_counter() - t0}}
         if t < rounds:
             # what this round's influence depends on: the trained model (its key) and IDEAL's parameters
-            key = hashlib.blake2b(json.dumps([read_json(res.out / "config.json")["key"], doc["params"], ref_rows.key(),
+            key = hashlib.blake2b(json.dumps([read_json(res.out / "config.json")["key"], doc["params"], ref_key,
                                               batch_tokens, max_length], sort_keys=True, default=str).encode(),
                                   digest_size=8).hexdigest()
             cached, factors = work / f"round-{t}.json", work / f"ekfac-r{t}.safetensors"
@@ -275,6 +285,10 @@ def ideal(
                                       damping=damping, correct=correct, scaling=influence_scaling,
                                       batch_tokens=batch_tokens, max_length=max_length, seed=seed + t,
                                       cache=factors, key=key) | {"key": key}
+                bad = sorted(d for d, v in inf["influence"]["all"].items() if not math.isfinite(v))
+                if bad:  # not cached: a re-run with other settings must not find it
+                    raise ValueError(f"ideal round {t}: the influence of {bad} is not finite; raise `damping` "
+                                     f"(now {damping})")
                 write_json(cached, inf)
             if not keep_factors:
                 factors.unlink(missing_ok=True)
