@@ -5,6 +5,7 @@ Every command works on a run directory (`--run`) and calls the same function a r
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,7 +28,9 @@ RunOpt = typer.Option(..., "--run", "-r", help="Run directory (ingest creates it
 
 # User errors: printed as one `error:` line, exit code 2 (tracebacks only with --debug). CurateError is the
 # root of the project's own; the built-in ones stay for errors raised by libraries on bad user input.
-USER_ERRORS: tuple[type[Exception], ...] = (CurateError, FileNotFoundError, KeyError, ValueError)
+# The OSErrors below are about paths the user named (a directory given for a file, a file for a directory).
+USER_ERRORS: tuple[type[Exception], ...] = (CurateError, FileNotFoundError, KeyError, ValueError, IsADirectoryError,
+                                            NotADirectoryError, FileExistsError, PermissionError)
 _DEBUG = {"on": False}
 
 
@@ -47,9 +50,18 @@ def _fail(exc: BaseException) -> NoReturn:
     raise typer.Exit(2) from None
 
 
+#: `-p` keys that are not stage parameters: the command sets them itself
+RESERVED_PARAMS = {"run": "the run directory is not a parameter: use --run",
+                   "stage": "the command names the stage: 'stage' is not a parameter"}
+
+
 def _with_params(param: list[str] | None, **named: Any) -> dict[str, Any]:
-    """The command's named options and its `-p KEY=VALUE` parameters together; a key given both ways is an error."""
+    """The command's named options and its `-p KEY=VALUE` parameters together; a key given both ways is an error,
+    and so are the reserved keys (`run`, `stage`)."""
     params = _parse_params(param)
+    for key in params:
+        if key in RESERVED_PARAMS:
+            _fail(typer.BadParameter(f"-p {key}=...: {RESERVED_PARAMS[key]}"))
     both = sorted(k for k in params if named.get(k) is not None)
     if both:
         _fail(typer.BadParameter(f"{both[0]!r} is given twice: as its own option and as -p {both[0]}=..."))
@@ -73,17 +85,39 @@ def _scalars(info: dict[str, Any]) -> str:
                      if isinstance(v, (str, int, float)) and k not in ("key", "fingerprint", "skipped"))
 
 
-def _parse_params(items: list[str] | None) -> dict[str, Any]:
+def _parse_params(items: list[str] | None, option: str = "-p") -> dict[str, Any]:
     """Turn ['k=v', ...] into a dict, values parsed as YAML scalars/lists (so 0.9 is a float, [a,b] a list)."""
     import yaml
 
     params: dict[str, Any] = {}
     for item in items or []:
-        if "=" not in item:
-            _fail(typer.BadParameter(f"expected KEY=VALUE, got {item!r}"))
-        key, value = item.split("=", 1)
-        params[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(typer.BadParameter(f"{option}: expected KEY=VALUE, got {item!r}"))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            why = " ".join(str(getattr(exc, "problem", None) or "not valid YAML").split())
+            _fail(typer.BadParameter(f"{option} {item!r}: the value is not valid YAML ({why}); quote text "
+                                     "with special characters, e.g. -p 'key=\"[a\"'"))
+        params[key.strip().replace("-", "_")] = parsed
     return params
+
+
+def _check_run_path(run: Path | None, what: str = "--run") -> None:
+    """Fail when the run directory named is an existing file (a common slip: `--run data.jsonl`)."""
+    if run is not None and os.path.exists(run) and not os.path.isdir(run):
+        _fail(CurateError(f"{what} {run}: is a file, not a run directory", "name a new or an existing directory"))
+
+
+def _check_name(name: str | None, option: str = "--name") -> None:
+    """A name that becomes a file name in the run directory: no path separators, not '.' or '..'."""
+    if name is None:
+        return
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if not name.strip() or name in (".", "..") or any(sep in name for sep in seps):
+        _fail(CurateError(f"{option} {name!r}: a name cannot be empty, '.', '..' or contain a path separator",
+                          "it names a file in the run directory, e.g. --name kcenter_500"))
 
 
 def _parse_pairs(items: list[str] | None, option: str) -> dict[str, str]:
@@ -103,11 +137,12 @@ ExecutorOptsOpt = typer.Option(None, "--executor-opt", help="Ray option KEY=VALU
                                                            "cpus_per_worker, gpus_per_worker, in_flight, retries.")
 
 
-def _call(stage: str, run: Path, **kwargs: Any) -> Any:
+def _call(stage: str, run: Path, /, **kwargs: Any) -> Any:
     """Call a stage with the options the user gave (None means: the stage's default)."""
     from curate.recipe import RecipeError, call_stage
     from curate.run import RunDir
 
+    _check_run_path(run)
     params = {k: v for k, v in kwargs.items() if v is not None}
     try:
         return call_stage(stage, RunDir(run) if run is not None else None, params).value
@@ -156,7 +191,7 @@ def embed(
 ) -> None:
     """Embed every pool row into resumable shards keyed by the model fingerprint."""
     fp = _call("embed", run, model=model, dtype=dtype, batch_size=batch_size, device=device, executor=executor,
-               executor_options=_parse_params(executor_opt) or None)
+               executor_options=_parse_params(executor_opt, "--executor-opt") or None)
     from curate.run import RunDir
 
     console.print(f"embeddings: {RunDir(run).embeddings_dir(str(fp))}")
@@ -186,8 +221,8 @@ def map_cmd(
     param: list[str] = typer.Option(None, "--param", "-p", help="Extra KEY=VALUE parameters."),
 ) -> None:
     """Project, grid, cluster and measure the diversity of the pool."""
-    info = _call("map", run, projection=projection, target_cells=target_cells, n_clusters=n_clusters,
-                 **_parse_params(param))
+    info = _call("map", run, **_with_params(param, projection=projection, target_cells=target_cells,
+                                            n_clusters=n_clusters))
     written = info.pop("written", []) if isinstance(info, dict) else []
     for step in ("projection", "grid", "clusters", "diversity"):
         if isinstance(info.get(step), dict):
@@ -217,7 +252,8 @@ def score(
     """Compute per-row signals (heuristics, LM losses, IFD, depth, ICL proxy) into signals/<name>.parquet."""
     paths = _call("score", run, **_with_params(
         param, names=signal, model=model, base_model=base_model, ref_model=ref_model, validation=validation,
-        dtype=dtype, score_eot=score_eot, executor=executor, executor_options=_parse_params(executor_opt) or None))
+        dtype=dtype, score_eot=score_eot, executor=executor,
+        executor_options=_parse_params(executor_opt, "--executor-opt") or None))
     for name, path in (paths.items() if isinstance(paths, dict) else []):
         console.print(f"signal {name:<16} {path}", markup=False, soft_wrap=True)
 
@@ -242,10 +278,11 @@ def select(
     executor_opt: list[str] = ExecutorOptsOpt,
 ) -> None:
     """Choose a subset with a selector; writes selections/<name>.parquet (id, weight, rank, reason)."""
+    _check_name(name)
     sel = _call("select", run, **_with_params(
         param, method=method, budget=budget, seed=seed, name=name, stratify=stratify, max_ifd=max_ifd,
         validation=validation, decontaminate=decontaminate, executor=executor,
-        executor_options=_parse_params(executor_opt) or None))
+        executor_options=_parse_params(executor_opt, "--executor-opt") or None))
     from curate.run import RunDir
 
     console.print(f"selected {len(sel.ids)} rows with {method}: {RunDir(run).selection_path(name or method)}")
@@ -311,10 +348,14 @@ def train(
                         epochs=epochs, max_steps=max_steps, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum,
                         dtype=dtype, mixture=mixture, heldout=heldout, heldout_split=heldout_split,
                         eval_every=eval_every, seed=seed, executor=executor,
-                        executor_options=_parse_params(executor_opt) or None)
+                        executor_options=_parse_params(executor_opt, "--executor-opt") or None,
+                        selection=selection, data=data or None)
+    selection, data = opts.pop("selection"), opts.pop("data")  # arguments of their own (-p may set them too)
     if reference is not None:
         if run is None:
             _fail(typer.BadParameter("--reference needs --run"))
+        if "n" in opts:
+            _fail(typer.BadParameter("-p n=...: the reference model's row count is --reference N"))
         opts.pop("merge")
         res = _call("reference", run, n=reference, **{k: v for k, v in opts.items() if k not in ("name", "out")})
         console.print(res.summary())
@@ -362,10 +403,14 @@ def mix_ama(
 
     if heldout_split is not None and heldout_split >= 1:
         heldout_split = int(heldout_split)
+    _check_run_path(run)
+    _check_name(name)
     opts = _with_params(param, model=model, name=name, eta=eta, floor=floor, smoothing=smoothing, lora=lora,
                         max_steps=max_steps, lr=lr, batch_tokens=batch_tokens, heldout_split=heldout_split, seed=seed,
                         specialist={"max_steps": specialist_steps} if specialist_steps is not None else None,
-                        executor=executor, executor_options=_parse_params(executor_opt) or None)
+                        executor=executor, executor_options=_parse_params(executor_opt, "--executor-opt") or None,
+                        selection=selection, method=method)
+    del opts["selection"], opts["method"]  # given to ama() as arguments of their own
     try:
         res = ama(run, selection, method=method, **{k: v for k, v in opts.items() if v is not None})
     except USER_ERRORS as exc:
@@ -396,8 +441,12 @@ def mix_ideal(
     """IDEAL: train, measure each domain's EK-FAC influence on the reference set, change volumes; repeat."""
     from curate.mix.ideal import ideal
 
-    opts = dict(model=model, name=name, rounds=rounds, m=m, layers=layers, damping=damping,
-                influence_scaling=influence_scaling, heldout=heldout, seed=seed, **_parse_params(param))
+    _check_run_path(run)
+    _check_name(name)
+    opts = _with_params(param, model=model, name=name, rounds=rounds, m=m, layers=layers, damping=damping,
+                        influence_scaling=influence_scaling, heldout=heldout, seed=seed, selection=selection,
+                        reference=reference)
+    del opts["selection"], opts["reference"]  # positional arguments of ideal()
     try:
         doc = ideal(run, selection, reference, **{k: v for k, v in opts.items() if v is not None})
     except USER_ERRORS as exc:
@@ -507,16 +556,25 @@ def _default_embedder() -> str:
 def run_cmd(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     run: Path = typer.Option(None, "--run", "-r", help="Override the recipe's run directory."),
-    executor: str = ExecutorOpt,
-    executor_opt: list[str] = ExecutorOptsOpt,
+    executor: str = typer.Option(None, help="Override the recipe's top-level executor: local, ray or ray:ADDRESS "
+                                            "(a stage's own `executor:` still wins)."),
+    executor_opt: list[str] = typer.Option(None, "--executor-opt", help="With --executor: a Ray option KEY=VALUE "
+                                           "(repeat), merged over the recipe's executor_options."),
 ) -> None:
     """Run a recipe: its stages in order, each resuming from what is already in the run directory."""
     from curate.recipe import Recipe, RecipeError, run_recipe
 
+    cli_opts = _parse_params(executor_opt, "--executor-opt")
+    if cli_opts and executor is None:
+        _fail(typer.BadParameter("--executor-opt needs --executor (e.g. --executor ray --executor-opt workers=4); "
+                                 "or set executor_options: in the recipe"))
     try:
         rec = Recipe.load(recipe, run=run)
+        _check_run_path(rec.run, "--run" if run is not None else f"recipe {recipe}: run")
         if executor is not None:  # replaces the recipe's top-level executor; a stage's own `executor:` still wins
-            rec.executor = {"executor": executor, "executor_options": _parse_params(executor_opt) or None}
+            # the recipe's options are kept (a local executor takes none), the command line's merged over them
+            kept = {} if executor == "local" else dict(rec.executor.get("executor_options") or {})
+            rec.executor = {"executor": executor, "executor_options": {**kept, **cli_opts} or None}
         results = run_recipe(rec, log=lambda s: console.print(f"[bold cyan]{s}[/bold cyan]"))
     except (RecipeError, *USER_ERRORS) as exc:
         _fail(exc)

@@ -17,6 +17,7 @@ so re-running a recipe after an interruption resumes it.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
@@ -52,6 +53,16 @@ class RecipeError(CurateError):
     """A recipe file that cannot be run as written."""
 
 
+#: the top-level keys of a recipe file
+RECIPE_KEYS = ("run", "seed", "executor", "executor_options", "stages")
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices`, or '' when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def stage_function(name: str) -> Callable[..., Any]:
     """Import and return the function behind a stage name."""
     if name not in STAGES:
@@ -78,10 +89,37 @@ class Recipe:
             doc = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise RecipeError(f"recipe {path} does not exist") from None
+        except IsADirectoryError:
+            raise RecipeError(f"recipe {path} is a directory, not a recipe file",
+                              "name a recipe YAML file, e.g. recipes/demo.yaml") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"recipe {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
         except yaml.YAMLError as exc:
             raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from None
         if not isinstance(doc, dict) or "stages" not in doc:
             raise RecipeError(f"recipe {path}: expected a mapping with a 'stages' list")
+        for key in doc:
+            if key not in RECIPE_KEYS:
+                raise RecipeError(f"recipe {path}: unknown key {key!r}{_did_you_mean(key, RECIPE_KEYS)}; "
+                                  f"a recipe takes: {', '.join(RECIPE_KEYS)}")
+        if doc.get("run") is not None and not (isinstance(doc["run"], str) and doc["run"].strip()):
+            raise RecipeError(f"recipe {path}: key 'run' must be a directory path, got {doc['run']!r}",
+                              "e.g. run: runs/demo")
+        seed = doc.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            got = "nothing (an empty value)" if seed is None else repr(seed)
+            raise RecipeError(f"recipe {path}: key 'seed' must be an integer, got {got}",
+                              "e.g. seed: 0, or leave the key out")
+        if doc.get("executor") is not None and not isinstance(doc["executor"], str):
+            raise RecipeError(f"recipe {path}: key 'executor' must be local, ray or ray:ADDRESS, "
+                              f"got {doc['executor']!r}")
+        if doc.get("executor_options") is not None and not isinstance(doc["executor_options"], dict):
+            raise RecipeError(f"recipe {path}: key 'executor_options' must be a mapping, "
+                              f"got {doc['executor_options']!r}", "e.g. executor_options: {workers: 4}")
+        if doc["stages"] is not None and not isinstance(doc["stages"], list):
+            raise RecipeError(f"recipe {path}: key 'stages' must be a list of stages, got a "
+                              f"{type(doc['stages']).__name__}", "write each stage on its own line starting with '- ', "
+                              "e.g. '  - embed: {}'")
         run_dir = run or doc.get("run")
         if not run_dir:
             raise RecipeError(f"recipe {path}: no 'run' directory given (set `run:` or pass --run)")
@@ -102,7 +140,7 @@ class Recipe:
                 raise RecipeError(f"recipe {path}: stage {i + 1}: {exc}") from None
             stages.append((name, dict(params or {})))
         executor = {k: doc[k] for k in ("executor", "executor_options") if doc.get(k) is not None}
-        return cls(run=Path(run_dir), seed=int(doc.get("seed", 0)), stages=stages, source=path, executor=executor)
+        return cls(run=Path(run_dir), seed=seed, stages=stages, source=path, executor=executor)
 
 
 def call_stage(
@@ -113,6 +151,8 @@ def call_stage(
     fn = stage_function(name)
     sig = inspect.signature(fn)
     kwargs = dict(params)
+    if name == "select" and "budget" in kwargs:
+        kwargs["budget"] = canonical_budget(kwargs["budget"])
     if seed is not None and "seed" in sig.parameters and "seed" not in kwargs:
         kwargs["seed"] = seed
     for key, value in (defaults or {}).items():
@@ -122,22 +162,45 @@ def call_stage(
     return fn.run_stage(run=run, **kwargs)
 
 
+def canonical_budget(budget: Any) -> Any:
+    """The select stage's budget in one form however it was written, so its stage key does not depend on it:
+    rows as an int (5, "5", 5.0), a fraction as a float ("20%" -> 0.2; all of it as "100%"), tokens as
+    "<N>tok". Rows and fractions keep the form a recipe's `budget: 500` / `budget: 0.2` always had (so their
+    stored keys stay current); a budget that does not parse is left for the stage to report."""
+    from curate.select.budget import Budget
+
+    try:
+        b = Budget.parse(budget)
+    except (ValueError, TypeError):
+        return budget
+    if b.rows is not None:
+        return int(b.rows)
+    if b.tokens is not None:
+        return f"{int(b.tokens)}tok"
+    return float(b.fraction) if b.fraction < 1 else "100%"  # 1.0 would read as one row
+
+
 def check_params(name: str, params: dict[str, Any]) -> None:
-    """Raise RecipeError naming the first parameter stage `name` needs and is not given, or does not take
-    (for stages with **params, what those reach: the selector's, the signals', the training module's)."""
+    """Raise RecipeError naming the first parameter stage `name` does not take (for stages with **params, what
+    those reach: the selector's, the signals', the training module's), with the closest known name, or else the
+    first one it needs and is not given. `run` is never a parameter: it is the recipe's (or --run)."""
+    if "run" in params:
+        raise RecipeError(f"stage {name!r}: 'run' is not a stage parameter",
+                          "set `run:` at the top level of the recipe, or use --run")
     sig = inspect.signature(stage_function(name))
     fixed = [p for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    extra = _extra_params(name, params) if len(fixed) < len(sig.parameters) else set()  # what **params reach
+    if extra is not None:
+        unknown = [k for k in params if k not in sig.parameters and k not in extra and k != "force"]  # every stage
+        if unknown:
+            own = [p.name for p in fixed if p.name != "run"]
+            allowed = own + sorted(extra - set(own) - {"run"})
+            close = difflib.get_close_matches(unknown[0], [*allowed, "force"], n=1)
+            raise RecipeError(f"stage {name!r} has no parameter {unknown[0]!r}; it takes: {', '.join(allowed)}"
+                              + (f"; did you mean {close[0]!r}?" if close else ""))
     missing = [p.name for p in fixed if p.default is p.empty and p.name != "run" and p.name not in params]
     if missing:
         raise RecipeError(f"stage {name!r} needs parameter {missing[0]!r}")
-    extra = _extra_params(name, params) if len(fixed) < len(sig.parameters) else set()  # what **params reach
-    if extra is None:
-        return
-    unknown = [k for k in params if k not in sig.parameters and k not in extra and k != "force"]  # every stage
-    if unknown:
-        own = [p.name for p in fixed if p.name != "run"]
-        allowed = own + sorted(extra - set(own) - {"run"})
-        raise RecipeError(f"stage {name!r} has no parameter {unknown[0]!r}; it takes: {', '.join(allowed)}")
 
 
 def _extra_params(name: str, params: dict[str, Any]) -> set[str] | None:

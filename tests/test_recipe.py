@@ -115,7 +115,8 @@ def test_recipe_executor_goes_to_the_stages_that_take_one(tmp_path, monkeypatch)
 def test_a_recipe_is_refused_at_load_for_a_missing_or_misspelt_parameter_of_any_stage(tmp_path):
     """Checked before the first stage runs: required parameters, and the names **params reach (the selector's
     own, the signals', the training module's) instead of a TypeError half-way through the recipe."""
-    cases = [("select: {method: random, budgt: 10}", "needs parameter 'budget'"),
+    cases = [("select: {method: random, budgt: 10}", "has no parameter 'budgt'.*did you mean 'budget'"),
+             ("select: {method: random}", "needs parameter 'budget'"),
              ("export: {}", "needs parameter 'selection'"),
              ("select: {method: random, budget: 10, sede: 1}", "has no parameter 'sede'"),
              ("score: {names: [mtld], n_vall: 3}", "has no parameter 'n_vall'"),
