@@ -273,3 +273,38 @@ def test_selector_on_a_run_with_lm_features_and_seed_file(tiny_lm, tmp_path) -> 
     assert len(feats) == 2 and any("truncated-L1" in f for f in feats)
     again = select(run, "daar", 10, seed=0, name="again", **kw)  # cached features, same selection
     assert again.ids == sel.ids
+
+
+def _band_pool(n_per: int, seed: int = 0) -> PoolView:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((2 * n_per, 8)).astype(np.float32)
+    return PoolView.from_arrays([f"r{i}" for i in range(2 * n_per)], domains=["a"] * n_per + ["b"] * n_per, vectors=v)
+
+
+def test_band_shortfall_is_judged_on_the_rows_left_after_exclusions() -> None:
+    """The base asks a pool-scope selector for k + (excluded rows); the band used to fail on that count."""
+    from curate.select import Budget
+
+    view = _band_pool(50)
+    sel = make_selector("daar_band", metric="inter", band=[0, 20], descending=False)
+    band = sel.rank(view, 20, seed=0, budget=Budget(rows=20)).positions
+    assert band.size == 20  # 10 rows of each domain of 50
+    outside = np.setdiff1d(np.arange(100), band)[:3]
+    got = sel.select(view, 20, exclude=outside)
+    assert got.positions.tolist() == band.tolist() and got.stats["excluded_rows"] == 3
+    # excluded rows inside the band: 17 are left; the message names the user's budget and a budget that works
+    inside = band[[0, 5, 9]]
+    with pytest.raises(ValueError, match=r"holds 17 rows, the budget needs 20: lower the budget to 17 rows "
+                                         r"\(-b 17\) or widen the band \(3 excluded rows"):
+        sel.select(view, 20, exclude=inside)
+    got = sel.select(view, 17, exclude=inside)
+    assert got.positions.tolist() == [p for p in band.tolist() if p not in inside.tolist()]
+
+
+def test_band_shortfall_suggests_a_budget_that_works() -> None:
+    # 7 rows per domain: a [0, 20) band keeps floor(1.4) = 1 row of each, 2 rows; "20%" of 14 rows is 3 rows
+    view = _band_pool(7)
+    sel = make_selector("daar_band", metric="inter", band=[0, 20], descending=False)
+    with pytest.raises(ValueError, match=r"holds 2 rows, the budget needs 3: lower the budget to 2 rows \(-b 2\)"):
+        sel.select(view, "20%")
+    assert len(sel.select(view, 2)) == 2

@@ -248,8 +248,8 @@ def test_selector_generates_caches_and_reuses_seeds(tiny_lm, tmp_path, monkeypat
     files = sorted((run / "features").glob("daar_seeds-*.jsonl"))
     assert len(files) == 1 and len(sel) == 10
     domains, texts = read_seed_files(files)
-    assert domains == ["math"] * 3 + ["code"] * 3  # the repeated math sentence was rejected (cosine 1)
-    assert texts[0] == f"Instruction: {SENTENCES[0]}\nOutput: {SENTENCES[1]}"
+    assert domains == ["code"] * 3 + ["math"] * 3  # by name; the repeated math sentence was rejected (cosine 1)
+    assert texts[3] == f"Instruction: {SENTENCES[0]}\nOutput: {SENTENCES[1]}"
     side = json.loads(files[0].with_suffix(".json").read_text())
     assert side["stats"]["math"]["attempts"] == 4 and side["stats"]["math"]["rejected"] == 1
     assert side["key"]["embed"].startswith("input_embeddings:")  # no pool embeddings in this run
@@ -283,3 +283,55 @@ def test_domain_descriptions_from_dict_json_yaml_and_errors(tmp_path) -> None:
         load_domain_descriptions(bad)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_domain_descriptions(tmp_path / "missing.yaml")
+
+
+def test_requests_are_seeded_by_the_domain_name_not_its_place() -> None:
+    """Each request was seeded with the domain's position in the descriptions: reordering the file (the same
+    cache key: the key sorts them) gave every domain another stream."""
+    from curate.select.daar_seeds import request_seed
+
+    def run(domains: dict[str, str]) -> dict[str, list[int]]:
+        seeds: dict[str, list[int]] = {}
+        fresh = iter(np.eye(20))
+
+        def completer(messages: list[dict], seed: int) -> str:
+            dom = re.search(r'domain "(\w+)"', messages[-1]["content"]).group(1)
+            seeds.setdefault(dom, []).append(seed)
+            return pair(f"{dom} {seed}")
+
+        generate_seeds(None, domains, n_per_domain=3, seed=5, complete=completer,
+                       embed=lambda texts: np.stack([next(fresh) for _ in texts]), progress=False)
+        return seeds
+
+    given = run(DOMAINS)
+    assert given == run(dict(reversed(DOMAINS.items())))
+    assert given == {d: [request_seed(5, d, a) for a in range(3)] for d in DOMAINS}
+    assert given["math"] != given["code"] and request_seed(5, "math", 0) != request_seed(6, "math", 0)
+
+
+class SeededFake:
+    """Completer whose pair depends only on the request seed."""
+
+    def __init__(self, *a, **k) -> None:
+        pass
+
+    def __call__(self, messages: list[dict], seed: int) -> str:
+        return pair(SENTENCES[seed % 12], SENTENCES[(seed // 12) % 12])
+
+
+def test_generated_seeds_do_not_depend_on_the_order_of_the_descriptions(tiny_lm, tmp_path, monkeypatch) -> None:  # noqa: F811
+    from curate.select.daar_seed_io import SeedSource
+    from curate.view import PoolView
+
+    monkeypatch.setattr(daar_seeds, "LMCompleter", SeededFake)
+    made = []
+    for i, text in enumerate(["math: Arithmetic word problems.\ncode: Small Python functions.\n",
+                              "code: Small Python functions.\nmath: Arithmetic word problems.\n"]):
+        run = sentence_pool_run(tmp_path / f"run{i}")
+        desc = tmp_path / f"domains{i}.yaml"
+        desc.write_text(text)
+        src = SeedSource(generate_seeds=True, domain_descriptions=str(desc), seeds_per_domain=2, model=str(tiny_lm),
+                         max_length=64, seed_threshold=0.999)
+        made.append(src.generated_seed_file(PoolView.from_run(run), seed=0))
+    assert made[0].name == made[1].name and made[0].read_text() == made[1].read_text()
+    assert [json.loads(x)["domain"] for x in made[0].read_text().splitlines()] == ["code"] * 2 + ["math"] * 2

@@ -82,3 +82,28 @@ def test_bad_parameters() -> None:
         make_selector("miw", weights="file").select(view, 1)
     with pytest.raises(KeyError, match="miw_score"):
         make_selector("miw").select(view, 1)
+
+
+def test_given_weights_rank_indicators_over_the_pool_as_miw_score_does() -> None:
+    """Within a stratum (default stratify="domain") or the rows left after exclusions, the indicators were
+    percentile-ranked among those rows only, so given weights and `miw_score` (ranked over the pool) disagreed."""
+    from curate.signals import weighted_score
+
+    x = np.array([4.0, 5.0, 2.0, 7.0, 0.0, 6.0, 3.0, 1.0])  # pool percentiles x / 7
+    y = np.array([6.0, 2.0, 3.0, 1.0, 0.0, 4.0, 7.0, 5.0])  # y / 7
+    w = {"x": 0.7, "y": 0.3}
+    # pool scores (0.7 x + 0.3 y) / 7: a (rows 0-3) .657 .586 .329 .743, b (rows 4-7) 0 .771 .6 .314;
+    # ranked within a alone, row 1 (.567) came before row 0 (.533)
+    score = weighted_score({"x": x, "y": y}, w)
+    np.testing.assert_allclose(score, (0.7 * x + 0.3 * y) / 7)
+    view = PoolView.from_arrays([f"r{i}" for i in range(8)], domains=["a"] * 4 + ["b"] * 4,
+                                signals={"x": x, "y": y, "miw_score": score})
+    given = make_selector("miw", weights=w).select(view, 4, stratify="domain")
+    assert given.positions.tolist() == [3, 5, 0, 6]
+    assert given.reasons[2] == "domain a: miw: score=0.6571"
+    assert make_selector("miw").select(view, 4, stratify="domain").positions.tolist() == [3, 5, 0, 6]
+    for stratify in ("none", "domain"):
+        got = make_selector("miw", weights=w).select(view, 3, exclude=np.array([3]), stratify=stratify)
+        ref = make_selector("miw").select(view, 3, exclude=np.array([3]), stratify=stratify)
+        assert got.positions.tolist() == ref.positions.tolist()
+    assert make_selector("miw", weights=w).select(view, 3, exclude=np.array([3])).positions.tolist() == [5, 0, 6]

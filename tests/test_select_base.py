@@ -281,3 +281,73 @@ def test_excluded_rows_are_not_candidates_so_they_take_no_cell_or_quota():
     for seed in range(5):
         sel = make_selector("balanced-random").select(w, Budget(rows=4), seed=seed, exclude=np.array([0, 1, 2]))
         assert Counter(domains[p] for p in sel.positions) == {"a": 2, "b": 2} and min(sel.positions) >= 3
+
+
+@pytest.mark.parametrize("spec, n, rows", [
+    ("29%", 50, 15), ("35%", 90, 32), ("14.5%", 10, 1), ("0.5%", 100, 1), ("12.5%", 4, 1), ("2.5%", 20, 1),
+    ("29%", 49, 14), ("20%", 10, 2), ("0.3", 5, 2), ("0.5", 7, 4), (0.25, 10, 3), ("100%", 7, 7),
+])
+def test_percentages_round_half_up_exactly(spec, n, rows):
+    """29% of 50 rows is 14.5: half up gives 15 (floor(0.29 * 50 + 0.5) in binary floating point gave 14)."""
+    assert Budget.parse(spec).resolve(n) == rows
+
+
+def test_other_budget_forms_keep_their_rows():
+    assert Budget.parse("7").resolve(5) == 5 and Budget.parse(3).resolve(10) == 3
+    assert Budget.parse("6tok").resolve(4, np.array([4.0, 1.0, 3.0, 2.0])) == 3
+    assert Budget.parse("14.3%") == Budget(fraction=0.143) and str(Budget.parse("29%")) == "29%"
+
+
+def test_a_percentage_that_rounds_to_no_row_is_an_error_naming_the_pool(tmp_path):
+    from curate.errors import ParameterError
+
+    run = make_run(tmp_path, n=20)
+    with pytest.raises(ParameterError, match=r"budget '2%' selects nothing: the pool holds 20 rows") as e:
+        select(run, "random", "2%")
+    assert "at least 2.5%" in str(e.value.hint)
+    with pytest.raises(ParameterError, match="selects nothing"):
+        select(run, "random", "0%")
+    assert len(select(run, "random", "2.5%")) == 1  # 0.5 rounds half up
+
+
+class FileOrder(Selector):
+    """Test selector ranking the positions written in a file (and in a list of files), as DaaR reads seed files."""
+
+    name = "file-order"
+
+    def __init__(self, order_file: str = "", more: list | None = None, folder: str | None = None) -> None:
+        self.order_file, self.more, self.folder = order_file, more, folder
+
+    def rank(self, view, k, *, seed, budget):
+        from pathlib import Path
+
+        texts = [Path(self.order_file).read_text(), *(Path(p).read_text() for p in self.more or [])]
+        return Ranking(np.asarray([int(t) for text in texts for t in text.split()]))
+
+
+def test_files_named_by_selector_parameters_are_inputs_of_the_select_stage(tmp_path, monkeypatch):
+    """DaaR's seeds=PATH.jsonl and domain_descriptions=FILE were keyed by the path only: a file edited in place
+    gave back the stale selection."""
+    import os
+
+    from curate.select import SELECTORS, _selection_inputs
+
+    monkeypatch.setitem(SELECTORS._items, "file-order", FileOrder)
+    run = make_run(tmp_path / "run", n=20)
+    order, more = tmp_path / "order.txt", tmp_path / "more.txt"
+    order.write_text("3 1 2")
+    more.write_text("9")
+    kw = {"order_file": str(order), "more": [str(more)], "folder": str(tmp_path)}
+    assert select(run, "file-order", 4, **kw).positions.tolist() == [3, 1, 2, 9]
+
+    def edit(path, text):
+        st = path.stat()
+        path.write_text(text)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later mtime, whatever the clock
+
+    edit(order, "0 4 5")
+    assert select(run, "file-order", 4, **kw).positions.tolist() == [0, 4, 5, 9]
+    edit(more, "7")
+    assert select(run, "file-order", 4, **kw).positions.tolist() == [0, 4, 5, 7]
+    inputs = _selection_inputs(run, {"method": "file-order", "stratify": None, "mixture": None, **kw})
+    assert inputs[-2:] == [str(order.resolve()), str(more.resolve())]  # files only: the folder is not read

@@ -505,3 +505,17 @@ def test_a_stratum_whose_retake_gains_nothing_is_not_run_again():
     assert gained == 8 and got[1].positions.tolist() == [6, 7, 8] and quotas.tolist() == [25, 25]
     # stratum 0 (the larger shortfall) is offered the 21 left first, once; 13 are left after stratum 1's gain
     assert calls == [(0, 26), (1, 25)]
+
+
+def test_a_nan_token_count_is_an_error_as_without_strata():
+    """A NaN made its stratum's token cap a garbage negative number: the stratum silently got no quota (here
+    a took the whole budget, 10 tokens in two rows of 5, and b none)."""
+    tok = np.array([5.0, 5.0, 5.0, np.nan, 2.0, 3.0])
+    v = PoolView.from_arrays([f"r{i}" for i in range(6)], domains=["a", "a", "a", "b", "b", "b"],
+                             signals={"tokens": tok})
+    for stratify in ("none", "domain"):
+        with pytest.raises(ValueError, match="`tokens` signal has negative or non-finite values"):
+            make_selector("random").select(v, "10tok", seed=0, stratify=stratify)
+    # an excluded row's count is not spent: its NaN is no error
+    sel = make_selector("random").select(v, "10tok", seed=0, stratify="domain", exclude=np.array([3]))
+    assert sel.stats["stratify"]["strata"]["b"]["quota"] == 4 and sorted(sel.positions.tolist())[-2:] == [4, 5]

@@ -61,8 +61,25 @@ def _selection_inputs(run: RunDir, a: dict[str, Any]) -> list[str]:
 
     _, mix = parse_stratify(a.get("stratify"), a.get("mixture"))  # a mixture given as stratify="domain:FILE" too
     given = [a.get("validation"), None if mix is None else mixture_file(mix, run)]
+    given += _param_files(a)
     # resolved: a relative path in a stage's inputs is read inside the run directory (curate.stage.fingerprint)
-    return [*SELECTION_INPUTS, *(str(Path(str(g)).resolve()) for g in given if g is not None and os.path.isfile(str(g)))]
+    files = dict.fromkeys(str(Path(str(g)).resolve()) for g in given if g is not None and os.path.isfile(str(g)))
+    return [*SELECTION_INPUTS, *files]
+
+
+def _param_files(a: dict[str, Any]) -> list[str]:
+    """The files the selector's own parameters name (DaaR's `seeds=PATH.jsonl` or a list of them,
+    `domain_descriptions=FILE`): a value, or an item of a list value, that is the path of an existing file.
+    Folders (a model directory) are not fingerprinted: their identity is the path."""
+    own = inspect.signature(select).parameters
+    out = []
+    for name, value in a.items():
+        if name in own:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, (str, os.PathLike)) and os.path.isfile(v):
+                out.append(str(v))
+    return out
 
 
 def _selection_files(run: RunDir, a: dict[str, Any]) -> list[Path]:
@@ -110,8 +127,9 @@ def select(
     `executor` / `executor_options`: where a selector's per-row model passes run (DaaR's and RDS+'s LM
     features; "local", "ray", "ray:ADDRESS"); the selection does not depend on it.
     A stage (curate.stage): a saved selection of the same name whose arguments and input files (pool, signals,
-    embeddings, index, map, reference, decontamination records, mixtures, the validation file) are unchanged is
-    returned as stored, without running the selector again (`force=True` reruns it).
+    embeddings, index, map, reference, decontamination records, mixtures, the validation file, files named by the
+    selector's parameters such as DaaR's seed files) are unchanged is returned as stored, without running the
+    selector again (`force=True` reruns it).
     """
     from curate.signals import decontam
 
@@ -126,6 +144,14 @@ def select(
     if executor is not None and "executor" in takes:  # where the selector's per-row model passes run
         params.update(executor=executor, executor_options=executor_options)
     selector = make_selector(method, **params)
+    view = PoolView.from_run(run)
+    if budget.fraction is not None and view.n and budget.resolve(view.n) == 0:  # 2% of 20 rows: 0.4 -> 0
+        least = -(-5000 // view.n) / 100  # the smallest percentage (2 decimals) that gives 1 row: 2.5% of 20
+        raise ParameterError(
+            f"budget {str(budget)!r} selects nothing: the pool holds {view.n} rows, and {budget} of them rounds "
+            "to 0 rows",
+            f"give at least {least:g}% or a row count (-b 1)",
+        )
     if validation is None and isinstance(getattr(selector, "validation", None), (str, os.PathLike)):
         validation = selector.validation
     threshold = decontam.DEFAULT_THRESHOLD if decontam_threshold is None else float(decontam_threshold)
@@ -144,7 +170,6 @@ def select(
 
         mix_path = mixture_file(mixture, run)
         weights = load_mixture(mix_path)["weights"]
-    view = PoolView.from_run(run)
     exclude = reference_positions(run, view.ids) if exclude_reference else None
     n_reference = None if exclude is None else int(len(exclude))
     records = decontam.contamination(run)

@@ -1,8 +1,8 @@
 """Budgets (rows, a fraction or tokens) and taking a ranking's rows within one: shared by every selector.
 
 Budgets are applied centrally by `Selector.select`, so a selector never counts tokens itself:
-- `Budget(rows=R)` / `Budget(fraction=F)`: `k = min(R, N)` / `k = round(F * N)` (half up); the first `k` ranked
-  rows are taken.
+- `Budget(rows=R)` / `Budget(fraction=F)`: `k = min(R, N)` / `k = round(F * N)` (half up, exact: F is taken as
+  the decimal it prints as, so "29%" of 50 rows is 14.5 -> 15); the first `k` ranked rows are taken.
 - `Budget(tokens=T)`: per-row token counts come from the `tokens` signal (prompt + response tokens;
   `curate score --signal tokens` computes it). `k` passed to `rank` is an upper bound: the number of rows that
   fit if the shortest rows were chosen. Rows are then taken in rank order; **a row that would overflow the
@@ -13,9 +13,9 @@ Budgets are applied centrally by `Selector.select`, so a selector never counts t
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -72,8 +72,8 @@ class Budget:
                     "or a token count ('50000tok')"
                 )
             num, unit = m.group(1), (m.group(2) or "").lower()
-            if unit == "%":
-                return cls(fraction=float(num) / 100.0)
+            if unit == "%":  # the nearest float to the decimal written (float(num) / 100 can miss it)
+                return cls(fraction=float(Fraction(num) / 100))
             if "." in num:
                 if unit:
                     raise ValueError(f"budget {spec!r}: {unit} must be a whole number")
@@ -90,7 +90,10 @@ class Budget:
         if self.rows is not None:
             return min(int(self.rows), n)
         if self.fraction is not None:
-            return min(n, int(math.floor(self.fraction * n + 0.5)))
+            # exact half up: the fraction as the decimal it prints as ("29%" is 29/100, not the binary
+            # 0.28999..., whose 50 rows would round 14.5 down), so a percentage of a pool rounds as written
+            f = Fraction(repr(float(self.fraction)))
+            return min(n, (2 * f.numerator * int(n) + f.denominator) // (2 * f.denominator))
         if tokens is None:
             raise ValueError("a token budget needs per-row token counts (the `tokens` signal)")
         srt = np.sort(np.asarray(tokens, dtype=np.float64))

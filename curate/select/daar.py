@@ -13,8 +13,10 @@ Follows Ling et al., "Diversity as a Reward: Fine-Tuning LLMs on a Mixture of Do
 (e) rank every pool row by the predicted entropy Ĥ(x), highest first (the budget is the paper's top-20%).
 
 Deviations (documented, deliberate):
-- Probe training: Adam lr 1e-3, batch 64, 30 epochs, features standardised with the training mean/std, 10%
-  holdout. The paper's batch 1 / lr 1e-5 / 1 epoch (97/3 split) does not converge on pools of a few thousand rows.
+- Probe training: Adam lr 1e-3, batch 64, 30 epochs, features standardised with the training mean/std; a 10%
+  holdout (`holdout`) only with `folds=1`: the default cross-fitted probes (`folds`=3) hold out whole folds
+  instead and ignore it. The paper's batch 1 / lr 1e-5 / 1 epoch (97/3 split) does not converge on pools of a
+  few thousand rows.
 - Masked mean pooling (the released code pools the padding too; methods.md 2.5); one text format
   "Instruction: {prompt}\\nOutput: {response}" for seeds, probe training and inference (the code mixes two).
 - The probe set is a seeded sample of the pool itself (the paper uses 5,000 disjoint rows of the same
@@ -69,7 +71,8 @@ class DaaRSelector(Selector):
     `cluster_features` ("input_embeddings" = paper's e(x), or "embeddings" = the pool's sentence vectors);
     `probe_features` ("truncated" = layer-`layer` features, or "embeddings"); `seeds`: jsonl seed files (else the
     pool rows that have a `domain` are the seeds); `probe_size` rows sampled (seeded) for pseudo-labels and
-    probe training; probe training `epochs`, `lr`, `batch_size`, `holdout`; `kmeans_seed` (42, as the paper).
+    probe training; probe training `epochs`, `lr`, `batch_size`, `holdout` (only with `folds=1`: cross-fitted
+    probes are judged out of fold); `kmeans_seed` (42, as the paper).
     `generate_seeds` (off by default): an instruct LM (`generator_model`, default `model`) writes
     `seeds_per_domain` seeds per domain of `domain_descriptions` (a dict, or a JSON/YAML file, domain ->
     one-sentence description), kept by cosine rejection at `seed_threshold` (a float or {domain: float});

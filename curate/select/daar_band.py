@@ -87,6 +87,12 @@ class DaaRBandSelector(Selector):
         self.descending = bool(descending)
         self.labels = labels
 
+    def _shortfall(self, have: int, need: int) -> str:
+        """The message for a band of `have` rows against a budget of `need`: the budget that fits is `have` rows
+        (a percentage of the band's width would not be: each domain's band is floored)."""
+        fix = f"lower the budget to {have} rows (-b {have}) or widen the band" if have else "widen the band"
+        return f"daar_band: the band {self.band} holds {have} rows, the budget needs {need}: {fix}"
+
     def rank(self, view: PoolView, k: int, *, seed: int, budget: Budget) -> Ranking:
         from index.diversity import daar_scores
 
@@ -122,8 +128,6 @@ class DaaRBandSelector(Selector):
         }
         if pos.size < k and budget.kind != "tokens":
             raise ShortRankingError(
-                f"daar_band: the band {self.band} holds {pos.size} rows, the budget needs {k}: lower the budget "
-                f"(e.g. '{self.band[1] - self.band[0]:g}%') or widen the band",
-                Ranking(pos, reasons=reasons, stats=stats),
+                self._shortfall(pos.size, k), Ranking(pos, reasons=reasons, stats=stats), self._shortfall
             )
         return Ranking(pos, reasons=reasons, stats=stats)

@@ -35,6 +35,7 @@ class DaaRResult:
     pseudo_labels: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
     kmeans: dict[str, Any] = field(default_factory=dict)  # the pseudo-label k-means figures (`fit_daar`)
+    n_classes: int | None = None  # the domain probes' outputs (`fit_daar`: the centroids); None in older fits
 
     def save(self, path: str | Path, key: dict[str, Any]) -> None:
         """Write `path`.npz (the arrays) and then `path`.json (key, stats, k-means figures), both atomically: a
@@ -48,7 +49,8 @@ class DaaRResult:
                     probe_rows=np.asarray(self.probe_rows, dtype=np.int64),
                     pseudo_labels=np.asarray(self.pseudo_labels, dtype=np.int64),
                 )
-        side = {"key": key, "n": int(len(self.predicted_entropy)), "stats": self.stats, "kmeans": self.kmeans}
+        side = {"key": key, "n": int(len(self.predicted_entropy)), "stats": self.stats, "kmeans": self.kmeans,
+                "n_classes": self.n_classes}
         with atomic_path(path.with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps(side, indent=2) + "\n")
 
@@ -66,7 +68,7 @@ class DaaRResult:
             h, rows, labels = z["predicted_entropy"], z["probe_rows"], z["pseudo_labels"]
         if h.shape != (side["n"],):
             return None
-        return cls(h, rows, labels, side["stats"], side["kmeans"])
+        return cls(h, rows, labels, side["stats"], side["kmeans"], side.get("n_classes"))
 
 
 def pseudo_label_fit(
@@ -139,6 +141,7 @@ def daar_entropy(
     holdout: float = 0.1,
     folds: int = 3,
     seed: int = 0,
+    n_classes: int | None = None,
 ) -> DaaRResult:
     """Stages (d) and (e) of DaaR on arrays: ψ_dom on the probe rows' pseudo-`labels`, entropy targets, ψ_div,
     and the predicted entropy of every row of `probe_feats` ([N, d], pool order).
@@ -147,13 +150,19 @@ def daar_entropy(
     the probe rows of the other folds gives the entropy targets of fold f's probe rows, and a ψ_div trained on
     the other folds' probe rows and targets predicts every pool row of fold f. So no row's Ĥ comes from a
     probe that saw it, and the domain accuracy and ψ_div's R² (`diversity_probe.oof_r2`, against the targets)
-    are held out. `folds` <= 1: the paper's in-sample targets and one ψ_div for the pool (R² on its `holdout`).
+    are held out; `holdout` is not used (each probe's held-out rows are its fold). `folds` <= 1 (or fewer
+    than 2 x `folds` probe rows): the paper's in-sample targets and one ψ_div for the pool (R² on its `holdout`).
+    `n_classes`: the pseudo-domains (DaaR's centroids; default the largest label + 1). Every ψ_dom has that many
+    outputs, so the entropy targets of every fold are on one scale even when a fold's training rows lack a
+    pseudo-domain.
     """
     labels = np.asarray(labels, dtype=np.int64)
     probe_rows = np.asarray(probe_rows, dtype=np.int64)
     if labels.shape != (len(probe_rows),):
         raise ValueError(f"{labels.shape[0]} pseudo-labels for {len(probe_rows)} probe rows")
-    n_classes = int(labels.max()) + 1
+    n_classes = int(labels.max()) + 1 if n_classes is None else int(n_classes)
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"pseudo-labels must lie in 0..{n_classes - 1}")
     n = probe_feats.shape[0]
     x = probe_feats[probe_rows]
     kw = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "holdout": holdout}
@@ -165,9 +174,8 @@ def daar_entropy(
         infos = []
         for f in range(folds):
             tr, te = fold != f, fold == f
-            fit = train_probe(
-                x[tr], labels[tr], task="classify", seed=seed + 10 + f, **{**kw, "holdout": 0.0}
-            )
+            fit = train_probe(x[tr], labels[tr], task="classify", seed=seed + 10 + f, n_classes=n_classes,
+                              **{**kw, "holdout": 0.0})
             logits = predict(fit, x[te])
             h[te] = entropy(logits)
             hit[te] = logits.argmax(1) == labels[te]
@@ -203,7 +211,7 @@ def daar_entropy(
             "batch_size": batch_size,
         }
     else:
-        dom = train_probe(x, labels, task="classify", seed=seed, **kw)
+        dom = train_probe(x, labels, task="classify", seed=seed, n_classes=n_classes, **kw)
         h = entropy(predict(dom, x))
         dom_info = {**dom.info, "folds": 1}
         div = train_probe(x, h, task="regress", seed=seed + 1, **kw)
@@ -219,7 +227,7 @@ def daar_entropy(
         "entropy_target_mean": float(h.mean()),
         "entropy_max": float(np.log(n_classes)) if n_classes > 1 else 0.0,
     }
-    return DaaRResult(pred, probe_rows, labels, stats)
+    return DaaRResult(pred, probe_rows, labels, stats, n_classes=n_classes)
 
 
 def draw_probe_rows(n: int, probe_size: int, seed: int) -> np.ndarray:
@@ -266,6 +274,23 @@ def fit_key(
     }
 
 
+_HOLDOUT_DEFAULT = 0.1  # `fit_daar`'s default holdout
+
+
+def _had_fewer_outputs(fit: DaaRResult, n: int, k: int, folds: int, seed: int) -> bool:
+    """Whether a cached fit made before the domain probes' outputs were fixed at the `k` centroids (no
+    `n_classes` saved) had a probe with fewer: sized by the largest label of its training rows, a probe whose
+    rows lacked the last pseudo-domain had k - 1 outputs, and its entropies another scale. Such a fit is made
+    again; the others are what this code makes."""
+    labels, rows = np.asarray(fit.pseudo_labels), np.asarray(fit.probe_rows)
+    if not labels.size:
+        return False
+    if folds > 1 and rows.size >= 2 * folds:
+        fold = _folds(n, rows, folds, np.random.default_rng(seed))[rows]
+        return any(int(labels[fold != f].max()) + 1 < k for f in range(folds))
+    return int(labels.max()) + 1 < k
+
+
 def fit_daar(
     cluster_feats: np.ndarray,
     probe_feats: np.ndarray,
@@ -278,31 +303,39 @@ def fit_daar(
     epochs: int = 30,
     lr: float = 1e-3,
     batch_size: int = 64,
-    holdout: float = 0.1,
+    holdout: float = _HOLDOUT_DEFAULT,
     folds: int = 3,
     cache_dir: str | Path | None = None,
 ) -> DaaRResult:
     """DaaR's fit on a pool's features ([N, d] each, pool order): a seeded probe sample, its pseudo-labels
     (k-means from `centroids`) and the cross-fitted probes' predicted entropy of every row (`daar_entropy`).
 
+    The domain probes have one output per centroid. `holdout` applies only to the in-sample fit (`folds` <= 1,
+    or fewer than 2 x `folds` probe rows); cross-fitted probes are judged on the folds they did not train on.
     With `cache_dir`, a fit with the same key (`fit_key`) is loaded from there instead of trained, and a new
     fit is saved there (daar-<digest of the key>.npz/.json).
     """
     probe = np.asarray(probe_feats)
     probe_rows = draw_probe_rows(probe.shape[0], probe_size, seed)
     cluster_rows = np.asarray(cluster_feats)[probe_rows]
+    k = int(np.asarray(centroids).shape[0])
     path, key = None, {}
     if cache_dir is not None:
+        # cross-fitted probes hold out whole folds and ignore `holdout`: keyed as the default, so fits that
+        # differ only in it share a key and default fits keep the key they had
+        cross_fit = folds > 1 and probe_rows.size >= 2 * folds
         params = {
             "probe_size": int(probe_size), "seed": int(seed), "kmeans_seed": int(kmeans_seed),
             "kmeans_iter": int(kmeans_iter), "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
-            "holdout": float(holdout), "folds": int(folds),
+            "holdout": _HOLDOUT_DEFAULT if cross_fit else float(holdout), "folds": int(folds),
         }
         key = fit_key(cluster_rows, probe, centroids, probe_rows, params)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"daar-{digest}"
         cached = DaaRResult.load(path, key)
-        if cached is not None:
+        stale = cached is not None and cached.n_classes is None and _had_fewer_outputs(
+            cached, probe.shape[0], k, folds, seed)
+        if cached is not None and not stale:
             return cached
     labels, km_info = pseudo_label_fit(cluster_rows, centroids, seed=kmeans_seed, niter=kmeans_iter)
     res = daar_entropy(
@@ -315,6 +348,7 @@ def fit_daar(
         holdout=holdout,
         folds=folds,
         seed=seed,
+        n_classes=k,
     )
     res.kmeans = km_info
     if path is not None:

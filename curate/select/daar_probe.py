@@ -1,7 +1,8 @@
 """DaaR's probe: the MLP d -> 2d -> d -> d/2 -> 256 -> out, trained and applied on arrays, free of pools.
 
 Training (a deliberate deviation from the paper, see `curate.select.daar`): Adam lr 1e-3, batch 64, 30 epochs,
-features standardised with the training rows' mean/std, an optional holdout; deterministic for a seed.
+features standardised with the training rows' mean/std, an optional holdout (DaaR uses it only with folds=1);
+deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ def train_probe(
     holdout: float = 0.1,
     seed: int = 0,
     threads: int = 1,
+    n_classes: int | None = None,
 ) -> ProbeFit:
     """Train a DaaR probe: task "classify" (y int labels, cross-entropy) or "regress" (y float, MSE).
+
+    `n_classes` (classify): the classifier's outputs, labels 0..n_classes-1 (default: the largest label + 1).
+    Give it whenever `y` may lack the last class (a fold's training rows): the output width, and so the
+    entropy of its softmax, would otherwise depend on which labels the rows happen to hold.
 
     Deterministic for a seed (torch's global RNG is forked, not touched). Reports holdout accuracy (classify)
     or holdout MSE and R² (regress) in `info`.
@@ -83,7 +89,9 @@ def train_probe(
     xs = torch.from_numpy((x - mean) / std)
     if task == "classify":
         yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-        out = int(yt.max()) + 1
+        out = int(yt.max()) + 1 if n_classes is None else int(n_classes)
+        if int(yt.min()) < 0 or int(yt.max()) >= out:
+            raise ValueError(f"probe labels must lie in 0..{out - 1}, got {int(yt.min())}..{int(yt.max())}")
         loss_fn = torch.nn.CrossEntropyLoss()
     else:
         yt = torch.from_numpy(np.asarray(y, dtype=np.float32)).unsqueeze(1)

@@ -172,12 +172,14 @@ class SeedSource:
 
         if view.run is None:
             raise ValueError("daar: generate_seeds caches its seeds in a run directory; this PoolView is in memory")
-        descriptions = load_domain_descriptions(self.domain_descriptions)
+        # by name: the key sorts them, and the prompts (which list the other domains) and rows follow this order
+        descriptions = dict(sorted(load_domain_descriptions(self.domain_descriptions).items()))
         if len(descriptions) < 2:
             raise ValueError(f"daar: generate_seeds needs at least 2 domains, got {sorted(descriptions)}")
         gen = resolve_model(self.generator_model or self.model)
         embed, embed_key = self.embedder(view)
         key = {
+            "version": daar_seeds.SEEDS_VERSION,
             "generator": model_fingerprint(gen, "float32"),
             "domains": descriptions,
             "n_per_domain": self.seeds_per_domain,

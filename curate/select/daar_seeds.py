@@ -26,6 +26,7 @@ prefilled with "Instruction:" (small instruct models rarely start in the format 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -40,9 +41,13 @@ from curate.select.daar_features import row_texts
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.85
+#: bump when a change would change the seeds generated from the same inputs, so older cached seeds are not used
+#: (2: requests seeded by the domain's name, not its position)
+SEEDS_VERSION = 2
 SYSTEM_PROMPT = "You write high-quality training examples for a language model. Follow the format exactly."
 
 # complete(messages, seed) -> generated text; `seed` is derived from the run seed, the domain and the attempt
+# (`request_seed`)
 Completer = Callable[[list[dict], int], str]
 Embedder = Callable[[list[str]], np.ndarray]
 
@@ -248,6 +253,13 @@ def _check_domains(domains: Mapping[str, str]) -> None:
             raise ValueError(f"domain {d!r} needs a non-empty description (a sentence), got {desc!r}")
 
 
+def request_seed(seed: int, domain: str, attempt: int) -> int:
+    """The seed of one generation request: from the run seed, the domain's NAME (not its place among the
+    domains, so reordering a descriptions file changes no request) and the attempt."""
+    name = int.from_bytes(hashlib.blake2b(domain.encode("utf-8"), digest_size=8).digest(), "little")
+    return int(np.random.SeedSequence([int(seed), name, int(attempt)]).generate_state(1)[0])
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64).reshape(-1)
     n = np.linalg.norm(v)
@@ -303,7 +315,7 @@ def generate_seeds(
     rows: list[dict] = []
     stats: dict[str, Any] = {}
     try:
-        for di, domain in enumerate(domains):
+        for domain in domains:
             kept: list[tuple[str, str]] = []
             vecs: list[np.ndarray] = []
             st = {"attempts": 0, "accepted": 0, "unparsable": 0, "rejected": 0, "threshold": thr[domain]}
@@ -313,7 +325,7 @@ def generate_seeds(
                     examples, cursor = window_examples(kept, cursor, window)
                 else:
                     examples = []
-                call_seed = int(np.random.SeedSequence([int(seed), di, st["attempts"]]).generate_state(1)[0])
+                call_seed = request_seed(seed, domain, st["attempts"])
                 st["attempts"] += 1
                 out = complete(seed_messages(domain, domains, examples), call_seed)
                 pair = parse_pair(out)

@@ -48,6 +48,17 @@ def _file_weights(view: PoolView) -> dict[str, float]:
     return {str(k): float(v) for k, v in w.items()}
 
 
+def _pool_of(view: PoolView) -> tuple[PoolView, np.ndarray | None]:
+    """The pool a view's rows come from and their positions in it (None when `view` is the pool itself)."""
+    from curate.select.stratify import SubPoolView
+
+    rows = None
+    while isinstance(view, SubPoolView):
+        rows = view.positions if rows is None else view.positions[rows]
+        view = view.parent
+    return view, rows
+
+
 @register_selector
 class MIWSelector(IFDFilter, Selector):
     """Top rows by the MIW-style learned weighted indicator score.
@@ -55,7 +66,8 @@ class MIWSelector(IFDFilter, Selector):
     `weights=None`: rank by the stored signal `signal` (default `miw_score`, which already applies the
     learned weights). `weights="file"`: read <run>/signals/miw_weights.json and apply its weights to the
     rank-normalised indicator signals. `weights={name: w, ...}`: apply the given weights (not normalised:
-    the score is sum_k w_k * percentile_rank(I_k)).
+    the score is sum_k w_k * percentile_rank(I_k)). Indicators are percentile-ranked over the whole pool, as
+    `miw_score` ranks them, also when a stratum or the rows left after exclusions are ranked.
     paper: Song et al., Learning Multi-Indicator Weights for Data Selection (arXiv 2605.09665).
     deviations: methods.md 5.3 reconstruction ("MIW-style"); ties by pool position.
     `max_ifd` ("auto": 1.0 when the score is the `ifd` signal or a given weights dict weighs `ifd`, else off):
@@ -91,15 +103,27 @@ class MIWSelector(IFDFilter, Selector):
         if self.weights is None:
             score, how = np.asarray(view.signal(self.signal), dtype=np.float64), {"score": self.signal}
         else:
-            from curate.signals import weighted_score
-
-            w = _file_weights(view) if self.weights == "file" else {k: float(v) for k, v in self.weights.items()}
-            indicators = {name: view.signal(name) for name in w}
-            score, how = weighted_score(indicators, w), {"score": "weighted indicators", "weights": w}
+            # indicators are percentile-ranked over the whole pool, as `miw_score` ranks them: a stratum or the
+            # rows left after exclusions (a `SubPoolView`) takes its rows of the pool's score
+            pool, rows = _pool_of(view)
+            w = _file_weights(pool) if self.weights == "file" else {k: float(v) for k, v in self.weights.items()}
+            score = self._pool_score(pool, w)
+            score, how = (score if rows is None else score[rows]), {"score": "weighted indicators", "weights": w}
         keep = self.ifd_keep(view)
         if keep is None:
             return score, how
         return np.where(keep, score, np.nan), {**how, **self.ifd_stats(view, keep)}
+
+    def _pool_score(self, pool: PoolView, w: dict[str, float]) -> np.ndarray:
+        """The weighted indicator score of every row of `pool`, kept for the last pool (strata reuse it)."""
+        from curate.signals import weighted_score
+
+        cached = getattr(self, "_pool_cache", None)
+        if cached is not None and cached[0] is pool and cached[1] == w:
+            return cached[2]
+        score = weighted_score({name: pool.signal(name) for name in w}, w)
+        self._pool_cache = (pool, w, score)
+        return score
 
     def eligible(self, view: PoolView) -> np.ndarray:
         """Rows whose score is not NaN, without computing it (stratified selection asks before every stratum

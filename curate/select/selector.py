@@ -24,7 +24,7 @@ How to add a selector
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -224,25 +224,34 @@ class Selector:
         selectors (DaaR, RDS+: fitted on the whole pool) rank every row and the excluded ones are dropped.
         """
         n = view.n
+        m = int(excluded.sum())
         short = False
-        eligible = np.flatnonzero(~excluded) if excluded.any() and self.stratify_scope != "pool" else None
+        eligible = np.flatnonzero(~excluded) if m and self.stratify_scope != "pool" else None
+        err: ShortRankingError | None = None
         try:
             if eligible is None:
-                ranking = self.rank(view, min(n, k + int(excluded.sum())), seed=int(seed), budget=budget)
+                ranking = self.rank(view, min(n, k + m), seed=int(seed), budget=budget)
             else:
                 sub = SubPoolView(view, eligible)
                 ranking = self.rank(sub, min(sub.n, k), seed=int(seed), budget=budget)
         except ShortRankingError as e:
-            if not partial:
+            if not partial and not (m and eligible is None):
                 raise
-            ranking, short = e.ranking, True
+            ranking, short, err = e.ranking, True, e
         pos = np.asarray(ranking.positions, dtype=np.int64).ravel()
         size = n if eligible is None else eligible.size  # rows of the view the selector ranked
         if pos.size and (pos.min() < 0 or pos.max() >= size):
             raise ValueError(f"{self.name}: ranked position out of range 0..{size - 1}")
         if np.unique(pos).size != pos.size:
             raise ValueError(f"{self.name}: ranking repeats a position")
-        if not excluded.any():
+        if err is not None and m and eligible is None:
+            # a pool-scope selector was asked for k + m rows and judged its shortfall on them, excluded rows
+            # included: it is short only when fewer than k of its rows are left once those are dropped
+            have = int((~excluded[pos]).sum())
+            short = have < k
+            if short and not partial:
+                raise err.restated(self.name, have, k, int(excluded[pos].sum())) from None
+        if not m:
             return replace(ranking, positions=pos), short
         stats = {**ranking.stats, "excluded_rows": int(excluded.sum())}
         if eligible is not None:
@@ -259,11 +268,26 @@ class Selector:
 
 
 class ShortRankingError(ValueError):
-    """A selector can rank fewer rows than the budget needs; `ranking` holds the rows it could rank."""
+    """A selector can rank fewer rows than the budget needs; `ranking` holds the rows it could rank.
 
-    def __init__(self, message: str, ranking: Ranking) -> None:
+    `shortfall(have, need)`, optional: the message for `have` rankable rows against a budget of `need` rows.
+    A pool-scope selector is asked for the budget plus the excluded rows (it ranks them too, and they are
+    dropped afterwards); the base judges the shortfall on the rows left and restates the error with it."""
+
+    def __init__(
+        self, message: str, ranking: Ranking, shortfall: Callable[[int, int], str] | None = None
+    ) -> None:
         super().__init__(message)
         self.ranking = ranking
+        self.shortfall = shortfall
+
+    def restated(self, name: str, have: int, need: int, excluded: int) -> ShortRankingError:
+        """This error for `have` rows left of the ranking (`excluded` of its rows dropped) and a budget of `need`."""
+        msg = self.shortfall(have, need) if self.shortfall is not None else (
+            f"{name}: ranked {have} rows, the budget needs {need}")
+        if excluded:
+            msg += f" ({excluded} excluded rows of its ranking are not counted)"
+        return ShortRankingError(msg, self.ranking, self.shortfall)
 
 
 

@@ -326,7 +326,10 @@ def select_stratified(
     weights, target, missing = _weights(strata, counts, mixture)
     tokens = view.tokens() if budget.kind == "tokens" else None
     if tokens is not None:
-        caps = np.bincount(labels[elig], weights=np.asarray(tokens, dtype=np.float64)[elig], minlength=m)
+        tok = np.asarray(tokens, dtype=np.float64)[elig]
+        if np.any(tok < 0) or not np.all(np.isfinite(tok)):  # a NaN would make its stratum's cap garbage
+            raise ValueError("the `tokens` signal has negative or non-finite values")
+        caps = np.bincount(labels[elig], weights=tok, minlength=m)
         caps = np.floor(caps).astype(np.int64)
         total = int(budget.tokens)
     else:
