@@ -21,7 +21,7 @@ from curate.signals.lm import LMScorer
 from curate.train import from_selection, load_mixture, train
 from curate.train.data import TrainRows, encode_rows
 from curate.train.loss import row_nll
-from curate.train.sampler import TokenBudgetBatchSampler
+from curate.train.sampler import MixtureBatchSampler, TokenBudgetBatchSampler
 from curate.train.trainer import Collator, CurateTrainer, EncodedRows
 
 FAST = {"batch_tokens": 128, "progress": False, "lr": 1e-3, "log_every": 1}
@@ -133,12 +133,109 @@ def test_ama_r_weights_move_to_the_task_with_the_largest_excess_and_weight_the_l
         seen.append(obj.weights[1])
     assert int(np.argmax(obj.weights)) == 1 and obj.weights[1] > 0.9
     assert seen[50] > seen[0] and seen[-1] > seen[50]
-    # the loss is sum_i alpha_i * (task i's mean excess in the step)
+    # the loss is sum_i alpha_i * sum_{S∩i} w e / W_i, W_i task i's mean weight per step: 400 steps of 10 rows of
+    # weight 1 a task, then this one (weights 4, 2 and 1)
     alpha = obj.weights.copy()
     batch = {"domain": torch.tensor([0, 0, 1, 2]), "weight": torch.tensor([1.0, 3.0, 2.0, 1.0], dtype=torch.float64),
              "ref_loss": torch.zeros(4, dtype=torch.float64)}
     loss = obj.loss(torch.tensor([0.2, 0.4, 0.5, 0.9]), torch.ones(4), batch, obj.step_total(batch))
-    assert float(loss) == pytest.approx(alpha[0] * (0.2 + 1.2) / 4 + alpha[1] * 0.5 + alpha[2] * 0.9, rel=1e-6)
+    hand = alpha[0] * (0.2 + 1.2) / (4004 / 401) + alpha[1] * 1.0 / (4002 / 401) + alpha[2] * 0.9 / (4001 / 401)
+    assert float(loss) == pytest.approx(hand, rel=1e-6)
+    # on a first step W_i is the step's own task weight: task i's weighted mean excess
+    fresh = ExcessObjective(tasks, {}, ExpGrad(3), method="ama-r")
+    loss = fresh.loss(torch.tensor([0.2, 0.4, 0.5, 0.9]), torch.ones(4), batch, fresh.step_total(batch))
+    assert float(loss) == pytest.approx(((0.2 + 1.2) / 4 + 0.5 + 0.9) / 3, rel=1e-6)
+
+
+def _length_grouped_batches(short_first: bool, *, steps: int = 300, n: int = 2000, seed: int = 0) -> list:
+    """The real mixture sampler, stratified (1/2 a task), 4096-token batches: task a's responses 40 tokens and
+    task b's 400 (or swapped). A 256-row megabatch packs a's ~128 rows into 2 batches and b's into 13, so a
+    step holds one task and the short one is in about 2 steps of 15."""
+    lengths = np.repeat([40, 400] if short_first else [400, 40], n)
+    sampler = MixtureBatchSampler(lengths, np.repeat([0, 1], n), [0.5, 0.5], 4096, seed=seed, with_probs=True,
+                                  num_batches=steps)
+    return list(sampler)
+
+
+def _drive(obj: ExcessObjective, batches: list, *, first_step: int = 1, row_weight=(1.0, 1.0), noise: float = 0.0,
+           seed: int = 0) -> np.ndarray:
+    """Train-free steps through the objective's own batch path on the sampler's batches (row r < 2000 is task a's);
+    row r's excess is 1 ± noise (the sign fixed per row, half of each task's rows each way: every task's mean
+    excess is exactly 1). Returns the θ-gradient each task's rows got per unit of row weight and of α_i."""
+    rng = np.random.default_rng(seed)
+    z = np.concatenate([rng.permutation(np.repeat([-1.0, 1.0], 1000)) for _ in range(2)])
+    mass = np.zeros(2)
+    for step, b in enumerate(batches, first_step):
+        rows = np.array([r for r, *_ in b])
+        task = (rows >= 2000).astype(np.int64)
+        w = np.asarray(row_weight)[task]
+        batch = {"domain": torch.as_tensor(task), "weight": torch.as_tensor(w),
+                 "ref_loss": torch.zeros(task.size, dtype=torch.float64),
+                 "sample_prob": torch.tensor([p for *_, p in b], dtype=torch.float64)}
+        values = torch.as_tensor(np.clip(1.0 + noise * z[rows], 0, None)).requires_grad_()
+        alpha = obj.weights.copy()
+        obj.loss(values, torch.ones(task.size), batch, obj.step_total(batch)).backward()
+        np.add.at(mass, task, values.grad.numpy() / w / alpha[task])
+        obj.after_step(step)
+    return mass
+
+
+@pytest.mark.parametrize("short_first", [True, False])
+@pytest.mark.parametrize("method,eta,smoothing", [("ama-r", 0.01, 0.0), ("doremi", 1.0, 1e-3)])
+def test_reweighting_does_not_drift_toward_tasks_whose_length_grouped_batches_are_few(
+        method, eta, smoothing, short_first):
+    """Equal excess (1 on every row) must keep α at 1/2 however the tasks' responses pack into batches. With
+    ê_i = the step's task mean (0 when absent) the expected estimate is P(i in step) x 1, about 0.18 for the short
+    task against 0.87: AMA-R ended at α_short 0.11 (0.88 swapped), DoReMi at 0.001, and the long task's rows got
+    4.5x the θ-gradient. Now each task's estimate is exactly 1 once it has been seen (the baseline c_i = 1 and
+    the step's rows add w (e - c_i) = 0), so the only deviation is DoReMi's transient before the short task's
+    first step (under 0.002): 0.02 is a wide margin that the old rule misses by 0.38 or more."""
+    obj = ExcessObjective(["a", "b"], {}, ExpGrad(2, eta=eta, smoothing=smoothing), method=method)
+    mass = _drive(obj, _length_grouped_batches(short_first))
+    short = 0 if short_first else 1
+    assert obj.weights[short] == pytest.approx(0.5, abs=0.02)
+    assert obj.average_weights()[short] == pytest.approx(0.5, abs=0.02)
+    est = np.array([h["estimate"] for h in obj.history])
+    assert est.mean(axis=0) == pytest.approx([1.0, 1.0], abs=0.02)
+    # every row gets α_i / W_i of the θ-gradient whichever batch it is in: half the rows are each task's, so the
+    # tasks' totals match up to the noise of W_i (the short task is in ~40 of the 300 steps; 1.11 here, 4.5 before)
+    assert 0.8 < mass[0] / mass[1] < 1.25
+
+
+def test_ama_r_estimate_is_task_i_weighted_mean_excess_with_noise_and_unequal_row_weights():
+    """Per-row excess 1 ± 0.5 and task a's rows weigh 3, b's 1, lengths as above: the estimates average 1 for both
+    tasks and α stays near 1/2. (Normalising by AMA-S's q_i W rather than task i's own mean weight per step would
+    make a look 1.5 and b 0.5.) Tolerances: over sampler seeds 0-9 the estimates' means stay within 0.005 of 1,
+    the average α_a in 0.478-0.507 and the gradient ratio within 0.92-1.06 of 1/3; the old rule gives means
+    0.18 / 0.87 and average α_a 0.07."""
+    obj = ExcessObjective(["a", "b"], {}, ExpGrad(2, eta=0.05), method="ama-r")
+    mass = _drive(obj, _length_grouped_batches(True), row_weight=(3.0, 1.0), noise=0.5)
+    est = np.array([h["estimate"] for h in obj.history])
+    assert est.mean(axis=0) == pytest.approx([1.0, 1.0], abs=0.02)
+    assert obj.average_weights()[0] == pytest.approx(0.5, abs=0.05)
+    assert mass[0] / mass[1] == pytest.approx(1 / 3, rel=0.2)  # the same total weight a task: α_i / W_i per unit
+
+
+def test_ama_r_state_resumes_to_the_same_weights_and_marks_its_estimate_in_the_key():
+    batches = _length_grouped_batches(True, steps=120)
+    straight = ExcessObjective(["a", "b"], {}, ExpGrad(2, eta=0.05), method="ama-r")
+    _drive(straight, batches, noise=0.5)
+    first = ExcessObjective(["a", "b"], {}, ExpGrad(2, eta=0.05), method="ama-r")
+    _drive(first, batches[:50], noise=0.5)
+    state = json.loads(json.dumps(first.state_dict()))  # as objective.json stores it
+    resumed = ExcessObjective(["a", "b"], {}, ExpGrad(2, eta=0.05), method="ama-r")
+    resumed.load_state_dict(state)
+    _drive(resumed, batches[50:], first_step=51, noise=0.5)
+    assert [h["step"] for h in resumed.history] == list(range(1, 121))
+    for a, b in zip(resumed.history, straight.history, strict=True):
+        assert a["weights"] == pytest.approx(b["weights"]) and a["estimate"] == pytest.approx(b["estimate"])
+    assert len({round(h["weights"][0], 6) for h in straight.history}) > 10  # the weights moved
+    # runs with the earlier rule (keyed without "estimate") are not reused; their checkpoints are refused
+    assert "estimate" in straight.key() and "estimate" not in ExcessObjective(
+        ["a", "b"], {}, Exp3(2), method="ama-s").key()
+    old = {k: v for k, v in state.items() if k not in ("task_draws", "task_excess")}
+    with pytest.raises(ValueError, match="predates"):
+        ExcessObjective(["a", "b"], {}, ExpGrad(2), method="ama-r").load_state_dict(old)
 
 
 def test_smoothing_keeps_ama_r_weights_off_zero():

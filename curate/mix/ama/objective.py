@@ -9,8 +9,17 @@ gradient once the generalist matches its specialist). With w_j the row's selecti
   with; W̄: the mean of Σ_S w_j over the steps so far) and q ← q exp(η ê), α = (1 − c) q + c / k goes to the
   sampler. W̄ rather than this step's Σ_S w_j: length-grouped batches hold more rows of short-response tasks, and
   dividing by the step's own row count would favour tasks with long responses.
-- AMA-R and DoReMi (`ExpGrad`, reweighting): L = Σ_i α_i Σ_{S∩i} w_j e_j / Σ_{S∩i} w_j over a stratified
-  sampler; after the step, ê_i is task i's mean excess in S and α ← α exp(η ê) (smoothed).
+- AMA-R and DoReMi (`ExpGrad`, reweighting): over a stratified sampler, L = Σ_i α_i Σ_{S∩i} w_j e_j / W̄_i, with
+  W̄_i the mean of Σ_{S∩i} w_j per step over the steps so far, this one included. After the step,
+  ê_i = c_i + Σ_{S∩i} w_j (e_j − c_i) / W̄_i and α ← α exp(η ê) (smoothed), where c_i is task i's weighted mean
+  excess over the earlier steps (0 before its first): a baseline that leaves the expectation alone (c_i is fixed
+  before the step) and removes the noise of how many task-i rows the step happens to hold; a task absent from
+  S gets ê_i = c_i. Over the steps E[ê_i] is task i's weighted mean excess Σ_i w e / Σ_i w, and every task-i row
+  gets the same share α_i / W̄_i of the θ-gradient whichever batch it lands in. The step's own mean (0 when the
+  task is absent) would not do: a length-grouped step holds one task or few, short-response tasks pack into few
+  large batches and so appear in few steps, and E[ê_i] = P(i in S)·ē_i pushes α toward tasks with long
+  responses (and gave their rows more of the θ-gradient). W̄_i rather than AMA-S's q_i W̄: the loss normalises
+  per task, so tasks whose rows carry larger selection weights must not look worse.
 """
 
 from __future__ import annotations
@@ -65,13 +74,19 @@ class ExcessObjective:
         self.initial = self.weights.tolist()
         self.code_task = torch.arange(len(self.tasks))  # replaced by `prepare` (trainer domain code -> task)
         self._draws, self._steps = 0.0, 0  # Σ_S w_j summed over the steps so far, and their number
+        self._task_draws = np.zeros(len(self.tasks))  # Σ_{S∩i} w_j per task, summed over the steps so far
+        self._task_excess = np.zeros(len(self.tasks))  # Σ_{S∩i} w_j e_j per task, summed over the steps so far
         self._reset()
 
     # the RowObjective interface --------------------------------------------------------------
     def key(self) -> dict:
-        """Method, optimiser settings, tasks and the specialist losses' fingerprint."""
-        return {"kind": "clipped_excess", "method": self.method, "optimiser": self.optimiser.config(),
-                "tasks": self.tasks, "reference_losses": losses_key(self.ref_losses)}
+        """Method, optimiser settings, tasks, the specialist losses' fingerprint and (reweighting) the estimate's
+        rule (runs trained with the earlier per-step task means are not reused)."""
+        key = {"kind": "clipped_excess", "method": self.method, "optimiser": self.optimiser.config(),
+               "tasks": self.tasks, "reference_losses": losses_key(self.ref_losses)}
+        if not self.sampling:
+            key["estimate"] = "running_task_weight+baseline"
+        return key
 
     def prepare(self, ids: list[str], domain_names: list[str]) -> np.ndarray:
         """Map the trainer's domain codes to tasks; return each training row's specialist loss."""
@@ -88,7 +103,7 @@ class ExcessObjective:
         return t
 
     def step_total(self, batch: dict) -> torch.Tensor:
-        """Σ w_j per task over the micro-batch (the step's per-task normalisers)."""
+        """Σ w_j per task over the micro-batch (summed over the step: its per-task weight totals)."""
         w = batch["weight"].to(torch.float64)
         return torch.zeros(len(self.tasks), dtype=torch.float64, device=w.device).index_add(0, self._task_of(batch), w)
 
@@ -98,7 +113,8 @@ class ExcessObjective:
         return torch.relu(per_row - batch["ref_loss"].to(per_row.dtype))
 
     def loss(self, values: torch.Tensor, counts: torch.Tensor, batch: dict, total: torch.Tensor) -> torch.Tensor:
-        """The micro-batch's part of the step loss (plain mean for AMA-S, α-weighted task means otherwise)."""
+        """The micro-batch's part of the step loss: the plain weighted mean for AMA-S; for AMA-R / DoReMi
+        Σ_i α_i Σ_{S∩i} w e / W̄_i, W̄_i the running mean of task i's weight per step (`total`: this step's)."""
         e = self.excess(values, counts, batch)
         t = self._task_of(batch)
         w = batch["weight"].to(e.dtype)
@@ -106,7 +122,7 @@ class ExcessObjective:
             loss = (w * e).sum() / total.sum().clamp(min=1e-12).to(e.dtype)
         else:
             alpha = torch.as_tensor(self.weights, dtype=torch.float64, device=e.device)
-            coef = (alpha / total.clamp(min=1e-12))[t].to(e.dtype)
+            coef = (alpha / self._task_norm(total).clamp(min=1e-12))[t].to(e.dtype)
             loss = (coef * w * e).sum()
         self._accumulate(t, w.detach().double(), e.detach().double(), batch)
         return loss
@@ -114,13 +130,19 @@ class ExcessObjective:
     def state_dict(self) -> dict[str, Any]:
         """The optimiser's state and every update so far."""
         return {"optimiser": self.optimiser.state_dict(), "history": self.history, "draws": self._draws,
-                "steps": self._steps}
+                "steps": self._steps, "task_draws": self._task_draws.tolist(),
+                "task_excess": self._task_excess.tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` (a resumed run continues with the same weights and history)."""
         self.optimiser.load_state_dict(state["optimiser"])
         self.history = list(state["history"])
         self._draws, self._steps = float(state.get("draws", 0.0)), int(state.get("steps", 0))
+        if "task_draws" not in state and self._steps and not self.sampling:
+            raise ValueError("the checkpoint's AMA-R / DoReMi state predates the running per-task estimate")
+        zero = [0.0] * len(self.tasks)
+        self._task_draws = np.asarray(state.get("task_draws", zero), dtype=np.float64)
+        self._task_excess = np.asarray(state.get("task_excess", zero), dtype=np.float64)
         self._reset()
 
     # the per-step update -----------------------------------------------------------------------
@@ -128,6 +150,11 @@ class ExcessObjective:
     def weights(self) -> np.ndarray:
         """Current task weights: AMA-S's sampling probabilities α, or AMA-R's / DoReMi's loss weights α."""
         return self.optimiser.probs if self.sampling else self.optimiser.weights
+
+    def _task_norm(self, total: torch.Tensor) -> torch.Tensor:
+        """W̄_i: the mean per-task weight per step over the steps so far and this one (`total`, its Σ_{S∩i} w)."""
+        done = torch.as_tensor(self._task_draws, dtype=torch.float64, device=total.device)
+        return (done + total.to(torch.float64)) / (self._steps + 1)
 
     def _reset(self) -> None:
         k = len(self.tasks)
@@ -167,7 +194,13 @@ class ExcessObjective:
             return None
         mean = np.divide(we, w, out=np.zeros_like(we), where=w > 0)
         self._draws, self._steps = self._draws + float(w.sum()), self._steps + 1
-        est = Exp3.estimates(we_prob, self._draws / self._steps) if self.sampling else mean
+        base = np.divide(self._task_excess, self._task_draws, out=np.zeros_like(we), where=self._task_draws > 0)
+        self._task_draws, self._task_excess = self._task_draws + w, self._task_excess + we
+        if self.sampling:
+            est = Exp3.estimates(we_prob, self._draws / self._steps)
+        else:  # c_i + Σ w (e − c_i) / W̄_i, W̄_i the θ-loss's normaliser (see `_task_norm`) with this step counted
+            norm = self._task_draws / self._steps
+            est = base + np.divide(we - base * w, norm, out=np.zeros_like(we), where=norm > 0)
         new = self.optimiser.update(est).tolist()
         excess = [float(m) if n > 0 else None for m, n in zip(mean, w, strict=True)]  # None: task not in the step
         rec = {"step": int(step), "weights": new, "excess": excess, "estimate": est.tolist()}
