@@ -35,8 +35,15 @@ def load_mixture(path: str | Path) -> dict:
 
 
 def mixture_file(spec: str | os.PathLike, run: RunDir | None = None) -> Path:
-    """The file a mixture spec names: a path as given, or a bare name -> <run>/mixtures/<name>.json."""
-    path = Path(spec)
-    if path.suffix or run is None or os.sep in str(spec):
+    """The file a mixture spec names: a path as given (a name ending in `.json` or holding a path separator),
+    or a bare name -> <run>/mixtures/<name>.json. A name may hold dots (`ama-eta0.1`); such a name that is not a
+    mixture of the run but an existing file is taken as that file."""
+    text = os.fspath(spec)
+    path = Path(text)
+    seps = {os.sep, os.altsep} - {None}
+    if run is None or text.endswith(".json") or any(s in text for s in seps):
         return path
-    return run.mixture_path(str(spec))
+    named = run.mixture_path(text)
+    if path.suffix and not named.exists() and path.is_file():
+        return path
+    return named

@@ -76,6 +76,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_lm, tmp_path
     resumed = train(run, "sel", model=str(tiny_lm), name="killed", max_steps=8, save_every=2, **FAST)
     straight = train(run, "sel", model=str(tiny_lm), name="straight", max_steps=8, save_every=2, **FAST)
     assert resumed.metrics["resumed_from"] == "checkpoint-4"
+    # the tokens trained on before the kill are counted too (they were saved with the sampler's state)
+    assert resumed.metrics["train_tokens"] == straight.metrics["train_tokens"] > 0
     a = load_file(str(resumed.out / "model" / "model.safetensors"))
     b = load_file(str(straight.out / "model" / "model.safetensors"))
     assert a.keys() == b.keys()

@@ -9,6 +9,7 @@ weight (the selection's per-row weight, 1.0 when the source has none).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,17 @@ class TrainRows:
             h.update(f"{i}:{w!r};".encode())
         return h.hexdigest()
 
+    def content_key(self) -> str:
+        """A digest of what the rows hold besides their ids and weights (`key`): kind, domain, messages and
+        rejected answer. A training run is keyed by both, so relabelled domains or edited text of rows whose
+        ids are given explicitly (files with an `id` column) retrain."""
+        h = hashlib.blake2b(digest_size=8)
+        cols = [self.frame[c].to_list() for c in ("id", "kind", "domain", "messages", "rejected")]
+        for row in zip(*cols, strict=True):
+            h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+            h.update(b"\n")
+        return h.hexdigest()
+
 
 def _finish(frame: pl.DataFrame, source: str) -> TrainRows:
     if frame.height == 0:
@@ -84,7 +96,8 @@ def from_selection(run: RunDir | str | os.PathLike, selection: str) -> TrainRows
 def from_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> TrainRows:
     """Rows of files in any export (or ingest) layout: a file, an exported folder, or a glob.
 
-    An exported folder holds the same rows as jsonl and parquet; only its parquet shards are read then.
+    An exported folder holds the same rows as jsonl and parquet: only its `data-*` shards are read then (the
+    parquet ones, or the jsonl ones of a jsonl-only export), not ids.parquet or manifest.json.
     `weight` and `id` columns are used when present (else weight 1 and the pool's content id). A row that
     cannot be read raises, naming the file and row: training input must be whole.
     """
@@ -96,8 +109,7 @@ def from_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Train
         inputs = _export_layout_folder(Path(inputs))
     files = resolve_inputs(inputs)
     if isinstance(inputs, (str, os.PathLike)) and Path(inputs).is_dir():
-        parquet = [(p, f) for p, f in files if f == "parquet" and p.name.startswith("data-")]
-        files = parquet or files
+        files = _export_shards(files)
     files = [(p, f) for p, f in files if p.name != "ids.parquet"]
     out: dict[str, list] = {c: [] for c in ROW_COLUMNS}
     for path, fmt in files:
@@ -129,6 +141,20 @@ def from_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> Train
         },
     )  # fmt: skip
     return _finish(frame, ", ".join(str(p) for p, _ in files))
+
+
+def _export_shards(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """The files of a folder to read. An export folder (one holding `data-*` shards) holds the same rows as
+    parquet and/or jsonl shards beside ids.parquet and manifest.json: only its parquet shards are read, or its
+    jsonl ones when it has no parquet. Any other folder: every file."""
+    shards = [(p, f) for p, f in files if p.name.startswith("data-")]
+    if not shards:
+        return files
+    for fmt in ("parquet", "jsonl"):
+        chosen = [(p, f) for p, f in shards if f == fmt]
+        if chosen:
+            return chosen
+    return shards
 
 
 def _export_layout_folder(folder: Path) -> Path:

@@ -21,9 +21,11 @@ def model_key(run: Any, a: dict[str, Any]) -> dict[str, str]:
 
 
 def check_model_dir(model: str | os.PathLike) -> Path:
-    """Resolve an alias or folder to a local HF causal-LM directory holding safetensors weights."""
+    """Resolve an alias or folder to a local HF causal-LM directory holding safetensors weights, as an absolute
+    path (what a training run's key and a LoRA adapter's `base_model_name_or_path` record: a relative one would
+    name another folder, or a Hub repository, from another working directory)."""
     try:
-        path = resolve_model(model)
+        path = resolve_model(model).resolve()
     except FileNotFoundError as exc:
         raise ModelDirError(str(exc)) from None
     if not any(path.glob("*.safetensors")):
@@ -39,6 +41,7 @@ def load_for_training(path: Path, *, lora: dict | None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    path = Path(path).resolve()  # peft records it in the adapter's config: absolute, so it loads from anywhere
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
@@ -93,5 +96,23 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").exists():
         raise ModelDirError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
-    model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
-    return save_model_dir(model, AutoTokenizer.from_pretrained(adapter), Path(out), merge=True)
+    base = _adapter_base(adapter)
+    try:
+        model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(adapter)
+    except OSError as exc:  # e.g. a base model path that is not a folder here: peft then asks the Hub
+        raise ModelDirError(
+            f"cannot load the LoRA adapter {adapter} on its base model {base!r}: {str(exc).splitlines()[0]}; "
+            "the base model must be a local model folder (adapter_config.json `base_model_name_or_path`)"
+        ) from None
+    return save_model_dir(model, tok, Path(out), merge=True)
+
+
+def _adapter_base(adapter: Path) -> str | None:
+    """The base model an adapter folder names (`base_model_name_or_path` of adapter_config.json)."""
+    import json
+
+    try:
+        return json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelDirError(f"{adapter}/adapter_config.json cannot be read: {exc}") from None

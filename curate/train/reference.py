@@ -34,15 +34,17 @@ def train_reference(
     name: str = "reference",
     seed: int = 0,
     lora: bool = True,
+    force: bool = False,
     **train_params: Any,
 ) -> TrainResult:
-    """Select `n` rows (balanced random, seeded) as `selections/<name>`, fine-tune `model` on them, record it."""
+    """Select `n` rows (balanced random, seeded) as `selections/<name>`, fine-tune `model` on them, record it.
+    `force` retrains the reference model (not only this stage's bookkeeping)."""
     from curate.models import resolve_model
     from curate.select import select
 
     rd = run if isinstance(run, RunDir) else RunDir(run)
     sel = select(rd, "balanced-random", n, seed=seed, name=name, exclude_reference=False)
-    res = train(rd, name, model=model, name=name, seed=seed, lora=lora, merge=True, **train_params)
+    res = train(rd, name, model=model, name=name, seed=seed, lora=lora, merge=True, force=force, **train_params)
     write_json(
         rd.reference_path,
         {
@@ -50,7 +52,7 @@ def train_reference(
             "n_rows": len(sel.ids),
             "seed": seed,
             "method": "balanced-random",
-            "base_model": str(resolve_model(model)),
+            "base_model": str(resolve_model(model).resolve()),
             "model": str(res.out / "model"),
             "train": str(res.out),
         },

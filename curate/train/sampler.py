@@ -121,6 +121,7 @@ class MixtureBatchSampler:
         self.megabatch_rows = int(megabatch_rows)
         self.initial = self._check(proportions)
         self.objective = None if objective is None else self._check(objective, what="objective weights")
+        self._check_support(self.initial)
         self.schedule: list[tuple[int, int, list[float]]] = []
         self.sampler = _Epoch()
         self._yielded = 0
@@ -139,6 +140,16 @@ class MixtureBatchSampler:
             raise ValueError(f"mixture {what} give weight to domains with no training rows: {empty}")
         return q / q.sum()
 
+    def _check_support(self, q: np.ndarray) -> None:
+        """Every domain with objective weight > 0 must be drawn: its rows carry the w/q correction, and one never
+        drawn would drop out of the objective silently."""
+        if self.objective is None:
+            return
+        missing = [self.names[d] for d in range(len(q)) if self.objective[d] > 0 and q[d] <= 0]
+        if missing:
+            raise ValueError(f"mixture proportions give 0 to domains with objective weight > 0: {missing}; "
+                             "the importance correction needs every such domain sampled")
+
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
@@ -150,6 +161,7 @@ class MixtureBatchSampler:
                 raise ValueError(f"unknown domains in proportions: {sorted(unknown)}")
             proportions = [float(proportions.get(n, 0.0)) for n in self.names]
         q = self._check(proportions)
+        self._check_support(q)
         self.schedule.append((self.sampler.epoch, self._yielded, q.tolist()))
 
     def proportions_at(self, epoch: int, position: int) -> tuple[int, np.ndarray]:

@@ -9,8 +9,11 @@
     <out>/adapter/             the LoRA adapter (LoRA runs)
     <out>/metrics.json         held-out NLL per domain, macro and micro; tokens/s; peak memory
 
-`<out>` is `<run>/train/<name>/` for a run, or `out`. A finished run with the same key is not redone; a killed
-one resumes from its last complete checkpoint.
+`<out>` is `<run>/train/<name>/` for a run, or `out` (taken from the current directory). A finished run with the
+same key is not redone (`force` retrains it from scratch); a killed one resumes from its last complete checkpoint.
+The key holds the parameters, the base model's resolved path and weights fingerprint, and the training and
+held-out rows' ids, weights, domains and text; a key stored before some of these were part of it is compared
+on the fields it has, so such runs stay current.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def _objective(rows: tdata.TrainRows, objective: str) -> str:
 def train_stage(
     run: RunDir | str | os.PathLike | None = None,
     selection: str | None = None,
+    # before the `*`: not a training setting (AutoMixAlign's specialists share every keyword-only one, keyed)
+    force: bool = False,
     *,
     data: str | os.PathLike | Sequence[str | os.PathLike] | tdata.TrainRows | None = None,
     model: str = "smollm2",
@@ -135,7 +140,9 @@ def train_stage(
 
     With a run directory the run is a stage (`curate.stage.run_stage`, sidecar `stages/train-<name>.json`), keyed
     by the parameters and the content of the training and held-out rows; a finished run of the same key is
-    returned as stored, and `<out>` holding a run of another key is an error rather than an overwrite.
+    returned as stored, and `<out>` holding a run of another key is an error rather than an overwrite. `force`
+    retrains even when current: the training folder `<out>` (one holding a training run, of this key or another)
+    is deleted first, checkpoints included.
     """
     from curate.executors import get_executor
 
@@ -154,8 +161,7 @@ def train_stage(
         if rd is None:
             raise ValueError("training on files without a run directory needs `out` (the output folder)")
         out = rd.train_dir(name)
-    out = Path(out)
-
+    out = Path(out).resolve()  # a relative `out` names a folder in the current directory, not in the run
     held = None
     if heldout is not None:
         held = tdata.from_files(heldout)
@@ -172,12 +178,16 @@ def train_stage(
             raise tdata.TrainDataError(f"held-out rows ({held.source}): none is an sft row, and an sft run scores "
                                        "only those; give held-out rows with a response")
 
-    from curate.train.model import check_model_dir
+    from curate.train.model import check_model_dir, model_key
 
-    model_path = check_model_dir(model)
+    model_path = check_model_dir(model)  # absolute
     device = device or default_device()
     dtype = resolve_dtype(dtype, device)
     eval_dtype = resolve_dtype(eval_dtype or dtype, device)
+    for what, value in (("dtype", dtype), ("eval_dtype", eval_dtype)):
+        if value == "float16":
+            raise ValueError(f"{what} float16 is not supported for training (fp16 needs loss scaling, which this "
+                             "trainer does not do): use bfloat16 (or auto) or float32")
     params = {
         "model": str(model_path), "objective": objective, "lora": lora, "lora_r": lora_r,
         "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "lora_targets": lora_targets,
@@ -186,25 +196,36 @@ def train_stage(
         "weight_decay": weight_decay, "max_length": max_length, "dtype": dtype, "eval_dtype": eval_dtype, "beta": beta,
         "mixture": mixture, "seed": seed, "merge": merge,
     }  # fmt: skip
+    params.update(model_key(rd, {"model": model_path}))  # the weights: a model rebuilt in place retrains
     if row_objective is not None:  # only then: the keys of runs without one stay as they were
         params["row_objective"] = row_objective.key()
     if mixture:  # the mixture's contents, not its name: `curate mix` rewriting mixtures/<name>.json retrains
         from curate.mixtures import load_mixture, mixture_file
 
-        params["mixture_weights"] = load_mixture(mixture_file(mixture, rd))
+        mix_path = mixture_file(mixture, rd)
+        params["mixture_weights"] = load_mixture(mix_path)
+        _check_mixture(params["mixture_weights"], _domain_names(rows, held), mix_path)
     key = {
         "params": params,
         "data": rows.key(),
+        "data_content": rows.content_key(),
         "heldout": held.key() if held is not None else None,
+        "heldout_content": held.content_key() if held is not None else None,
     }
 
     def go(_: RunDir | None = None) -> TrainResult:
-        return _finished(out, key) or _train(
+        if force:
+            if _is_main():
+                _clear_for_retraining(out)
+            done = None
+        else:
+            done = _finished(out, key)
+        return done or _train(
             out=out, key=key, rows=rows, held=held, rd=rd, model_path=model_path, objective=objective,
             lora=lora, merge=merge, params=params, device=device, dtype=dtype, lr=lr,
             eval_every=eval_every, log_every=log_every, save_every=save_every,
             keep_checkpoints=keep_checkpoints, progress=progress, callbacks=callbacks,
-            mixture_hook=mixture_hook, row_objective=row_objective,
+            mixture_hook=mixture_hook, row_objective=row_objective, fresh=force,
             executor=None if executor is None else get_executor(executor, executor_options),
         )  # fmt: skip
 
@@ -213,7 +234,7 @@ def train_stage(
         t0 = time.perf_counter()
         return StageResult(f"train-{name}", go(), False, time.perf_counter() - t0, _jsonable(key))
     return run_stage(Stage(name=f"train-{name}", run=go, params=key, outputs=[out], lock=f"train-{name}",
-                           load=lambda r: TrainResult(out, read_json(out / "metrics.json"))), rd)
+                           load=lambda r: TrainResult(out, read_json(out / "metrics.json"))), rd, force=force)
 
 
 train = returning_value(train_stage, returns=TrainResult)
@@ -224,19 +245,98 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+#: key fields added after training runs were stored without them (top level, and in "params"): a stored key
+#: that lacks one is compared on the fields it has (a legacy key), so those runs stay current
+ADDED_KEY_FIELDS = ("data_content", "heldout_content")
+ADDED_PARAM_FIELDS = ("model_fingerprint",)
+
+
+def same_key(stored: Any, key: dict) -> bool:
+    """Whether a stored training key is `key` (both as JSON). A legacy key (without some of the fields added
+    since, `ADDED_KEY_FIELDS` / `ADDED_PARAM_FIELDS`) matches when the fields it has do, its model path compared
+    resolved (legacy keys hold it as given)."""
+    current = _jsonable(key)
+    if stored == current:
+        return True
+    if not isinstance(stored, dict) or not isinstance(stored.get("params"), dict):
+        return False
+    missing = [f for f in ADDED_KEY_FIELDS if f not in stored and f in current]
+    missing_params = [f for f in ADDED_PARAM_FIELDS if f not in stored["params"] and f in current["params"]]
+    if not missing and not missing_params:
+        return False
+    current = {k: v for k, v in current.items() if k not in missing}
+    current["params"] = {k: v for k, v in current["params"].items() if k not in missing_params}
+    stored = dict(stored)
+    if "model_fingerprint" in missing_params and isinstance(stored["params"].get("model"), str):
+        stored["params"] = {**stored["params"], "model": str(Path(stored["params"]["model"]).resolve())}
+    return stored == current
+
+
 def _finished(out: Path, key: dict) -> TrainResult | None:
-    """The stored result when `out` holds a finished run of the same key; an error when it holds another."""
+    """The stored result when `out` holds a finished run of the same key; an error when it holds another.
+    A run stored under a legacy key of the same fields gets the current key written in (`same_key`)."""
     cfg = out / "config.json"
     if not cfg.exists():
         return None
-    stored = read_json(cfg).get("key")
-    if stored != _jsonable(key):
+    doc = read_json(cfg)
+    stored = doc.get("key")
+    if not same_key(stored, key):
         raise ValueError(
-            f"{out} holds a training run with other data or parameters; choose another --name or delete it"
+            f"{out} holds a training run with other data or parameters; choose another --name, delete it, "
+            "or retrain it with force"
         )
+    if stored != _jsonable(key) and _is_main():
+        write_json(cfg, {**doc, "key": _jsonable(key)})  # the legacy key, completed with the fields it lacked
     if (out / "metrics.json").exists():
         return TrainResult(out, read_json(out / "metrics.json"))
     return None
+
+
+def _clear_for_retraining(out: Path) -> None:
+    """Delete a training folder before a forced retraining: moved aside (so `out` is gone at once and a kill
+    leaves no half-deleted run that would resume), then removed. A folder that does not hold a training run
+    (no config.json with a training key) is refused, not deleted."""
+    if not out.exists():
+        return
+    cfg = out / "config.json"
+    is_train = out.is_dir() and cfg.is_file() and isinstance(_read_key(cfg), dict)
+    if not is_train and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} does not hold a training run (no config.json with a training key): not deleting "
+                         "it to retrain; choose another --name or out")
+    trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    shutil.rmtree(trash, ignore_errors=True)
+    out.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _read_key(cfg: Path) -> Any:
+    try:
+        doc = read_json(cfg)
+    except (OSError, ValueError):
+        return None
+    key = doc.get("key") if isinstance(doc, dict) else None
+    return key if isinstance(key, dict) and "params" in key and "data" in key else None
+
+
+def _domain_names(rows: tdata.TrainRows, held: tdata.TrainRows | None) -> list[str]:
+    """The run's domain names: those of the training and held-out rows, sorted (the order of domain codes)."""
+    return sorted(set(rows.domains()) | (set(held.domains()) if held is not None else set()))
+
+
+def _check_mixture(mix: dict, names: list[str], path: Path) -> None:
+    """A mixture's weights and objective weights name only the run's domains, and every domain with objective
+    weight > 0 is sampled (weight > 0): a misspelt domain would otherwise be dropped silently."""
+    unknown = sorted(set(mix["weights"]) - set(names))
+    if unknown:
+        raise ValueError(f"mixture {path} names domains with no training rows: {unknown} (the domains: {names})")
+    objective = mix.get("objective") or {}
+    unknown = sorted(set(objective) - set(names))
+    if unknown:
+        raise ValueError(f"mixture {path}: its objective names unknown domains {unknown} (the domains: {names})")
+    unsampled = [n for n in names if objective.get(n, 0.0) > 0 and mix["weights"].get(n, 0.0) <= 0]
+    if unsampled:
+        raise ValueError(f"mixture {path}: domains {unsampled} have objective weight > 0 but sampling weight 0; "
+                         "the importance correction needs every such domain sampled")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -252,7 +352,7 @@ def _domain_codes(names: list[str], rows: tdata.TrainRows) -> np.ndarray:
 
 def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, params, device, dtype, lr,
            eval_every, log_every, save_every, keep_checkpoints, progress, callbacks, mixture_hook,
-           row_objective=None, executor=None) -> TrainResult:
+           row_objective=None, executor=None, fresh=False) -> TrainResult:
     import torch
     from transformers import TrainingArguments, set_seed
 
@@ -293,19 +393,13 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
                                  batch_tokens=params["batch_tokens"])
     preference = objective == "dpo"
     feats = tdata.encode_rows(scorer, rows, preference=preference)
-    names = sorted(set(rows.domains()) | (set(held.domains()) if held is not None else set()))
+    names = _domain_names(rows, held)
     codes = _domain_codes(names, rows)
     ref = _reference_logps(scorer, rows, feats, rd, out, fingerprint, params, executor) if preference else None
     held_seqs = _held_sequences(scorer, held) if held is not None else None
 
     if params["mixture"]:
-        from curate.mixtures import mixture_file
-
-        mix = params["mixture_weights"]  # read once, for the key: the run trains on what its key records
-        unknown = set(mix["weights"]) - set(names)
-        if unknown:
-            raise ValueError(f"mixture {mixture_file(params['mixture'], rd)} names domains with no training rows: "
-                             f"{sorted(unknown)}")
+        mix = params["mixture_weights"]  # read once, for the key (checked there): the run trains on what it records
         sampler = MixtureBatchSampler(
             feats.lengths, codes, [mix["weights"].get(n, 0.0) for n in names], params["batch_tokens"],
             seed=params["seed"], domain_names=names,
@@ -359,9 +453,13 @@ def _train(*, out, key, rows, held, rd, model_path, objective, lora, merge, para
             return done_evals[step]
     trainer.add_callback(StepHooks(trainer, mixture_hook=mixture_hook, evaluate=evaluate, eval_every=eval_every))
 
-    resume = last_complete_checkpoint(out / "checkpoints")
+    # `fresh` (force): never resume, also in processes of a distributed launch that may see old checkpoints
+    # before the main one has deleted them
+    resume = None if fresh else last_complete_checkpoint(out / "checkpoints")
     if resume is not None and (resume / SAMPLER_STATE).exists():
-        sampler.load_state_dict(read_json(resume / SAMPLER_STATE))
+        sampler_state = read_json(resume / SAMPLER_STATE)
+        sampler.load_state_dict(sampler_state)
+        trainer.tokens_seen = int(sampler_state.get("tokens_seen", 0))  # absent in older checkpoints
     if resume is not None and row_objective is not None and (resume / OBJECTIVE_STATE).exists():
         row_objective.load_state_dict(read_json(resume / OBJECTIVE_STATE))
     t0 = time.perf_counter()

@@ -4,7 +4,8 @@ What it adds to `Trainer` (everything else — optimiser, warm-up and decay sche
 and clipping, bf16, checkpoints, resumption, DDP through accelerate/torchrun — is Trainer's own):
 - the weighted SFT and DPO losses of `curate.train.loss`, normalised per optimiser step (the step's weighted
   token count is gathered over micro-batches and processes in `_get_num_items_in_batch`);
-- the length-grouped token-budget / mixture batch sampler, whose state is saved in every checkpoint;
+- the length-grouped token-budget / mixture batch sampler, whose state (and the count of tokens trained on so
+  far) is saved in every checkpoint;
 - per-domain training loss in `log.jsonl`, and a `COMPLETE` marker written last in each checkpoint so a
   resumed run never starts from a half-written one;
 - an optional `RowObjective` that replaces the weighted loss (e.g. AutoMixAlign's clipped excess loss over
@@ -250,7 +251,8 @@ class CurateTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.is_world_process_zero():
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            write_json(folder / SAMPLER_STATE, self.batch_sampler.state_dict())
+            # the token count rides along, so a resumed run's `train_tokens` covers the steps before the kill too
+            write_json(folder / SAMPLER_STATE, {**self.batch_sampler.state_dict(), "tokens_seen": int(self.tokens_seen)})
             if self.row_objective is not None:
                 write_json(folder / OBJECTIVE_STATE, self.row_objective.state_dict())
             write_json(folder / COMPLETE, {"step": self.state.global_step})
