@@ -56,6 +56,13 @@ def test_budget_parse_rejects(spec):
         Budget.parse(spec)
 
 
+@pytest.mark.parametrize("spec, message", [(1.0, "ambiguous.*100%"), ("1.0", "ambiguous"),
+                                           ("150%", "'150%'.*at most 100%")])
+def test_budget_parse_names_what_is_wrong(spec, message):
+    with pytest.raises(ValueError, match=message):
+        Budget.parse(spec)
+
+
 def test_budget_needs_exactly_one():
     with pytest.raises(ValueError, match="exactly one"):
         Budget(rows=1, tokens=2)

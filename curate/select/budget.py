@@ -61,7 +61,9 @@ class Budget:
         if isinstance(spec, (int, np.integer)):
             return cls(rows=int(spec))
         if isinstance(spec, (float, np.floating)):
-            if float(spec).is_integer() and spec >= 1:
+            if float(spec) == 1.0:  # all of the pool as a fraction, or one row: say which
+                raise ParameterError(f"budget {spec!r} is ambiguous", "write 100% for every row, or 1 for one row")
+            if float(spec).is_integer() and spec > 1:
                 return cls(rows=int(spec))
             return cls(fraction=float(spec))
         if isinstance(spec, str):
@@ -73,6 +75,8 @@ class Budget:
                 )
             num, unit = m.group(1), (m.group(2) or "").lower()
             if unit == "%":  # the nearest float to the decimal written (float(num) / 100 can miss it)
+                if Fraction(num) > 100:
+                    raise ParameterError(f"budget {spec!r}: a percentage of the pool is at most 100%")
                 return cls(fraction=float(Fraction(num) / 100))
             if "." in num:
                 if unit:
