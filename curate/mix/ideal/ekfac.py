@@ -108,7 +108,7 @@ class EKFAC:
         from the model's own predictive distribution. `mask(batch)`: (B, T) bool of the tokens that count
         (default: all). `weights(batch)`: (B,) weight of each example in every expectation (default 1; a weight
         of 2 counts as two copies of the example). Call `batches()` twice: it must give the same batches
-        (labels are resampled).
+        (`sampled_loss` may draw the same labels in both passes, as a seeded one does).
         """
         caps = _Capture(self.modules)
         try:
@@ -272,9 +272,10 @@ def influence_matrix(
     doms: Iterable[tuple[str, dict[str, torch.Tensor]]],
 ) -> dict[str, dict[str, float]]:
     """s[r][d] = Σ_modules ⟨H⁻¹ g_r, g_d⟩ (= ⟨g_r, H⁻¹ g_d⟩: the damped inverse is symmetric) for every
-    reference set r and domain d. One H⁻¹ product per reference set, kept in float32; `refs` and `doms` may
-    be generators, so only one gradient at a time need be in memory (on SmolLM2's MLPs one gradient is 0.6 GB in
-    float64, one H⁻¹ product ~0.5 TFLOP, done in float32)."""
+    reference set r and domain d. One H⁻¹ product per reference set, all kept (float32) while the domain
+    gradients stream: `refs` and `doms` may be generators, so memory holds the reference sets' products and one
+    domain gradient (on SmolLM2's MLPs one gradient is 0.6 GB in float64, one H⁻¹ product ~0.5 TFLOP, done in
+    float32)."""
     inv = {r: ekfac.ihvp(g, dtype=torch.float32) for r, g in refs}
     out: dict[str, dict[str, float]] = {r: {} for r in inv}
     for d, g_dom in doms:
