@@ -120,13 +120,13 @@ def _check_name(name: str | None, option: str = "--name") -> None:
                           "it names a file in the run directory, e.g. --name kcenter_500"))
 
 
-def _parse_pairs(items: list[str] | None, option: str) -> dict[str, str]:
+def _parse_pairs(items: list[str] | None, option: str, form: str) -> dict[str, str]:
     """Turn ['a=b', ...] into {'a': 'b'} (values kept as text), naming the option on a malformed item."""
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            _fail(CurateError(f"{option}: expected FROM=TO, got {item!r}"))
+            _fail(CurateError(f"{option}: expected {form}, got {item!r}"))
         out[key.strip()] = value.strip()
     return out
 
@@ -162,8 +162,8 @@ def ingest(
     chunk_rows: int = typer.Option(None, help="Rows read per chunk when streaming."),
 ) -> None:
     """Read a pool into the run directory: normalise layouts, hash ids, mark duplicates, quarantine bad rows."""
-    columns = {k: str(v) for k, v in _parse_pairs(map_, "--map").items()} or None
-    roles = _parse_pairs(role_map, "--role-map") or None
+    columns = {k: str(v) for k, v in _parse_pairs(map_, "--map", "FIELD=COLUMN").items()} or None
+    roles = _parse_pairs(role_map, "--role-map", "FROM=TO") or None
     report = _call("ingest", run, inputs=inputs, columns=columns, records=records, layout=layout,
                    role_map=roles, strict=strict or None, chunk_rows=chunk_rows)
     console.print(report.summary(), markup=False, soft_wrap=True)
@@ -263,7 +263,7 @@ def select(
     run: Path = RunOpt,
     method: str = typer.Option(..., "--method", "-m", help="Selector name (see `curate methods`)."),
     budget: str = typer.Option(..., "--budget", "-b", help="Rows (1000), a fraction (20%) or tokens (50000tok)."),
-    seed: int = typer.Option(None, help="Random seed (default 0)."),
+    seed: int = typer.Option(None, min=0, help="Random seed (default 0)."),
     name: str = typer.Option(None, help="Selection name (default: the method)."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Selector parameters KEY=VALUE."),
     stratify: str = typer.Option(None, help="none, domain, cluster, or domain:MIXTURE (quotas from mixtures/); "
@@ -336,7 +336,7 @@ def train(
     heldout_split: float = typer.Option(None, help="Or: held-out rows drawn from the pool (count, or fraction < 1)."),
     eval_every: int = typer.Option(None, help="Evaluate held-out rows every N steps (and at the end)."),
     reference: int = typer.Option(None, help="Train ILA's reference model on N balanced-random pool rows."),
-    seed: int = typer.Option(None),
+    seed: int = typer.Option(None, min=0, help="Random seed (default 0)."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Other train() parameters KEY=VALUE."),
     executor: str = ExecutorOpt,
     executor_opt: list[str] = ExecutorOptsOpt,
@@ -393,7 +393,7 @@ def mix_ama(
     lr: float = typer.Option(None, help="Peak learning rate (default 2e-4 LoRA, 2e-5 full)."),
     batch_tokens: int = typer.Option(None, help="Padded tokens per micro-batch."),
     heldout_split: float = typer.Option(None, help="Held-out rows drawn from the pool (count, or fraction < 1)."),
-    seed: int = typer.Option(None),
+    seed: int = typer.Option(None, min=0, help="Random seed (default 0)."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Other train() parameters KEY=VALUE."),
     executor: str = ExecutorOpt,
     executor_opt: list[str] = ExecutorOptsOpt,
@@ -435,7 +435,7 @@ def mix_ideal(
     damping: float = typer.Option(None, help="Damping as a multiple of the mean eigenvalue (default 0.1)."),
     influence_scaling: str = typer.Option(None, help="mean (default) or sum (x domain size)."),
     heldout: Path = typer.Option(None, help="Held-out rows evaluated after each round's training."),
-    seed: int = typer.Option(None),
+    seed: int = typer.Option(None, min=0, help="Random seed (default 0)."),
     param: list[str] = typer.Option(None, "--param", "-p", help="Training parameters KEY=VALUE (lora, lr, ...)."),
 ) -> None:
     """IDEAL: train, measure each domain's EK-FAC influence on the reference set, change volumes; repeat."""

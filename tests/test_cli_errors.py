@@ -141,6 +141,10 @@ def test_ingest_errors_and_debug(tmp_path):
     assert "missing.jsonl: no such file or directory" in line
     line = one_error_line(*invoke("ingest", str(tmp_path), "--run", str(tmp_path / "r"), "--role-map", "usr"))
     assert "--role-map: expected FROM=TO, got 'usr'" in line
+    line = one_error_line(*invoke("ingest", str(tmp_path), "--run", str(tmp_path / "r"), "--map", "prompt"))
+    assert "--map: expected FIELD=COLUMN, got 'prompt'" in line
+    result, _ = invoke("select", "--run", str(tmp_path / "r"), "--method", "random", "--budget", "1", "--seed", "-1")
+    assert result.exit_code == 2 and "--seed" in result.output
     bad = tmp_path / "obj.json"
     bad.write_text('{"data": [{"prompt": "p", "response": "r"}]}')
     line = one_error_line(*invoke("ingest", str(bad), "--run", str(tmp_path / "r")))
