@@ -273,6 +273,9 @@ class RunDir:
     def require(self, path: Path, stage: str) -> Path:
         """Return `path`, or raise a clear error saying which stage produces it."""
         if not path.exists():
+            if not self.root.exists():  # a mistyped --run, most likely: say so rather than name a file in it
+                raise MissingArtefactError(f"run directory {self.root} does not exist: check --run, or run "
+                                           f"`curate ingest FILES --run {self.root}` to start it")
             raise MissingArtefactError(f"{path} is missing: run `curate {stage}` on {self.root} first")
         return path
 

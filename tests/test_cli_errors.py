@@ -167,3 +167,11 @@ def test_score_prints_one_line_per_signal(tmp_path):
     assert result.exit_code == 0, out
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("signal ")]
     assert len(lines) == 2 and lines[0].split()[1] == "mtld" and lines[0].endswith("mtld.parquet")
+
+
+def test_a_run_directory_that_does_not_exist_is_named_as_such(tmp_path):
+    for args in (["select", "--method", "random", "--budget", "1"], ["export", "--selection", "random"],
+                 ["score", "--signal", "tokens"]):
+        line = one_error_line(*invoke(*args, "--run", str(tmp_path / "nope")))
+        assert f"run directory {tmp_path / 'nope'} does not exist" in line and "check --run" in line
+    assert not (tmp_path / "nope").exists()  # nothing was created on the way
