@@ -358,3 +358,37 @@ def test_files_named_by_selector_parameters_are_inputs_of_the_select_stage(tmp_p
     assert select(run, "file-order", 4, **kw).positions.tolist() == [0, 4, 5, 7]
     inputs = _selection_inputs(run, {"method": "file-order", "stratify": None, "mixture": None, **kw})
     assert inputs[-2:] == [str(order.resolve()), str(more.resolve())]  # files only: the folder is not read
+
+
+class ModelCalls(Selector):
+    """Test selector taking a `model` folder, as DaaR and RDS+ do; counts its runs."""
+
+    name = "model-calls"
+    runs = 0
+
+    def __init__(self, model: str = "") -> None:
+        self.model = model
+
+    def rank(self, view, k, *, seed, budget):
+        ModelCalls.runs += 1
+        return Ranking(np.arange(k))
+
+
+def test_a_model_rewritten_in_place_reruns_the_selection(tmp_path, monkeypatch):
+    """DaaR's and RDS+'s model folders were keyed by their path only: new weights at the same path gave back the
+    selection made with the old ones. Selections without a model keep their key (no fingerprint part)."""
+    from fixtures_lm import build_tiny_lm
+
+    from curate.select import _model_fingerprints
+
+    monkeypatch.setitem(SELECTORS._items, "model-calls", ModelCalls)
+    run = make_run(tmp_path / "run", n=20)
+    model = build_tiny_lm(tmp_path / "lm", seed=0)
+    select(run, "model-calls", 3, model=str(model))
+    select(run, "model-calls", 3, model=str(model))
+    assert ModelCalls.runs == 1
+    build_tiny_lm(model, seed=1)  # other weights, same folder
+    select(run, "model-calls", 3, model=str(model))
+    assert ModelCalls.runs == 2
+    assert _model_fingerprints(run, {"method": "random", "budget": 3}) == {}
+    assert _model_fingerprints(run, {"model": str(tmp_path / "not-a-model")}) == {}

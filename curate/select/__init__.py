@@ -87,8 +87,27 @@ def _selection_files(run: RunDir, a: dict[str, Any]) -> list[Path]:
     return [path, path.with_suffix(".json")]
 
 
+def _model_fingerprints(run: RunDir, a: dict[str, Any]) -> dict[str, Any]:
+    """Stage-key part: the weights fingerprint of every model a selector parameter names (DaaR's and RDS+'s
+    `model`, DaaR's `generator_model`), so a model rewritten in place reruns the selection; {} without one
+    (other selections keep their key)."""
+    from curate.models import model_fingerprint, resolve_model
+
+    out = {}
+    for name, value in sorted(a.items()):
+        if (name == "model" or name.endswith("_model")) and isinstance(value, (str, os.PathLike)):
+            try:
+                path = resolve_model(value)
+            except FileNotFoundError:  # not a local model folder: the selector says so when it runs
+                continue
+            if any(path.glob("*.safetensors")):
+                out[name] = model_fingerprint(path, "float32")
+    return {"model_fingerprints": out} if out else {}
+
+
 @stage(lambda a: f"select-{a['name'] or a['method']}", inputs=_selection_inputs, outputs=_selection_files,
-       load=lambda run, a: Selection.load(run, a["name"] or a["method"]), writes_inputs=("decontam",))
+       key=_model_fingerprints, load=lambda run, a: Selection.load(run, a["name"] or a["method"]),
+       writes_inputs=("decontam",))
 def select(
     run: RunDir | str | os.PathLike,
     method: str,
