@@ -8,26 +8,13 @@ import json
 
 import numpy as np
 import pytest
+from fixtures_cli import invoke, one_error_line
 from fixtures_pool import make_run
 from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.errors import CurateError
 from curate.select import load_selection
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    return result, result.output
-
-
-def one_error_line(result, out: str) -> str:
-    assert result.exit_code == 2, out
-    assert "Traceback" not in out
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    assert len(errors) == 1, out
-    return errors[0]
 
 
 def test_busy_stage_is_one_line(tmp_path):

@@ -7,25 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from fixtures_cli import invoke, one_error_line
 from fixtures_pool import make_run
-from typer.testing import CliRunner
-
-from curate.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    return result, result.output
-
-
-def one_error_line(result, out: str) -> str:
-    assert result.exit_code == 2, out
-    assert "Traceback" not in out
-    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, out
-    return errors[0]
 
 
 def _pool(tmp_path: Path, n: int = 20) -> Path:
