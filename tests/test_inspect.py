@@ -53,7 +53,7 @@ def test_coverage_curves_follow_rank_order(tmp_path):
     assert curve["coverage"].to_list() == [0.25, 0.5, 1.0, 1.0]
     assert curve.schema["budget"] == pl.Int64
     # a selection with no rows (a token budget under the shortest row) has no curve; the others keep theirs
-    select(run, "random", budget=0.01, seed=0, name="none")
+    select(run, "random", budget="1tok", seed=0, name="none")
     both = coverage_curves(run, ["none", "balanced-random"])
     assert set(both["selection"]) == {"balanced-random"} and both.schema["coverage"] == pl.Float64
     assert coverage_curves(run, ["none"]).height == 0
