@@ -21,6 +21,7 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,8 +100,19 @@ def run_stage(stage: Stage, run: RunDir | str | os.PathLike, *, force: bool = Fa
     unchanged; hold the run's lock for it meanwhile. `force` reruns it."""
     rd = run if isinstance(run, RunDir) else RunDir(run)
     t0 = time.perf_counter()
+    created = stage.creates_run and not rd.root.exists()
     if stage.creates_run:
         rd.root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_locked(stage, rd, force, t0)
+    except BaseException:
+        if created and all(p.name.startswith(".") and p.name.endswith(".lock") for p in rd.root.iterdir()):
+            shutil.rmtree(rd.root, ignore_errors=True)  # a failed first stage leaves no empty run directory behind
+        raise
+
+
+def _run_locked(stage: Stage, rd: RunDir, force: bool, t0: float) -> StageResult:
+    """`run_stage`'s work under the run's lock for the stage."""
     with rd.lock(stage.lock or stage.name, *(() if stage.lock_error is None else (stage.lock_error,))):
         rd.remove_stale_temp([*stage.outputs, *stage.scratch])  # what killed runs of it left
         side = rd.stage_path(stage.name)

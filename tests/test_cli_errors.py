@@ -162,3 +162,14 @@ def test_a_run_directory_that_does_not_exist_is_named_as_such(tmp_path):
         line = one_error_line(*invoke(*args, "--run", str(tmp_path / "nope")))
         assert f"run directory {tmp_path / 'nope'} does not exist" in line and "check --run" in line
     assert not (tmp_path / "nope").exists()  # nothing was created on the way
+
+
+def test_a_failed_first_ingest_leaves_no_run_directory(tmp_path):
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "a b", "response": "c d"}) + "\n")
+    line = one_error_line(*invoke("ingest", str(data), "--run", str(tmp_path / "new"), "--layout", "bogus"))
+    assert "unknown layout 'bogus'" in line and not (tmp_path / "new").exists()
+    result, _ = invoke("ingest", str(data), "--run", str(tmp_path / "r"))
+    assert result.exit_code == 0
+    one_error_line(*invoke("ingest", str(data), "--run", str(tmp_path / "r"), "--layout", "bogus"))
+    assert (tmp_path / "r" / "pool").is_dir()  # an existing run is left as it was
