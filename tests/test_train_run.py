@@ -260,6 +260,11 @@ def test_two_processes_under_torchrun_train_like_one_with_accumulation(tiny_lm, 
     for x, y in zip(steps_ddp, steps_one, strict=True):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-3)
+        # per-domain losses over both processes' batches (rank 0 logged only its own)
+        dom = {k for k in y if k.startswith("loss/")}
+        assert dom and dom == {k for k in x if k.startswith("loss/")}
+        for k in dom:
+            assert x[k] == pytest.approx(y[k], rel=1e-4), k
     a = load_file(str(run / "train" / "ddp" / "model" / "model.safetensors"))
     b = load_file(str(one.out / "model" / "model.safetensors"))
     for k in a:  # Adam turns float noise in near-zero gradients into lr-sized steps: a loose check only

@@ -222,13 +222,17 @@ class CurateTrainer(Trainer):
         for arr, src in ((self._dom_nll, v), (self.step_domain_nll, v), (self._dom_tok, c), (self.step_domain_tok, c)):
             np.add.at(arr, d, src)
 
+    def _summed(self, nll: np.ndarray, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-domain sums over all processes (a collective: every process calls it at the same point)."""
+        if self.args.world_size == 1:
+            return nll, tok
+        both = torch.tensor(np.concatenate([nll, tok]), device=self.args.device)
+        both = self.accelerator.reduce(both, reduction="sum").cpu().numpy()
+        return both[: nll.size], both[nll.size :]
+
     def step_domain_loss(self) -> dict[str, float]:
         """Per-domain mean training loss of the optimiser step just taken, over all processes (then reset)."""
-        nll, tok = self.step_domain_nll, self.step_domain_tok
-        if self.args.world_size > 1:  # every process must hand the mixture hook the same figures
-            both = torch.tensor(np.concatenate([nll, tok]), device=self.args.device)
-            both = self.accelerator.reduce(both, reduction="sum").cpu().numpy()
-            nll, tok = both[: nll.size], both[nll.size :]
+        nll, tok = self._summed(self.step_domain_nll, self.step_domain_tok)  # the hook sees the same figures everywhere
         out = {self.domain_names[d]: float(nll[d] / tok[d]) for d in range(len(self.domain_names)) if tok[d] > 0}
         self.step_domain_nll[:] = 0
         self.step_domain_tok[:] = 0
@@ -236,11 +240,14 @@ class CurateTrainer(Trainer):
 
     # logs and checkpoints ---------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._dom_tok.sum() > 0:
+        # Trainer logs on every process (after its own collectives), so the domains' sums are reduced here too:
+        # under DDP each process has seen only its own batches
+        nll, tok = self._summed(self._dom_nll, self._dom_tok) if "loss" in logs else (self._dom_nll, self._dom_tok)
+        if tok.sum() > 0:
             logs = dict(logs)
             for d, name in enumerate(self.domain_names):
-                if self._dom_tok[d] > 0:
-                    logs[f"loss/{name}"] = float(self._dom_nll[d] / self._dom_tok[d])
+                if tok[d] > 0:
+                    logs[f"loss/{name}"] = float(nll[d] / tok[d])
             self._dom_nll[:] = 0
             self._dom_tok[:] = 0
         super().log(logs, start_time)
