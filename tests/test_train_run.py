@@ -170,6 +170,11 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tiny_lm, tmp_path):  # n
     heldout.write_text("".join(json.dumps({"messages": m, "domain": "math"}) + "\n" for m in pool["messages"][:2].to_list()))
     with pytest.raises(TrainDataError, match="held-out rows are also training rows"):
         train(run, "sel", model=str(tiny_lm), heldout=heldout, **FAST)
+    # the same conversations under ids of their own (a file with an `id` column) are caught too
+    heldout.write_text("".join(json.dumps({"id": f"h{i}", "messages": m, "domain": "math"}) + "\n"
+                               for i, m in enumerate(pool["messages"][:2].to_list())))
+    with pytest.raises(TrainDataError, match="held-out rows are also training rows"):
+        train(run, "sel", model=str(tiny_lm), heldout=heldout, **FAST)
     prefs = tmp_path / "prefs.jsonl"  # an SFT run scores sft held-out rows only: none here (was a NaN macro)
     prefs.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "domain": "math"}) + "\n")
     with pytest.raises(TrainDataError, match="none is an sft row"):

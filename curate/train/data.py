@@ -206,8 +206,15 @@ def heldout_split(
 
 
 def check_disjoint(train: TrainRows, heldout: TrainRows) -> None:
-    """A held-out row that is also a training row (same id) makes the held-out loss meaningless: error."""
+    """A held-out row that is also a training row (same id, or the same conversation under another id, as rows
+    of files with their own `id` column can be) makes the held-out loss meaningless: error."""
     both = set(train.frame["id"].to_list()) & set(heldout.frame["id"].to_list())
+    if not both:
+        def text(frame: pl.DataFrame) -> list[str]:
+            return [json.dumps(m, sort_keys=True, ensure_ascii=False) for m in frame["messages"].to_list()]
+
+        seen = set(text(train.frame))
+        both = {i for i, t in zip(heldout.frame["id"].to_list(), text(heldout.frame), strict=True) if t in seen}
     if both:
         raise TrainDataError(
             f"{len(both)} held-out rows are also training rows (e.g. id {sorted(both)[0]}); "
