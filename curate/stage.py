@@ -106,7 +106,8 @@ def run_stage(stage: Stage, run: RunDir | str | os.PathLike, *, force: bool = Fa
     try:
         return _run_locked(stage, rd, force, t0)
     except BaseException:
-        if created and all(p.name.startswith(".") and p.name.endswith(".lock") for p in rd.root.iterdir()):
+        if created and rd.root.is_dir() and all(p.name.startswith(".") and p.name.endswith(".lock")
+                                                 for p in rd.root.iterdir()):
             shutil.rmtree(rd.root, ignore_errors=True)  # a failed first stage leaves no empty run directory behind
         raise
 
