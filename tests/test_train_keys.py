@@ -222,3 +222,14 @@ def test_a_mixture_name_with_a_dot_names_the_runs_mixture(tiny_lm, tmp_path, mon
     res = train(run, "sel", model=str(tiny_lm), mixture="ama-eta0.1", name="m", max_steps=2, **FAST)
     logged = [x for x in (res.out / "log.jsonl").read_text().splitlines() if "loss/" in x]
     assert logged and all("loss/math" in x and "loss/text" not in x for x in logged)
+
+
+def test_progress_false_silences_transformers_bars_and_restores_them(tiny_lm, tmp_path, capfd):  # noqa: F811
+    from transformers.utils import logging as hf_logging
+
+    run = train_pool_run(tmp_path / "run", 16)
+    assert hf_logging.is_progress_bar_enabled()
+    train(run, "sel", model=str(tiny_lm), max_steps=1, **FAST)
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err
+    assert hf_logging.is_progress_bar_enabled()  # as it was before the run

@@ -18,6 +18,7 @@ on the fields it has, so such runs stay current.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -220,14 +221,17 @@ def train_stage(
             done = None
         else:
             done = _finished(out, key)
-        return done or _train(
-            out=out, key=key, rows=rows, held=held, rd=rd, model_path=model_path, objective=objective,
-            lora=lora, merge=merge, params=params, device=device, dtype=dtype, lr=lr,
-            eval_every=eval_every, log_every=log_every, save_every=save_every,
-            keep_checkpoints=keep_checkpoints, progress=progress, callbacks=callbacks,
-            mixture_hook=mixture_hook, row_objective=row_objective, fresh=force,
-            executor=None if executor is None else get_executor(executor, executor_options),
-        )  # fmt: skip
+        if done is not None:
+            return done
+        with _transformers_bars(progress):
+            return _train(
+                out=out, key=key, rows=rows, held=held, rd=rd, model_path=model_path, objective=objective,
+                lora=lora, merge=merge, params=params, device=device, dtype=dtype, lr=lr,
+                eval_every=eval_every, log_every=log_every, save_every=save_every,
+                keep_checkpoints=keep_checkpoints, progress=progress, callbacks=callbacks,
+                mixture_hook=mixture_hook, row_objective=row_objective, fresh=force,
+                executor=None if executor is None else get_executor(executor, executor_options),
+            )  # fmt: skip
 
     # under torchrun / accelerate every process runs this; the main one holds the lock and writes the files
     if rd is None or not _is_main():
@@ -235,6 +239,22 @@ def train_stage(
         return StageResult(f"train-{name}", go(), False, time.perf_counter() - t0, _jsonable(key))
     return run_stage(Stage(name=f"train-{name}", run=go, params=key, outputs=[out], lock=f"train-{name}",
                            load=lambda r: TrainResult(out, read_json(out / "metrics.json"))), rd, force=force)
+
+
+@contextlib.contextmanager
+def _transformers_bars(progress: bool):
+    """transformers' own bars (loading and writing weights) off while a run with progress=False trains, as
+    they were before afterwards: `disable_tqdm` covers only the Trainer's."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 train = returning_value(train_stage, returns=TrainResult)
