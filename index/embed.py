@@ -197,13 +197,17 @@ class Encoder:
         if dtype == "float16" and not dev.startswith("cuda"):
             raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16'")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        hf_logging.disable_progress_bar()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # the loading bar only: the caller's setting comes back afterwards
         try:
             model = SentenceTransformer(
                 str(model_path), device=dev, local_files_only=True, model_kwargs={"dtype": torch_dtype}
             )
         except Exception as exc:  # re-raised with the path named
             raise ValueError(f"could not load {model_path} as a sentence-transformers model: {exc}") from exc
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         if max_seq_length is not None:
             model.max_seq_length = int(max_seq_length)
         model.eval()

@@ -359,3 +359,18 @@ def test_a_run_killed_between_vectors_and_meta_is_finished_on_resume(enc: Encode
         del enc.encode
     assert seen == [] and json.loads((out / "meta.json").read_text())["complete"]
     assert not list(out.glob("shard-*.npy")) and load_shards(out).shape == (len(TEXTS), enc.dim)
+
+
+def test_loading_the_encoder_leaves_transformers_bars_as_they_were(tiny_model):
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    try:
+        hf_logging.enable_progress_bar()
+        Encoder.load(tiny_model, device="cpu")
+        assert hf_logging.is_progress_bar_enabled()  # it was turned off for good, for the whole process
+        hf_logging.disable_progress_bar()
+        Encoder.load(tiny_model, device="cpu")
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()

@@ -228,8 +228,13 @@ def test_progress_false_silences_transformers_bars_and_restores_them(tiny_lm, tm
     from transformers.utils import logging as hf_logging
 
     run = train_pool_run(tmp_path / "run", 16)
-    assert hf_logging.is_progress_bar_enabled()
-    train(run, "sel", model=str(tiny_lm), max_steps=1, **FAST)
-    err = capfd.readouterr().err
-    assert "Loading weights" not in err and "Writing model shards" not in err
-    assert hf_logging.is_progress_bar_enabled()  # as it was before the run
+    before = hf_logging.is_progress_bar_enabled()  # other code in this process may have turned them off
+    hf_logging.enable_progress_bar()
+    try:
+        train(run, "sel", model=str(tiny_lm), max_steps=1, **FAST)
+        err = capfd.readouterr().err
+        assert "Loading weights" not in err and "Writing model shards" not in err
+        assert hf_logging.is_progress_bar_enabled()  # as it was before the run
+    finally:
+        if not before:
+            hf_logging.disable_progress_bar()
