@@ -77,6 +77,13 @@ class TokenBudgetBatchSampler:
         self.sampler.set_epoch(int(state.get("epoch", 0)))
 
 
+def unsampled_objective_domains(names: Sequence[str], proportions: Sequence[float],
+                                objective: Sequence[float]) -> list[str]:
+    """The domains with objective weight > 0 that `proportions` never draw: their rows carry the w/q correction,
+    and a domain never drawn would drop out of the objective silently."""
+    return [n for n, q, w in zip(names, proportions, objective, strict=True) if w > 0 and q <= 0]
+
+
 class MixtureBatchSampler:
     """Rows drawn by domain proportions, in length-grouped batches within a token budget.
 
@@ -141,11 +148,10 @@ class MixtureBatchSampler:
         return q / q.sum()
 
     def _check_support(self, q: np.ndarray) -> None:
-        """Every domain with objective weight > 0 must be drawn: its rows carry the w/q correction, and one never
-        drawn would drop out of the objective silently."""
+        """Every domain with objective weight > 0 must be drawn (`unsampled_objective_domains`)."""
         if self.objective is None:
             return
-        missing = [self.names[d] for d in range(len(q)) if self.objective[d] > 0 and q[d] <= 0]
+        missing = unsampled_objective_domains(self.names, q, self.objective)
         if missing:
             raise ValueError(f"mixture proportions give 0 to domains with objective weight > 0: {missing}; "
                              "the importance correction needs every such domain sampled")

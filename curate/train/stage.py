@@ -346,6 +346,8 @@ def _domain_names(rows: tdata.TrainRows, held: tdata.TrainRows | None) -> list[s
 def _check_mixture(mix: dict, names: list[str], path: Path) -> None:
     """A mixture's weights and objective weights name only the run's domains, and every domain with objective
     weight > 0 is sampled (weight > 0): a misspelt domain would otherwise be dropped silently."""
+    from curate.train.sampler import unsampled_objective_domains
+
     unknown = sorted(set(mix["weights"]) - set(names))
     if unknown:
         raise ValueError(f"mixture {path} names domains with no training rows: {unknown} (the domains: {names})")
@@ -353,7 +355,8 @@ def _check_mixture(mix: dict, names: list[str], path: Path) -> None:
     unknown = sorted(set(objective) - set(names))
     if unknown:
         raise ValueError(f"mixture {path}: its objective names unknown domains {unknown} (the domains: {names})")
-    unsampled = [n for n in names if objective.get(n, 0.0) > 0 and mix["weights"].get(n, 0.0) <= 0]
+    unsampled = unsampled_objective_domains(names, [mix["weights"].get(n, 0.0) for n in names],
+                                            [objective.get(n, 0.0) for n in names])
     if unsampled:
         raise ValueError(f"mixture {path}: domains {unsampled} have objective weight > 0 but sampling weight 0; "
                          "the importance correction needs every such domain sampled")
