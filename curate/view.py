@@ -144,6 +144,10 @@ class PoolView:
         """Domain per row (object array; None where the row has no domain)."""
         return np.asarray(self.frame["domain"].to_list(), dtype=object)
 
+    def in_pool(self) -> tuple[PoolView, np.ndarray | None]:
+        """The whole pool these rows come from and their positions in it (None: this view is the pool)."""
+        return self, None
+
     # embeddings --------------------------------------------------------------------------------------------
     def row_vectors(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The matrix these rows' vectors live in and their rows in it, ascending (None: rows 0..n-1), so a

@@ -48,17 +48,6 @@ def _file_weights(view: PoolView) -> dict[str, float]:
     return {str(k): float(v) for k, v in w.items()}
 
 
-def _pool_of(view: PoolView) -> tuple[PoolView, np.ndarray | None]:
-    """The pool a view's rows come from and their positions in it (None when `view` is the pool itself)."""
-    from curate.select.stratify import SubPoolView
-
-    rows = None
-    while isinstance(view, SubPoolView):
-        rows = view.positions if rows is None else view.positions[rows]
-        view = view.parent
-    return view, rows
-
-
 @register_selector
 class MIWSelector(IFDFilter, Selector):
     """Top rows by the MIW-style learned weighted indicator score.
@@ -105,7 +94,7 @@ class MIWSelector(IFDFilter, Selector):
         else:
             # indicators are percentile-ranked over the whole pool, as `miw_score` ranks them: a stratum or the
             # rows left after exclusions (a `SubPoolView`) takes its rows of the pool's score
-            pool, rows = _pool_of(view)
+            pool, rows = view.in_pool()
             w = _file_weights(pool) if self.weights == "file" else {k: float(v) for k, v in self.weights.items()}
             score = self._pool_score(pool, w)
             score, how = (score if rows is None else score[rows]), {"score": "weighted indicators", "weights": w}

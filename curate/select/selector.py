@@ -253,7 +253,7 @@ class Selector:
                 raise err.restated(self.name, have, k, int(excluded[pos].sum())) from None
         if not m:
             return replace(ranking, positions=pos), short
-        stats = {**ranking.stats, "excluded_rows": int(excluded.sum())}
+        stats = {**ranking.stats, "excluded_rows": m}
         if eligible is not None:
             return replace(ranking, positions=eligible[pos], stats=stats), short
         keep = ~excluded[pos]

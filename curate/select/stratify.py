@@ -227,6 +227,11 @@ class SubPoolView(PoolView):
             self._vectors = self.parent.vectors()[self.positions]
         return self._vectors
 
+    def in_pool(self) -> tuple[PoolView, np.ndarray | None]:
+        """The parent's pool and these rows' positions in it."""
+        pool, rows = self.parent.in_pool()
+        return pool, (self.positions if rows is None else rows[self.positions])
+
     def row_vectors(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The parent's matrix and these rows in it (positions are ascending, as `_members` gives them)."""
         if self._vectors is not None or np.any(np.diff(self.positions) <= 0):
