@@ -104,6 +104,11 @@ def _parse_params(items: list[str] | None, option: str = "-p") -> dict[str, Any]
     return params
 
 
+def _executor_options(items: list[str] | None) -> dict[str, Any] | None:
+    """The `--executor-opt KEY=VALUE` items as a dict (None when none are given)."""
+    return _parse_params(items, "--executor-opt") or None
+
+
 def _check_run_path(run: Path | None, what: str = "--run") -> None:
     """Fail when the run directory named is an existing file (a common slip: `--run data.jsonl`)."""
     if run is not None and os.path.exists(run) and not os.path.isdir(run):
@@ -191,7 +196,7 @@ def embed(
 ) -> None:
     """Embed every pool row into resumable shards keyed by the model fingerprint."""
     fp = _call("embed", run, model=model, dtype=dtype, batch_size=batch_size, device=device, executor=executor,
-               executor_options=_parse_params(executor_opt, "--executor-opt") or None)
+               executor_options=_executor_options(executor_opt))
     from curate.run import RunDir
 
     console.print(f"embeddings: {RunDir(run).embeddings_dir(str(fp))}")
@@ -253,7 +258,7 @@ def score(
     paths = _call("score", run, **_with_params(
         param, names=signal, model=model, base_model=base_model, ref_model=ref_model, validation=validation,
         dtype=dtype, score_eot=score_eot, executor=executor,
-        executor_options=_parse_params(executor_opt, "--executor-opt") or None))
+        executor_options=_executor_options(executor_opt)))
     for name, path in (paths.items() if isinstance(paths, dict) else []):
         console.print(f"signal {name:<16} {path}", markup=False, soft_wrap=True)
 
@@ -282,7 +287,7 @@ def select(
     sel = _call("select", run, **_with_params(
         param, method=method, budget=budget, seed=seed, name=name, stratify=stratify, max_ifd=max_ifd,
         validation=validation, decontaminate=decontaminate, executor=executor,
-        executor_options=_parse_params(executor_opt, "--executor-opt") or None))
+        executor_options=_executor_options(executor_opt)))
     from curate.run import RunDir
 
     console.print(f"selected {len(sel.ids)} rows with {method}: {RunDir(run).selection_path(name or method)}")
@@ -348,7 +353,7 @@ def train(
                         epochs=epochs, max_steps=max_steps, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum,
                         dtype=dtype, mixture=mixture, heldout=heldout, heldout_split=heldout_split,
                         eval_every=eval_every, seed=seed, executor=executor,
-                        executor_options=_parse_params(executor_opt, "--executor-opt") or None,
+                        executor_options=_executor_options(executor_opt),
                         selection=selection, data=data or None)
     selection, data = opts.pop("selection"), opts.pop("data")  # arguments of their own (-p may set them too)
     if reference is not None:
@@ -408,7 +413,7 @@ def mix_ama(
     opts = _with_params(param, model=model, name=name, eta=eta, floor=floor, smoothing=smoothing, lora=lora,
                         max_steps=max_steps, lr=lr, batch_tokens=batch_tokens, heldout_split=heldout_split, seed=seed,
                         specialist={"max_steps": specialist_steps} if specialist_steps is not None else None,
-                        executor=executor, executor_options=_parse_params(executor_opt, "--executor-opt") or None,
+                        executor=executor, executor_options=_executor_options(executor_opt),
                         selection=selection, method=method)
     del opts["selection"], opts["method"]  # given to ama() as arguments of their own
     try:
@@ -564,7 +569,7 @@ def run_cmd(
     """Run a recipe: its stages in order, each resuming from what is already in the run directory."""
     from curate.recipe import Recipe, RecipeError, run_recipe
 
-    cli_opts = _parse_params(executor_opt, "--executor-opt")
+    cli_opts = _executor_options(executor_opt) or {}
     if cli_opts and executor is None:
         _fail(typer.BadParameter("--executor-opt needs --executor (e.g. --executor ray --executor-opt workers=4); "
                                  "or set executor_options: in the recipe"))
