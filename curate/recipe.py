@@ -57,10 +57,10 @@ class RecipeError(CurateError):
 RECIPE_KEYS = ("run", "seed", "executor", "executor_options", "stages")
 
 
-def _did_you_mean(word: str, choices: Any) -> str:
-    """' (did you mean 'x'?)' for the closest of `choices`, or '' when none is close."""
+def _closest(word: str, choices: Any) -> str | None:
+    """The closest of `choices` to a misspelt `word` (difflib), or None when none is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return close[0] if close else None
 
 
 def stage_function(name: str) -> Callable[..., Any]:
@@ -100,8 +100,9 @@ class Recipe:
             raise RecipeError(f"recipe {path}: expected a mapping with a 'stages' list")
         for key in doc:
             if key not in RECIPE_KEYS:
-                raise RecipeError(f"recipe {path}: unknown key {key!r}{_did_you_mean(key, RECIPE_KEYS)}; "
-                                  f"a recipe takes: {', '.join(RECIPE_KEYS)}")
+                close = _closest(key, RECIPE_KEYS)
+                hint = f" (did you mean {close!r}?)" if close else ""
+                raise RecipeError(f"recipe {path}: unknown key {key!r}{hint}; a recipe takes: {', '.join(RECIPE_KEYS)}")
         if doc.get("run") is not None and not (isinstance(doc["run"], str) and doc["run"].strip()):
             raise RecipeError(f"recipe {path}: key 'run' must be a directory path, got {doc['run']!r}",
                               "e.g. run: runs/demo")
@@ -195,9 +196,9 @@ def check_params(name: str, params: dict[str, Any]) -> None:
         if unknown:
             own = [p.name for p in fixed if p.name != "run"]
             allowed = own + sorted(extra - set(own) - {"run"})
-            close = difflib.get_close_matches(unknown[0], [*allowed, "force"], n=1)
+            close = _closest(unknown[0], [*allowed, "force"])
             raise RecipeError(f"stage {name!r} has no parameter {unknown[0]!r}; it takes: {', '.join(allowed)}"
-                              + (f"; did you mean {close[0]!r}?" if close else ""))
+                              + (f"; did you mean {close!r}?" if close else ""))
     missing = [p.name for p in fixed if p.default is p.empty and p.name != "run" and p.name not in params]
     if missing:
         raise RecipeError(f"stage {name!r} needs parameter {missing[0]!r}")
