@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from curate.export.manifest import coverage, domain_counts, fingerprints, packag
 from curate.pool.ids import align, positions
 from curate.run import RunDir
 from curate.stage import stage
-from index.io import fsync, read_json, umask_mode, write_json
+from index.io import atomic_dir, read_json, write_json
 
 FORMATS = ("jsonl", "parquet")
 
@@ -92,16 +91,11 @@ def export(
     with run.lock("export"):  # one export at a time per run, so removing stale work folders is safe
         final.parent.mkdir(parents=True, exist_ok=True)
         _clean_stale(final)
-        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        work.chmod(umask_mode(0o777))
-        try:
+        with atomic_dir(final) as work:  # `final` is the old export or the whole new one, never half of it
             files = _write_shards(data, work, formats, shard_rows)
             data.select("id", "weight").sort("id").write_parquet(work / "ids.parquet")
             files.append({"path": "ids.parquet", "rows": data.height})
             write_json(work / "manifest.json", _manifest(run, selection, layout, formats, shard_rows, rows, files, accounting))
-            _swap_in(work, final)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     return final
 
 
@@ -125,19 +119,6 @@ def _clean_stale(final: Path) -> None:
     for p in final.parent.glob(f".{final.name}.*"):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _swap_in(work: Path, final: Path) -> None:
-    """Replace `final` with the finished folder `work` (the old export is moved aside, then removed)."""
-    old = None
-    fsync(work, tree=True)  # on disk before it takes the final name (index.io.atomic_dir does the same)
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.replace(final, old / "x")
-    os.replace(work, final)
-    fsync(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _manifest(
